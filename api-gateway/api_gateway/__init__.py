@@ -1,0 +1,1 @@
+"""The HTTP entry point: streams uploads to disk, queues them, answers status queries."""

@@ -1,0 +1,50 @@
+"""Build the gateway's FastAPI app: routes, problem responses, Redis, probes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from api_gateway.routes import router
+from api_gateway.settings import GatewaySettings
+from shared import problems
+from shared.bus import REDIS_DOWN
+from shared.jobs import JobStore
+from shared.service import connect, ensure_folders, make_bus, probe_router, standard_checks
+from shared.status_api import status_router
+
+log = structlog.get_logger()
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    ensure_folders(settings.uploads_path)
+    redis = connect(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await make_bus(redis, settings).ensure_groups()
+        except REDIS_DOWN:
+            log.warning("redis.unavailable", error="groups not created yet; /ready says so")
+        log.info("gateway.started", port=settings.port)
+        yield
+        await redis.aclose()
+
+    app = FastAPI(
+        title="dicomflow gateway",
+        version="0.1.0",
+        summary="Upload DICOM files and follow each one through the pipeline.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = JobStore(redis)
+    problems.install(app)
+    app.include_router(router)
+    app.include_router(status_router())
+    app.include_router(
+        probe_router("api-gateway", standard_checks(redis, settings, None, settings.uploads_path))
+    )
+    return app

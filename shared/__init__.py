@@ -1,0 +1,1 @@
+"""What every dicomflow service imports: events, the Redis bus, names, settings, logging."""

@@ -1,0 +1,327 @@
+"""The Redis Streams bus: publish events, consume them in a group, ack, reclaim, dead-letter.
+
+Work is never lost to a crash: an entry is acked only together with the events its handler
+publishes (one MULTI/EXEC), an entry left pending by a dead consumer is taken over after
+``claim_idle_ms`` (XAUTOCLAIM), a consumer still working on an entry keeps it fresh (a
+heartbeat XCLAIM), and an entry delivered more than ``max_deliveries`` times goes to the
+dead-letter stream as a ``JobFailed`` event with the last error seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import metrics
+from shared import redis_names as names
+from shared.errors import PermanentError, safe_error
+from shared.events import AnyEvent, Event, JobFailed, parse_event
+
+log = structlog.get_logger()
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to one consumer of a group."""
+
+    stream: str
+    group: str
+    entry_id: str
+    event: AnyEvent
+    count: int  # how many times it has been delivered, this time included
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Bus:
+    """Streams, groups and acks for one consumer (one process) of the pipeline."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        consumer: str,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 15_000,
+        block_ms: int = 1_000,
+        batch: int = 32,
+        trim_every_s: float = 30.0,
+    ) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        self.batch = batch
+        self.trim_every_s = trim_every_s
+
+    # -- producing ---------------------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        """Create every stream and consumer group of the topology (idempotent)."""
+        for stream, groups in names.TOPOLOGY.items():
+            for group in groups:
+                try:
+                    await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def publish(self, *events: Event) -> None:
+        """Append events to their streams, all or none."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                add_event(pipe, event)
+            await pipe.execute()
+
+    async def complete(self, delivery: Delivery, *events: Event) -> None:
+        """Publish a handler's outcome and ack its entry in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                add_event(pipe, event)
+            pipe.xack(delivery.stream, delivery.group, delivery.entry_id)
+            if delivery.count > 1:
+                pipe.hdel(names.attempts_key(delivery.stream, delivery.group), delivery.entry_id)
+            await pipe.execute()
+        metrics.DELIVERIES.labels(delivery.group, "done").inc()
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def serve(
+        self, streams: Sequence[str], group: str, handle: Handler, concurrency: int = 1
+    ) -> None:
+        """Run ``handle`` on every delivery until cancelled, ``concurrency`` at a time.
+
+        A handler acks through ``complete``. If it raises, the entry stays pending, the error
+        is kept, and the entry comes back after ``claim_idle_ms``; ``PermanentError`` fails
+        the job at once.
+        """
+        slots = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            async for delivery in self.deliveries(streams, group):
+                await slots.acquire()
+                task = asyncio.create_task(self._run(delivery, handle))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            # Shutting down: let in-flight work finish briefly; what does not stays pending
+            # and is taken over by the next consumer.
+            if running:
+                await asyncio.wait(running, timeout=10)
+                for task in running:
+                    task.cancel()
+
+    async def deliveries(self, streams: Sequence[str], group: str) -> AsyncIterator[Delivery]:
+        """Yield new entries, and entries other consumers left pending too long."""
+        next_claim = 0.0
+        next_trim = time.monotonic() + self.trim_every_s
+        failures = 0
+        while True:
+            try:
+                now = time.monotonic()
+                if now >= next_claim:
+                    next_claim = now + self.claim_idle_ms / 2000
+                    for stream in streams:
+                        async for delivery in self._reclaimed(stream, group):
+                            yield delivery
+                if now >= next_trim:
+                    next_trim = now + self.trim_every_s
+                    for stream in streams:
+                        await self.trim(stream)
+                reply = await self.redis.xreadgroup(
+                    group,
+                    self.consumer,
+                    dict.fromkeys(streams, ">"),
+                    count=self.batch,
+                    block=self.block_ms,
+                )
+                failures = 0
+            except REDIS_DOWN as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 5.0)
+                log.warning("redis.unavailable", error=safe_error(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("bus.groups_missing")  # Redis lost its data: recreate and go on
+                await self.ensure_groups()
+                continue
+            for stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    delivery = await self._delivery(
+                        _text(stream), group, _text(entry_id), fields, 1
+                    )
+                    if delivery is not None:
+                        yield delivery
+
+    async def _reclaimed(self, stream: str, group: str) -> AsyncIterator[Delivery]:
+        start = "0-0"
+        while True:
+            next_start, entries, *_ = await self.redis.xautoclaim(
+                stream, group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch
+            )
+            for entry_id, fields in entries:
+                entry_id = _text(entry_id)
+                count = await self._times_delivered(stream, group, entry_id)
+                delivery = await self._delivery(stream, group, entry_id, fields, count)
+                if delivery is not None:
+                    log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
+                    yield delivery
+            start = _text(next_start)
+            if start == "0-0":
+                return
+
+    async def _times_delivered(self, stream: str, group: str, entry_id: str) -> int:
+        pending = await self.redis.xpending_range(stream, group, entry_id, entry_id, 1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _delivery(
+        self, stream: str, group: str, entry_id: str, fields: dict | None, count: int
+    ) -> Delivery | None:
+        """Turn an entry into a Delivery, or dead-letter it when it cannot or must not run."""
+        raw = (fields or {}).get(b"data") or (fields or {}).get("data")
+        try:
+            event = parse_event(raw or b"")
+        except ValidationError:
+            # Not ours or not readable: no job to fail, so keep it aside for a person.
+            log.error("delivery.unreadable", stream=stream, entry_id=entry_id)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(
+                    names.DEAD_LETTER_RAW,
+                    {"stream": stream, "entry_id": entry_id, "data": raw or b""},
+                )
+                pipe.xack(stream, group, entry_id)
+                await pipe.execute()
+            return None
+        delivery = Delivery(stream, group, entry_id, event, count)
+        if count > self.max_deliveries:
+            error = await self.redis.hget(names.attempts_key(stream, group), entry_id)
+            reason = _text(error) if error else "the worker stopped while handling it"
+            await self.dead_letter(delivery, f"gave up after {count - 1} deliveries: {reason}")
+            return None
+        return delivery
+
+    async def dead_letter(self, delivery: Delivery, error: str) -> None:
+        """End the job as failed: a JobFailed event on the dead-letter stream, entry acked."""
+        failed = JobFailed(
+            upload_id=delivery.event.upload_id,
+            stage=delivery.group,
+            error=error,
+            deliveries=delivery.count,
+            stream=delivery.stream,
+            entry_id=delivery.entry_id,
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            add_event(pipe, failed)
+            pipe.xack(delivery.stream, delivery.group, delivery.entry_id)
+            pipe.hdel(names.attempts_key(delivery.stream, delivery.group), delivery.entry_id)
+            await pipe.execute()
+        metrics.DELIVERIES.labels(delivery.group, "dead-lettered").inc()
+        log.error("job.dead_lettered", stage=delivery.group, error=error)
+
+    async def _run(self, delivery: Delivery, handle: Handler) -> None:
+        with structlog.contextvars.bound_contextvars(upload_id=str(delivery.event.upload_id)):
+            heartbeat = asyncio.create_task(self._keep_fresh(delivery))
+            started = time.perf_counter()
+            try:
+                await handle(delivery)
+            except PermanentError as exc:
+                await self._give_up(delivery, safe_error(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = safe_error(exc)
+                log.warning(
+                    "delivery.failed", stage=delivery.group, count=delivery.count, error=error
+                )
+                metrics.DELIVERIES.labels(delivery.group, "failed").inc()
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self.redis.hset(
+                        names.attempts_key(delivery.stream, delivery.group),
+                        delivery.entry_id,
+                        error,
+                    )
+            finally:
+                heartbeat.cancel()
+                metrics.HANDLE_SECONDS.labels(delivery.group).observe(time.perf_counter() - started)
+
+    async def _give_up(self, delivery: Delivery, error: str) -> None:
+        try:
+            await self.dead_letter(delivery, error)
+        except REDIS_DOWN:
+            log.warning("redis.unavailable", error="dead-letter deferred to the next delivery")
+
+    async def _keep_fresh(self, delivery: Delivery) -> None:
+        """Reset the entry's idle time while we work on it, so nobody takes it over."""
+        while True:
+            await asyncio.sleep(self.claim_idle_ms / 3000)
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.redis.xclaim(
+                    delivery.stream,
+                    delivery.group,
+                    self.consumer,
+                    0,
+                    [delivery.entry_id],
+                    justid=True,
+                )
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def trim(self, stream: str) -> int:
+        """Drop entries every group of the topology has delivered and acked; never others."""
+        try:
+            groups = {_text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
+        except ResponseError:
+            return 0
+        if set(names.TOPOLOGY.get(stream, ())) - set(groups):
+            return 0  # a group that has not been created would lose entries
+        floor: str | None = None
+        for name, info in groups.items():
+            if int(info["pending"]):
+                summary = await self.redis.xpending(stream, name)
+                oldest = _text(summary["min"])
+            else:
+                oldest = _text(info["last-delivered-id"])
+            if floor is None or _id_key(oldest) < _id_key(floor):
+                floor = oldest
+        if floor is None or floor == "0-0":
+            return 0
+        return int(await self.redis.xtrim(stream, minid=floor, approximate=True))
+
+    async def depth(self, stream: str, group: str) -> dict[str, int]:
+        """How far a group is behind: entries not yet delivered (lag) and not yet acked."""
+        for info in await self.redis.xinfo_groups(stream):
+            if _text(info["name"]) == group:
+                return {"lag": int(info.get("lag") or 0), "pending": int(info["pending"])}
+        return {"lag": 0, "pending": 0}
+
+
+def add_event(pipe: Redis, event: Event) -> None:
+    """Queue an XADD of one event on its stream in a pipeline."""
+    pipe.xadd(names.STREAM_OF_TYPE[event.type], {"data": event.model_dump_json()})  # type: ignore[attr-defined]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,64 @@
+"""The errors we expect and can explain: HTTP-facing ones carry a status and a stable code."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error we expect and can explain to the caller."""
+
+    status: int = 500
+    code: str = "internal-error"
+
+
+class BadRequest(AppError):
+    status, code = 400, "bad-request"
+
+
+class NoFilePart(AppError):
+    status, code = 400, "no-file"
+
+
+class UploadNotFound(AppError):
+    status, code = 404, "upload-not-found"
+
+
+class FileTooLarge(AppError):
+    status, code = 413, "file-too-large"
+
+
+class UnsupportedMediaType(AppError):
+    status, code = 415, "unsupported-media-type"
+
+
+class ServiceUnavailable(AppError):
+    status, code = 503, "service-unavailable"
+
+
+class InsufficientStorage(AppError):
+    status, code = 507, "insufficient-storage"
+
+
+class RetryableError(Exception):
+    """Worth another try later (a disk that is full, a volume not mounted yet, a target down)."""
+
+
+class PermanentError(Exception):
+    """Will fail the same way every time: the job fails at once instead of being retried."""
+
+
+_OURS = (AppError, RetryableError, PermanentError)
+
+
+def safe_error(exc: BaseException) -> str:
+    """A description of exc fit for logs and job records: never a library's message.
+
+    Our own errors carry messages we wrote (no patient data). A library's message may quote
+    the data it choked on, so only its class (and an OS error's errno name) is kept.
+    """
+    if isinstance(exc, _OURS) and str(exc):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import errno
+
+        return f"{type(exc).__name__}: {errno.errorcode.get(exc.errno, exc.errno)}"
+    return type(exc).__name__

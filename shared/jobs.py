@@ -1,0 +1,240 @@
+"""The job record of one upload: its states, its hash, how an event changes it, how to read it.
+
+The gateway creates the record (state ``accepted``) in the same transaction that queues the
+upload, so a 202 is always followed by a readable status; from then on only the status service
+changes it, one event at a time, through ``apply``. A transition only ever moves forward, an
+event applied twice changes nothing, and each change is announced on ``dcm:notify:status``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import redis_names as names
+from shared.events import (
+    AnyEvent,
+    FileArchived,
+    FileDescribed,
+    FileReceived,
+    FileRejected,
+    FileValidated,
+    JobFailed,
+    StageStarted,
+)
+
+State = Literal[
+    "accepted",
+    "validating",
+    "validated",
+    "describing",
+    "described",
+    "uploading",
+    "archived",
+    "rejected",
+    "failed",
+]
+RANK: dict[str, int] = {
+    "accepted": 0,
+    "validating": 1,
+    "validated": 2,
+    "describing": 3,
+    "described": 4,
+    "uploading": 5,
+    "archived": 9,
+    "rejected": 9,
+    "failed": 9,
+}
+FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
+HISTORY_MAX = 50
+
+# Atomic, forward-only transition. KEYS: job hash, channel.
+# ARGV: event id, state, rank, at, fields (JSON object of strings), history max, upload id.
+_APPLY = """
+local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
+for _, h in ipairs(history) do
+  if h.event_id == ARGV[1] then return 0 end
+end
+local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
+for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'at:' .. ARGV[2], ARGV[4])
+local moved = 0
+if tonumber(ARGV[3]) > rank then
+  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
+  moved = 1
+end
+table.insert(history, {event_id = ARGV[1], state = ARGV[2], at = ARGV[4]})
+while #history > tonumber(ARGV[6]) do table.remove(history, 1) end
+redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
+redis.call('PUBLISH', KEYS[2], cjson.encode({
+  upload_id = ARGV[7], status = redis.call('HGET', KEYS[1], 'state'),
+  event = ARGV[2], at = ARGV[4]}))
+return moved
+"""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def changes(event: AnyEvent) -> tuple[State, dict[str, str]]:
+    """The state an event moves a job to, and the fields it records (all as strings)."""
+    match event:
+        case FileReceived(file=f):
+            return "accepted", {"sha256": f.sha256, "size": str(f.size)}
+        case StageStarted(stage=stage, delivery=n):
+            return stage, {f"deliveries:{stage}": str(n)}
+        case FileValidated(ids=ids, has_pixels=has_pixels, warnings=warnings):
+            fields = {k: v for k, v in ids.model_dump().items() if v is not None}
+            fields["has_pixels"] = "1" if has_pixels else "0"
+            if warnings:
+                fields["warnings"] = _json([w.model_dump() for w in warnings])
+            return "validated", fields
+        case FileRejected(reasons=reasons):
+            return "rejected", {"reasons": _json([r.model_dump() for r in reasons])}
+        case FileDescribed() as e:
+            fields = {"archive_path": e.archive_path, "metadata_file": e.metadata_file}
+            if e.preview_file:
+                fields["preview_file"] = e.preview_file
+            if e.preview_note:
+                fields["preview_note"] = e.preview_note
+            if e.duplicate_of:
+                fields["duplicate_of"] = str(e.duplicate_of)
+            return "described", fields
+        case FileArchived(targets=targets):
+            return "archived", {"targets": _json([t.model_dump() for t in targets])}
+        case JobFailed(stage=stage, error=error, deliveries=n):
+            return "failed", {"error": error, "failed_stage": stage, "deliveries": str(n)}
+    raise TypeError(f"no transition for {type(event).__name__}")
+
+
+class JobStore:
+    """Reads and writes job hashes. Writers: the gateway (create) and the status service."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._apply = redis.register_script(_APPLY)
+
+    async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
+        """Add the transition for ``event`` to a transaction (the gateway's creation)."""
+        await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
+        if isinstance(event, FileReceived):
+            pipe.zadd(names.JOBS_BY_TIME, {str(event.upload_id): event.occurred_at.timestamp()})
+
+    async def apply(self, event: AnyEvent) -> bool:
+        """Apply one event to its job; True when the state moved forward."""
+        if isinstance(event, FileReceived):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await self.queue_apply(pipe, event)
+                moved, _ = await pipe.execute()
+                return bool(moved)
+        return bool(await self._apply(keys=self._keys(event), args=self._args(event)))
+
+    async def read(self, upload_id: UUID) -> JobStatus | None:
+        raw = await self.redis.hgetall(names.status_key(upload_id))
+        if not raw:
+            return None
+        return JobStatus.from_hash(upload_id, {_s(k): _s(v) for k, v in raw.items()})
+
+    @staticmethod
+    def _keys(event: AnyEvent) -> list[str]:
+        return [names.status_key(event.upload_id), names.STATUS_CHANNEL]
+
+    @staticmethod
+    def _args(event: AnyEvent) -> list[str | int]:
+        state, fields = changes(event)
+        return [
+            str(event.event_id),
+            state,
+            RANK[state],
+            event.occurred_at.isoformat(),
+            _json(fields),
+            HISTORY_MAX,
+            str(event.upload_id),
+        ]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_ID_FIELDS = {
+    "study_uid": "study_instance_uid",
+    "series_uid": "series_instance_uid",
+    "sop_uid": "sop_instance_uid",
+    "sop_class_uid": "sop_class_uid",
+    "transfer_syntax_uid": "transfer_syntax_uid",
+    "modality": "modality",
+}
+_PLAIN_FIELDS = (
+    "sha256",
+    "archive_path",
+    "metadata_file",
+    "preview_file",
+    "preview_note",
+    "duplicate_of",
+    "error",
+    "failed_stage",
+    "created_at",
+    "updated_at",
+)
+_JSON_FIELDS = ("reasons", "warnings", "targets", "history")
+# stage -> (the state it starts in, the state it ends in)
+_STAGES = {
+    "validating": ("validating", "validated"),
+    "describing": ("describing", "described"),
+    "uploading": ("uploading", "archived"),
+}
+
+
+class JobStatus(BaseModel):
+    """The status answer of the seed: ``{study_id, status, timestamp, details}``."""
+
+    study_id: UUID
+    status: State
+    timestamp: datetime
+    details: dict[str, Any]
+
+    @classmethod
+    def from_hash(cls, upload_id: UUID, h: dict[str, str]) -> JobStatus:
+        details: dict[str, Any] = {k: h[k] for k in _PLAIN_FIELDS if k in h}
+        details.update({out: h[k] for k, out in _ID_FIELDS.items() if k in h})
+        details.update({k: json.loads(h[k]) for k in _JSON_FIELDS if k in h})
+        if "size" in h:
+            details["size"] = int(h["size"])
+        if "has_pixels" in h:
+            details["has_pixels"] = h["has_pixels"] == "1"
+        details["timings_ms"] = _timings(h)
+        return cls(
+            study_id=upload_id,
+            status=h.get("state", "accepted"),  # type: ignore[arg-type]
+            timestamp=datetime.fromisoformat(h.get("updated_at") or h["created_at"]),
+            details=details,
+        )
+
+
+def _timings(h: dict[str, str]) -> dict[str, float]:
+    """Milliseconds spent waiting for and inside each stage, and in all, from state times."""
+    at = {k[3:]: datetime.fromisoformat(v) for k, v in h.items() if k.startswith("at:")}
+
+    def ms(a: str, b: str) -> float | None:
+        if a in at and b in at:
+            return round((at[b] - at[a]).total_seconds() * 1000, 1)
+        return None
+
+    out: dict[str, float | None] = {}
+    previous_end = "accepted"
+    for stage, (start, end) in _STAGES.items():
+        out[f"queued_{stage}"] = ms(previous_end, start)
+        out[stage] = ms(start, end)
+        previous_end = end
+    final = next((s for s in ("archived", "rejected", "failed") if s in at), None)
+    out["total"] = ms("accepted", final) if final else None
+    return {k: v for k, v in out.items() if v is not None}

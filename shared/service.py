@@ -1,0 +1,200 @@
+"""What every service process shares: Redis and bus set-up, probe routes, running HTTP beside work.
+
+``/health`` says the process answers; ``/ready`` says Redis answers, the service's consumer
+groups exist and its folders are writable; ``/metrics`` is Prometheus text. ``run`` serves the
+HTTP app and the worker loops in one event loop and stops them together on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from shared import redis_names as names
+from shared.bus import Bus
+from shared.errors import safe_error
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger()
+
+Check = Callable[[], Awaitable[None]]
+
+
+def connect(settings: ServiceSettings) -> Redis:
+    """A Redis client that retries briefly on connection errors and never hangs forever."""
+    return Redis.from_url(
+        str(settings.redis_url),
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry_on_timeout=True,
+    )
+
+
+def make_bus(redis: Redis, settings: ServiceSettings) -> Bus:
+    return Bus(
+        redis,
+        consumer=settings.consumer_name,
+        max_deliveries=settings.max_deliveries,
+        claim_idle_ms=settings.claim_idle_ms,
+    )
+
+
+def redis_check(redis: Redis) -> Check:
+    async def check() -> None:
+        await redis.ping()
+
+    return check
+
+
+def groups_check(redis: Redis, group: str, streams: Sequence[str]) -> Check:
+    async def check() -> None:
+        for stream in streams:
+            groups = {g["name"] for g in await redis.xinfo_groups(stream)}
+            if group not in groups and group.encode() not in groups:
+                raise RuntimeError(f"consumer group {group} missing on {stream}")
+
+    return check
+
+
+def folders_check(*folders: Path) -> Check:
+    async def check() -> None:
+        for folder in folders:
+            if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise RuntimeError(f"{folder} is not a writable folder")
+
+    return check
+
+
+def probe_router(service: str, checks: dict[str, Check]) -> APIRouter:
+    """/health, /ready and /metrics for one service."""
+    router = APIRouter(tags=["probes"])
+    started = time.time()
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "healthy",
+            "service": service,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    @router.get("/ready")
+    async def ready() -> JSONResponse:
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=3)
+                results[name] = "ok"
+            except Exception as exc:
+                results[name] = safe_error(exc) if not str(exc) else str(exc)
+        ok = all(v == "ok" for v in results.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not-ready", "service": service, "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def worker_app(service: str, checks: dict[str, Check]) -> FastAPI:
+    """The small HTTP app a worker runs beside its consume loop."""
+    app = FastAPI(title=f"dicomflow {service}", docs_url=None, redoc_url=None)
+    app.include_router(probe_router(service, checks))
+    return app
+
+
+def standard_checks(
+    redis: Redis, settings: ServiceSettings, group: str | None, *folders: Path
+) -> dict[str, Check]:
+    checks = {"redis": redis_check(redis)}
+    if group:
+        streams = [s for s, groups in names.TOPOLOGY.items() if group in groups]
+        checks["consumer_group"] = groups_check(redis, group, streams)
+    if folders:
+        checks["folders"] = folders_check(*folders)
+    return checks
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``run`` stops server and work together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(app: FastAPI, host: str, port: int, *work: Coroutine[Any, Any, None]) -> None:
+    """Serve ``app`` and run ``work`` until SIGTERM/SIGINT, or until the work fails."""
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    tasks = [asyncio.create_task(coro) for coro in work]
+    serving = asyncio.create_task(server.serve())
+
+    def stop() -> None:
+        server.should_exit = True
+        for task in tasks:
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    done, _ = await asyncio.wait([serving, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    server.should_exit = True
+    await asyncio.gather(serving, *tasks, return_exceptions=True)
+    for task in done:
+        if task is not serving and not task.cancelled() and task.exception():
+            log.error("service.crashed", error=safe_error(task.exception()))  # type: ignore[arg-type]
+            raise SystemExit(1)
+    log.info("service.stopped")
+
+
+def ensure_folders(*folders: Path) -> None:
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def serve_worker(
+    service: str,
+    settings: ServiceSettings,
+    group: str,
+    folders: Sequence[Path],
+    work: Callable[[Bus], Coroutine[Any, Any, None]],
+    port: int,
+) -> None:
+    """A worker process's whole life: logging, folders, Redis, probes, and its consume loop."""
+    configure_logging(service, settings.log_level, settings.log_format)
+    ensure_folders(*folders)
+    redis = connect(settings)
+    app = worker_app(service, standard_checks(redis, settings, group, *folders))
+    asyncio.run(run(app, settings.host, port, work(make_bus(redis, settings))))

@@ -1,0 +1,51 @@
+"""What every service reads from the environment, and one way to load it that fails clearly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, RedisDsn, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """The seed's names, unprefixed (REDIS_URL, UPLOADS_PATH, ...), shared by every service."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
+    uploads_path: Path = Path("uploads")
+    archive_path: Path = Path("archive")
+    max_file_size: int = Field(100 * 1024 * 1024, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    host: str = Field("127.0.0.1", alias="HOST")
+    consumer_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", alias="CONSUMER_NAME"
+    )
+    max_deliveries: int = Field(5, ge=1, alias="MAX_DELIVERIES")
+    claim_idle_ms: int = Field(15_000, ge=100, alias="CLAIM_IDLE_MS")
+    worker_concurrency: int = Field(4, ge=1, le=64, alias="WORKER_CONCURRENCY")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Build settings, or stop the process with one line naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            info = cls.model_fields.get(field)
+            name = (info.alias if info and info.alias else field).upper()
+            print(f"configuration error: {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

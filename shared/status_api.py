@@ -1,0 +1,33 @@
+"""``GET /status/{study_id}``: the seed's status answer, served by gateway and status service."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+
+from shared.errors import UploadNotFound
+from shared.jobs import JobStatus, JobStore
+
+
+def status_router() -> APIRouter:
+    router = APIRouter(tags=["status"])
+
+    @router.get(
+        "/status/{study_id}",
+        response_model=JobStatus,
+        responses={404: {"description": "No upload has this id"}},
+    )
+    async def get_status(study_id: str, request: Request) -> JobStatus:
+        """Where an upload stands: its state, when it last changed, and what is known of it."""
+        try:
+            upload_id = UUID(study_id)
+        except ValueError:
+            raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
+        store: JobStore = request.app.state.store
+        job = await store.read(upload_id)
+        if job is None:
+            raise UploadNotFound(f"no upload has id {upload_id}")
+        return job
+
+    return router

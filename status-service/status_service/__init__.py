@@ -1,0 +1,1 @@
+"""Keeps every job's status: follows all event streams, writes job hashes, announces changes."""

@@ -1,0 +1,19 @@
+"""The status service's settings: the shared ones plus its port."""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings, load
+
+
+class StatusSettings(ServiceSettings):
+    port: int = Field(8003, ge=1, le=65535, alias="STATUS_PORT")
+    worker_concurrency: int = Field(8, ge=1, le=64, alias="STATUS_CONCURRENCY")
+
+
+@functools.cache
+def get_settings() -> StatusSettings:
+    return load(StatusSettings)

@@ -1,0 +1,39 @@
+"""The status service's story: apply every event of every stream to its job, then ack it.
+
+Its consumer group follows each stream, so it misses nothing while it restarts. It is the one
+writer of job hashes after the gateway creates them; ``JobStore.apply`` moves a job forward
+only, ignores an event it has already applied, and publishes the change for live watchers.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import structlog
+
+from shared import redis_names as names
+from shared.bus import Bus, Delivery
+from shared.jobs import JobStore
+from status_service.settings import StatusSettings
+
+log = structlog.get_logger()
+
+
+async def run(bus: Bus, settings: StatusSettings) -> None:
+    """Keep job records in step with every event until cancelled."""
+    await bus.ensure_groups()
+    store = JobStore(bus.redis)
+    streams = [s for s, groups in names.TOPOLOGY.items() if names.GROUP_STATUS in groups]
+    log.info("status.started", streams=len(streams))
+    await bus.serve(
+        streams,
+        names.GROUP_STATUS,
+        partial(handle, bus=bus, store=store),
+        settings.worker_concurrency,
+    )
+
+
+async def handle(delivery: Delivery, bus: Bus, store: JobStore) -> None:
+    moved = await store.apply(delivery.event)
+    await bus.complete(delivery)
+    log.debug("status.applied", event=delivery.event.type, moved=moved)

@@ -1,0 +1,45 @@
+"""Fixtures every test layer shares: a Redis of our own for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import RedisServer, docker_answers
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of our own: TEST_REDIS_URL if given, else a fresh redis-server on a free port.
+
+    A Docker engine is not needed (there is none on the development machines): the same
+    redis-server binary runs as a process. A Redis of our own keeps tests off the machine's
+    Redis on 6379 and lets several runs go in parallel.
+    """
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    if docker_answers():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def flushed_redis(redis_url: str) -> str:
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return redis_url

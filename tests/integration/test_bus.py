@@ -1,0 +1,279 @@
+"""The Redis Streams bus against a real redis-server: delivery, takeover, dead letters, trimming."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import redis_names as names
+from shared.bus import Bus, Delivery
+from shared.errors import PermanentError
+from shared.events import FileReceived, FileRef, FileRejected, JobFailed, Reason, parse_event
+from tests.support import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def received() -> FileReceived:
+    return FileReceived(
+        upload_id=uuid.uuid4(), file=FileRef(path="/nowhere.dcm", sha256="0" * 64, size=1)
+    )
+
+
+@pytest.fixture
+async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(flushed_redis)
+    yield client
+    await client.aclose()
+
+
+def bus(redis: Redis, consumer: str = "c1", **kw: int) -> Bus:
+    kw.setdefault("claim_idle_ms", 200)
+    kw.setdefault("block_ms", 50)
+    return Bus(redis, consumer=consumer, **kw)
+
+
+async def take(b: Bus, n: int, group: str = names.GROUP_VALIDATOR) -> list[Delivery]:
+    got: list[Delivery] = []
+    async for delivery in b.deliveries([names.FILE_RECEIVED], group):
+        got.append(delivery)
+        if len(got) == n:
+            break
+    return got
+
+
+async def dead_letters(redis: Redis) -> list[JobFailed]:
+    entries = await redis.xrange(names.DEAD_LETTER)
+    return [parse_event(fields[b"data"]) for _, fields in entries]  # type: ignore[misc]
+
+
+async def test_published_event_is_delivered_once_to_each_group(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    event = received()
+    await b.publish(event)
+    [to_validator] = await asyncio.wait_for(take(b, 1), 5)
+    [to_status] = await asyncio.wait_for(take(b, 1, names.GROUP_STATUS), 5)
+    assert to_validator.event == event == to_status.event
+    assert to_validator.count == 1
+
+
+async def test_complete_publishes_outcome_and_acks_together(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(received())
+    [delivery] = await asyncio.wait_for(take(b, 1), 5)
+    rejected = FileRejected(
+        upload_id=delivery.event.upload_id,
+        file=delivery.event.file,  # type: ignore[union-attr]
+        reasons=[Reason(code="not-dicom", message="x")],
+    )
+    await b.complete(delivery, rejected)
+    pending = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
+    assert pending["pending"] == 0
+    [(_, fields)] = await redis.xrange(names.FILE_REJECTED)
+    assert parse_event(fields[b"data"]) == rejected
+
+
+async def test_entry_left_by_a_dead_consumer_is_taken_over(redis: Redis) -> None:
+    """A validator that dies before its ack must not lose the upload."""
+    dead, alive = bus(redis, "dead"), bus(redis, "alive")
+    await dead.ensure_groups()
+    event = received()
+    await dead.publish(event)
+    [first] = await asyncio.wait_for(take(dead, 1), 5)  # delivered, never acked: it "died"
+    assert first.count == 1
+    [again] = await asyncio.wait_for(take(alive, 1), 5)
+    assert again.event == event
+    assert again.entry_id == first.entry_id
+    assert again.count == 2
+
+
+async def test_a_failing_handler_leaves_the_entry_for_a_retry(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(received())
+    calls: list[int] = []
+
+    async def handle(delivery: Delivery) -> None:
+        calls.append(delivery.count)
+        if delivery.count < 3:
+            raise RuntimeError("passing fault")
+        await b.complete(delivery)
+
+    task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+    for _ in range(100):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert calls[:3] == [1, 2, 3]
+    assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+    assert await dead_letters(redis) == []
+
+
+async def test_past_the_delivery_limit_the_job_is_dead_lettered_with_its_last_error(
+    redis: Redis,
+) -> None:
+    b = bus(redis, max_deliveries=2)
+    await b.ensure_groups()
+    event = received()
+    await b.publish(event)
+
+    async def handle(delivery: Delivery) -> None:
+        raise RuntimeError("always")
+
+    task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+    for _ in range(100):
+        if await dead_letters(redis):
+            break
+        await asyncio.sleep(0.1)
+    task.cancel()
+    [failed] = await dead_letters(redis)
+    assert failed.upload_id == event.upload_id
+    assert failed.stage == names.GROUP_VALIDATOR
+    assert "RuntimeError" in failed.error
+    assert "2 deliveries" in failed.error
+    assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+
+
+async def test_a_permanent_error_fails_the_job_at_once(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(received())
+    calls = 0
+
+    async def handle(delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("the bucket does not exist")
+
+    task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+    for _ in range(50):
+        if await dead_letters(redis):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    [failed] = await dead_letters(redis)
+    assert failed.error == "the bucket does not exist"
+    assert calls == 1
+
+
+async def test_an_unreadable_entry_is_set_aside_not_retried(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await redis.xadd(names.FILE_RECEIVED, {"data": b"{not json"})
+    await b.publish(event := received())
+    [delivery] = await asyncio.wait_for(take(b, 1), 5)
+    assert delivery.event == event
+    assert await redis.xlen(names.DEAD_LETTER_RAW) == 1
+
+
+async def test_a_long_handler_keeps_its_entry_from_being_taken_over(redis: Redis) -> None:
+    slow, other = bus(redis, "slow"), bus(redis, "other")
+    await slow.ensure_groups()
+    await slow.publish(received())
+    seen: list[str] = []
+
+    async def handle(delivery: Delivery) -> None:
+        seen.append("slow")
+        await asyncio.sleep(1.0)  # five times the claim idle time
+        await slow.complete(delivery)
+
+    async def steal(delivery: Delivery) -> None:
+        seen.append("other")
+        await other.complete(delivery)
+
+    tasks = [
+        asyncio.create_task(slow.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle)),
+    ]
+    await asyncio.sleep(0.2)
+    tasks.append(
+        asyncio.create_task(other.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, steal))
+    )
+    await asyncio.sleep(1.5)
+    for task in tasks:
+        task.cancel()
+    assert seen == ["slow"]
+
+
+async def test_trim_drops_only_what_every_group_has_acked(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    for _ in range(300):
+        await b.publish(received())
+    validator = await asyncio.wait_for(take(b, 300), 10)
+    for delivery in validator:
+        await b.complete(delivery)
+    # the status group has not read anything yet: nothing may go
+    await b.trim(names.FILE_RECEIVED)
+    assert await redis.xlen(names.FILE_RECEIVED) == 300
+    status = await asyncio.wait_for(take(b, 300, names.GROUP_STATUS), 10)
+    for delivery in status[:200]:
+        await b.complete(delivery)
+    await b.trim(names.FILE_RECEIVED)
+    left = await redis.xrange(names.FILE_RECEIVED)
+    ids = {e for e, _ in left}
+    # every entry the status group has not acked is still there
+    assert {d.entry_id.encode() for d in status[200:]} <= ids
+    assert len(left) < 300 or await redis.xlen(names.FILE_RECEIVED) == 300  # approximate trim
+
+
+async def test_work_survives_a_redis_restart(tmp_path: Path) -> None:
+    """With append-only persistence, entries and groups come back after Redis dies."""
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    try:
+        client = Redis.from_url(server.url)
+        b = bus(client)
+        await b.ensure_groups()
+        event = received()
+        await b.publish(event)
+        await client.aclose()
+        server.kill()
+        server.start()
+        client = Redis.from_url(server.url)
+        [delivery] = await asyncio.wait_for(take(bus(client), 1), 10)
+        assert delivery.event == event
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+async def test_consumer_rides_out_a_redis_outage(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    try:
+        client = Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=1)
+        b = bus(client)
+        await b.ensure_groups()
+        got: list[Delivery] = []
+
+        async def handle(delivery: Delivery) -> None:
+            got.append(delivery)
+            await b.complete(delivery)
+
+        task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+        await asyncio.sleep(0.2)
+        server.kill()
+        await asyncio.sleep(1.0)
+        server.start()
+        producer = Redis.from_url(server.url)
+        await bus(producer).publish(event := received())
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        await producer.aclose()
+        await client.aclose()
+        assert [d.event for d in got] == [event]
+    finally:
+        server.stop()

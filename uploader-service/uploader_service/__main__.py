@@ -1,0 +1,26 @@
+"""Start the uploader: ``uploader-service`` or ``python -m uploader_service``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from shared import redis_names as names
+from shared.service import serve_worker
+from uploader_service import worker
+from uploader_service.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    serve_worker(
+        "uploader-service",
+        settings,
+        names.GROUP_UPLOADER,
+        [settings.archive_path],
+        partial(worker.run, settings=settings),
+        settings.port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The uploader's settings: the shared ones plus its port and the targets to copy to."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import ServiceSettings, load
+
+KNOWN_TARGETS = ("local",)
+
+
+class UploaderSettings(ServiceSettings):
+    port: int = Field(8004, ge=1, le=65535, alias="UPLOADER_PORT")
+    upload_targets: Annotated[tuple[str, ...], NoDecode] = Field(("local",), alias="UPLOAD_TARGETS")
+
+    @field_validator("upload_targets", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(t.strip().lower() for t in value.split(",") if t.strip())
+        if isinstance(value, tuple | list):
+            unknown = [t for t in value if t not in KNOWN_TARGETS]
+            if unknown:
+                raise ValueError(f"unknown target(s) {unknown}; known: {list(KNOWN_TARGETS)}")
+            if not value:
+                raise ValueError("name at least one target, e.g. 'local'")
+        return value
+
+
+@functools.cache
+def get_settings() -> UploaderSettings:
+    return load(UploaderSettings)

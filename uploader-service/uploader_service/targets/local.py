@@ -1,0 +1,31 @@
+"""The ``local`` target: the archive itself. It checks the archived original against the upload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shared.errors import PermanentError, RetryableError
+from shared.events import TargetResult
+from shared.files import sha256_of
+from uploader_service.targets import Item
+
+
+class LocalTarget:
+    name = "local"
+
+    async def put(self, item: Item) -> TargetResult:
+        started = time.perf_counter()
+        if not item.original.is_file():
+            raise RetryableError("the archived original is not on disk: is ARCHIVE_PATH shared?")
+        digest = await asyncio.to_thread(sha256_of, item.original)
+        if digest != item.sha256:
+            raise PermanentError("the archived original does not match the upload's SHA-256")
+        return TargetResult(
+            target=self.name,
+            ok=True,
+            location=str(item.original.resolve()),
+            bytes=item.size,
+            checksum=f"sha256:{digest}",
+            seconds=round(time.perf_counter() - started, 4),
+        )

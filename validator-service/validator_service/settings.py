@@ -1,0 +1,20 @@
+"""The validator's settings: the shared ones plus its port and the decoding budgets."""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings, load
+
+
+class ValidatorSettings(ServiceSettings):
+    port: int = Field(8001, ge=1, le=65535, alias="VALIDATOR_PORT")
+    max_pixel_bytes: int = Field(2 * 1024**3, gt=0, alias="MAX_PIXEL_BYTES")
+    max_inflated_size: int = Field(1024**3, gt=0, alias="MAX_INFLATED_SIZE")
+
+
+@functools.cache
+def get_settings() -> ValidatorSettings:
+    return load(ValidatorSettings)
