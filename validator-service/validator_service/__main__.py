@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from validator_service import worker
-from validator_service.settings import get_settings
-
 from shared import redis_names as names
 from shared.service import serve_worker
+from validator_service import worker
+from validator_service.settings import get_settings
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ from functools import partial
 from pathlib import Path
 
 import structlog
-from validator_service.rules import Limits, check_file
-from validator_service.settings import ValidatorSettings
 
 from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import RetryableError
 from shared.events import FileReceived, FileRejected, FileValidated, StageStarted
+from validator_service.rules import Limits, check_file
+from validator_service.settings import ValidatorSettings
 
 log = structlog.get_logger()
 

@@ -1,0 +1,1 @@
+"""Validator service: decides whether each uploaded file is acceptable DICOM."""
