@@ -6,7 +6,6 @@ from functools import partial
 
 from descriptor_service import worker
 from descriptor_service.settings import get_settings
-
 from shared import redis_names as names
 from shared.service import serve_worker
 

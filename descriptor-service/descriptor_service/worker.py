@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pydicom
 import structlog
+from redis.asyncio import Redis
+
 from descriptor_service.metadata import describe
 from descriptor_service.render import RenderError, has_pixels, render_png
 from descriptor_service.settings import DescriptorSettings
-from redis.asyncio import Redis
-
 from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery

@@ -1,0 +1,1 @@
+"""Descriptor service: archive each validated instance with its metadata and a preview."""

@@ -1,0 +1,264 @@
+"""The preview: one frame of a dataset through the DICOM display pipeline, as an 8-bit PNG.
+
+Every image: decode only the requested frame (``Decoder.as_array(ds, index=frame)``), which also
+gives YBR_FULL/YBR_FULL_422 as RGB and reports the Photometric Interpretation that then applies.
+Grayscale (MONOCHROME1/2), per PS3.3 C.11 and PS3.4 N.2, with pydicom's own helpers:
+
+1. Modality LUT: Rescale Slope/Intercept or the Modality LUT Sequence (``apply_modality_lut``);
+2. VOI: an explicit ``window=(center, width)``, else the file's first Window Center/Width with
+   its VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID; ``apply_windowing``), else the first
+   VOI LUT Sequence item (``apply_voi``), else the min-max of the modality output; a window or
+   LUT that is malformed falls through to the next way;
+3. 8 bits: the window is applied with an output range of exactly 0-255, a LUT's output is
+   scaled by its declared bit depth; MONOCHROME1 is then inverted to display like MONOCHROME2.
+
+For enhanced multi-frame objects the rescale and window of the frame come from the Shared and
+Per-Frame Functional Groups (Pixel Value Transformation, Frame VOI LUT) when present.
+PALETTE COLOR goes through its palette (``apply_color_lut``), 16-bit entries keep their high
+byte; RGB with more than 8 bits stored keeps its most significant 8 bits. Not applied: ICC
+profiles, Presentation LUTs and Presentation LUT Shape, overlays, YBR_PARTIAL_*.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    convert_color_space,
+)
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import UID
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
+_GRAY = ("MONOCHROME1", "MONOCHROME2")
+_COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+_KNOWN_PI = frozenset(
+    {*_GRAY, *_COLOR, "PALETTE COLOR", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT"}
+    | {"YBR_RCT", "XYB", "HSV", "ARGB", "CMYK"}
+)
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+# The attributes of the Modality LUT and VOI LUT modules, and where enhanced objects keep them.
+_VALUE_KEYWORDS = (
+    *("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"),
+    *("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
+)
+_FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+Image8 = NDArray[np.uint8]
+
+
+class RenderError(Exception):
+    """Pixel data exists but cannot be decoded or shown (message: structural, no patient data)."""
+
+
+def has_pixels(ds: Dataset) -> bool:
+    """Whether ds holds a non-empty Pixel Data, Float Pixel Data or Double Float Pixel Data."""
+    for tag in PIXEL_TAGS:
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement) and elem.length:
+            return True
+        if isinstance(elem, DataElement) and not elem.is_empty:
+            return True
+    return False
+
+
+def render_png(
+    ds: Dataset,
+    *,
+    frame: int = 0,
+    compress_level: int = 1,
+    window: tuple[float, float] | None = None,
+) -> bytes:
+    """Frame `frame` of ds at full resolution as PNG bytes (8-bit gray or RGB)."""
+    image = Image.fromarray(np.ascontiguousarray(to_display(ds, frame, window)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def to_display(ds: Dataset, frame: int = 0, window: tuple[float, float] | None = None) -> Image8:
+    """uint8 (rows, cols) or (rows, cols, 3) array after the display pipeline — the testable core.
+
+    An explicit window replaces the file's Window Center/Width and VOI LUT Sequence but keeps
+    its VOI LUT Function. Raises ValueError for a window whose width is below 1, IndexError for
+    a frame the dataset does not have, and RenderError when the pixel data is missing or cannot
+    be decoded or shown.
+    """
+    if window is not None and not (
+        all(map(math.isfinite, window)) and len(window) == 2 and window[1] >= 1
+    ):
+        raise ValueError("window must be (center, width) with a finite width of at least 1")
+    arr, properties = _decode(ds, frame)
+    pi = str(properties["photometric_interpretation"])
+    try:
+        if pi in _GRAY:
+            gray = _grayscale(arr, ds, frame, window)
+            return 255 - gray if pi == "MONOCHROME1" else gray
+        if pi == "PALETTE COLOR":
+            return _palette(arr, ds)
+        if pi in _COLOR:
+            return _rgb(arr, pi, int(properties["bits_stored"]))
+    except Exception as exc:
+        raise RenderError(f"cannot show {pi} pixel data: {type(exc).__name__}") from None
+    shown = pi if pi in _KNOWN_PI else "an unrecognised value"
+    raise RenderError(f"cannot show Photometric Interpretation {shown}")
+
+
+def _decode(ds: Dataset, frame: int) -> tuple[NDArray[Any], dict[str, Any]]:
+    """The stored values of one frame, and the pixel properties that describe them."""
+    if not has_pixels(ds):
+        raise RenderError("no pixel data")
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(meta.get("TransferSyntaxUID") or "") if meta is not None else UID("")
+    if not syntax:
+        raise RenderError("no Transfer Syntax UID in the file meta")
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except Exception:
+        raise RenderError("unreadable Number of Frames") from None
+    if not 0 <= frame < frames:
+        raise IndexError(f"frame {frame} requested, the dataset has {frames}")
+    try:
+        decoder = get_decoder(syntax)
+        arr, properties = decoder.as_array(ds, index=frame, **as_pixel_options(ds))
+    except Exception as exc:  # no plugin, corrupt stream, inconsistent attributes
+        raise RenderError(
+            f"cannot decode pixel data: {type(exc).__name__} ({syntax.name})"
+        ) from None
+    return arr, properties
+
+
+def _grayscale(
+    arr: NDArray[Any], ds: Dataset, frame: int, window: tuple[float, float] | None
+) -> Image8:
+    attrs = _frame_attributes(ds, frame)
+    try:
+        values = apply_modality_lut(arr, attrs)
+    except Exception:  # a malformed Modality LUT: show the stored values
+        values = arr
+    if window is not None:
+        return _windowed(values, window, _voi_function(attrs))
+    for way in (_file_window, _file_voi_lut):
+        try:
+            shown = way(values, attrs)
+        except Exception:  # malformed VOI attributes: try the next way
+            shown = None
+        if shown is not None:
+            return shown
+    return _min_max(values)
+
+
+def _frame_attributes(ds: Dataset, frame: int) -> Dataset:
+    """The Modality and VOI LUT attributes that apply to one frame, in a dataset of their own.
+
+    Top level, then the Shared, then this frame's Functional Groups, the later winning. A copy
+    also keeps pydicom's helpers, some of which assign to the dataset they get, off the caller's.
+    """
+    sources = [ds]
+    for name, index in (
+        ("SharedFunctionalGroupsSequence", 0),
+        ("PerFrameFunctionalGroupsSequence", frame),
+    ):
+        groups = ds.get(name) or []
+        if index < len(groups):
+            for macro in _FRAME_MACROS:
+                sources.extend((groups[index].get(macro) or [])[:1])
+    attrs = Dataset()
+    for source in sources:
+        for keyword in _VALUE_KEYWORDS:
+            if keyword in source:
+                try:
+                    attrs.add(source[keyword])
+                except Exception:  # unreadable: as if absent
+                    continue
+    if (meta := getattr(ds, "file_meta", None)) is not None:
+        attrs.file_meta = meta  # the byte order of OW LUT data
+    return attrs
+
+
+def _voi_function(attrs: Dataset) -> str:
+    try:
+        function = str(attrs.get("VOILUTFunction") or "LINEAR").strip().upper()
+    except Exception:
+        return "LINEAR"
+    return function if function in _VOI_FUNCTIONS else "LINEAR"
+
+
+def _windowed(values: NDArray[Any], window: tuple[float, float], function: str) -> Image8:
+    """PS3.3 C.11.2.1.2 windowing by pydicom, asked for an output range of exactly 0-255."""
+    view = Dataset()
+    view.PhotometricInterpretation = "MONOCHROME2"
+    view.BitsStored, view.PixelRepresentation = 8, 0  # unsigned 8-bit: y_min 0, y_max 255
+    # FD rather than DS: the same numbers, without DS's 16-character rule on arbitrary floats.
+    view.add(DataElement(0x00281050, "FD", float(window[0])))
+    view.add(DataElement(0x00281051, "FD", float(window[1])))
+    view.VOILUTFunction = function
+    return _quantise(apply_windowing(values, view))
+
+
+def _file_window(values: NDArray[Any], attrs: Dataset) -> Image8 | None:
+    if "WindowCenter" not in attrs or "WindowWidth" not in attrs:
+        return None
+    center, width = (_first(attrs[keyword].value) for keyword in ("WindowCenter", "WindowWidth"))
+    return _windowed(values, (float(center), float(width)), _voi_function(attrs))
+
+
+def _file_voi_lut(values: NDArray[Any], attrs: Dataset) -> Image8 | None:
+    if not attrs.get("VOILUTSequence"):
+        return None
+    depth = int(attrs.VOILUTSequence[0].LUTDescriptor[2])
+    if values.dtype.kind == "f":  # LUTs are indexed by integers; rescaled values round to them
+        values = np.rint(np.nan_to_num(values)).astype(np.int64)
+    return _quantise(apply_voi(values, attrs) * (255.0 / (2**depth - 1)))
+
+
+def _min_max(values: NDArray[Any]) -> Image8:
+    values = values.astype(np.float64, copy=False)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0 or (low := finite.min()) == (high := finite.max()):
+        return np.zeros(values.shape, dtype=np.uint8)  # a constant image shows black
+    return _quantise((values - low) / (high - low) * 255.0)
+
+
+def _palette(arr: NDArray[Any], ds: Dataset) -> Image8:
+    rgb = apply_color_lut(arr, ds)[..., :3]  # drop an alpha palette
+    return (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb.astype(np.uint8)
+
+
+def _rgb(arr: NDArray[Any], pi: str, bits_stored: int) -> Image8:
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError("expected three samples per pixel")
+    if pi != "RGB":  # the decoder converts YBR to RGB already; this is the backstop
+        arr = convert_color_space(arr, pi, "RGB")
+    if arr.dtype == np.uint8:
+        return arr
+    shifted = np.right_shift(np.clip(arr, 0, None).astype(np.uint64), max(bits_stored - 8, 0))
+    shown: Image8 = np.minimum(shifted, 255).astype(np.uint8)
+    return shown
+
+
+def _quantise(values: NDArray[Any]) -> Image8:
+    """Values on the 0-255 scale as uint8: rounded, clipped, NaN black."""
+    values = values.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    quantised: Image8 = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return quantised
+
+
+def _first(value: Any) -> Any:
+    """The first of a multi-valued element's values, or the single value."""
+    return value[0] if isinstance(value, (MultiValue, list, tuple)) else value
