@@ -207,6 +207,8 @@ class JobStatus(BaseModel):
         details: dict[str, Any] = {k: h[k] for k in _PLAIN_FIELDS if k in h}
         details.update({out: h[k] for k, out in _ID_FIELDS.items() if k in h})
         details.update({k: json.loads(h[k]) for k in _JSON_FIELDS if k in h})
+        if "history" in details:  # event ids are for idempotence, not for readers
+            details["history"] = [{"state": e["state"], "at": e["at"]} for e in details["history"]]
         if "size" in h:
             details["size"] = int(h["size"])
         if "has_pixels" in h:
@@ -229,12 +231,15 @@ def _timings(h: dict[str, str]) -> dict[str, float]:
             return round((at[b] - at[a]).total_seconds() * 1000, 1)
         return None
 
+    final = next((s for s in ("archived", "rejected", "failed") if s in at), None)
     out: dict[str, float | None] = {}
     previous_end = "accepted"
     for stage, (start, end) in _STAGES.items():
+        if start not in at:
+            break
         out[f"queued_{stage}"] = ms(previous_end, start)
-        out[stage] = ms(start, end)
+        stop = end if end in at else final  # a stage can end the job (rejected, failed)
+        out[stage] = ms(start, stop) if stop else None
         previous_end = end
-    final = next((s for s in ("archived", "rejected", "failed") if s in at), None)
     out["total"] = ms("accepted", final) if final else None
     return {k: v for k, v in out.items() if v is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Literal
 
 import structlog
@@ -35,3 +36,7 @@ def configure_logging(
     # uvicorn and libraries log through stdlib: keep them quiet and on the same stream.
     logging.basicConfig(level=max(logging.getLevelName(level), logging.WARNING), stream=sys.stderr)
     logging.getLogger("uvicorn.access").disabled = True
+    # pydicom warns and logs about odd values by quoting them: patient data. The services say
+    # what matters in their own words (rejection reasons, preview notes), so neither is shown.
+    logging.getLogger("pydicom").disabled = True
+    warnings.simplefilter("ignore")

@@ -1,0 +1,225 @@
+"""The five services as processes, driven over HTTP as a user would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import NAMES, System, start_system, stop_system
+from tests.support import ct_slice, pydicom_file, write_ct_series
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+# pydicom test files that ship inside its wheel (others would be downloaded: no network here)
+ENCODINGS = [
+    "JPEG2000.dcm",  # JPEG 2000
+    "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+    "SC_rgb_rle.dcm",  # RLE, RGB
+    "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless, RGB
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR_FULL
+    "JPGExtended.dcm",  # JPEG extended, 12-bit
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS
+    "image_dfl.dcm",  # deflated explicit VR little endian
+    "MR_small_bigendian.dcm",  # explicit VR big endian
+    "examples_palette.dcm",  # PALETTE COLOR
+    "rtdose.dcm",  # multi-frame, implicit VR
+]
+
+
+def test_upload_is_archived_with_metadata_preview_and_details(system: System) -> None:
+    source = pydicom_file("CT_small.dcm")
+    [upload_id] = system.upload(source)
+    final = system.wait_final([upload_id])[upload_id]
+    assert final["status"] == "archived", final
+    details = final["details"]
+    folder = Path(details["archive_path"])
+    assert folder == system.archive / upload_id
+    assert (folder / "original.dcm").read_bytes() == source.read_bytes()
+    assert details["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert details["metadata_file"] == str(folder / "metadata.json")
+    assert details["preview_file"] == str(folder / "preview.png")
+    assert details["sop_instance_uid"]
+    assert details["study_instance_uid"]
+    assert details["modality"] == "CT"
+    for stage in ("validating", "describing", "uploading", "total"):
+        assert details["timings_ms"][stage] >= 0
+    assert next(h["state"] for h in details["history"]) == "accepted"
+    assert details["targets"][0]["target"] == "local"
+    assert details["targets"][0]["checksum"] == f"sha256:{details['sha256']}"
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["summary"]["sop_instance_uid"] == details["sop_instance_uid"]
+    assert "InlineBinary" not in json.dumps(metadata.get("dataset", {}).get("7FE00010", {}))
+    with Image.open(folder / "preview.png") as png:
+        assert png.size == (128, 128)
+    # the upload itself is gone once archived
+    assert not (system.uploads / f"{upload_id}.dcm").exists()
+
+
+def test_status_service_answers_the_same_status(system: System) -> None:
+    [upload_id] = system.upload(pydicom_file("MR_small.dcm"))
+    system.wait_final([upload_id])
+    with system.client("status") as c:
+        assert c.get(f"/status/{upload_id}").json() == system.status(upload_id)
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_every_encoding_is_archived_with_a_preview(system: System, name: str) -> None:
+    [upload_id] = system.upload(pydicom_file(name))
+    final = system.wait_final([upload_id])[upload_id]
+    assert final["status"] == "archived", final
+    preview = Path(final["details"]["preview_file"])
+    with Image.open(preview) as png:
+        assert png.size[0] > 0
+
+
+def test_instance_without_pixel_data_is_archived_without_preview(system: System) -> None:
+    [upload_id] = system.upload(pydicom_file("rtplan.dcm"))
+    final = system.wait_final([upload_id])[upload_id]
+    assert final["status"] == "archived", final
+    assert "preview_file" not in final["details"]
+    assert "no pixel data" in final["details"]["preview_note"]
+    assert final["details"]["has_pixels"] is False
+
+
+def test_several_files_in_one_request_make_one_job_each(system: System, tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path, 3, seed=11, rows=64, columns=64)
+    ids = system.upload(*paths)
+    assert len(set(ids)) == 3
+    finals = system.wait_final(ids)
+    assert {f["status"] for f in finals.values()} == {"archived"}
+
+
+def test_bad_files_are_rejected_with_reasons(system: System, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not DICOM\n" * 20)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(ct_slice(0, rows=64, columns=64)[:-1000])
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    ids = system.upload(text, truncated, empty)
+    finals = system.wait_final(ids)
+    for upload_id in ids:
+        final = finals[upload_id]
+        assert final["status"] == "rejected", final
+        reasons = final["details"]["reasons"]
+        assert reasons
+        assert all(r["code"] and r["message"] for r in reasons)
+        assert not (system.archive / upload_id).exists()
+    assert finals[ids[0]]["details"]["reasons"][0]["code"] == "not-dicom"
+    assert finals[ids[2]]["details"]["reasons"][0]["code"] == "empty-file"
+
+
+def test_same_instance_twice_is_reported_as_duplicate_not_stored_twice(
+    system: System, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.dcm"
+    path.write_bytes(ct_slice(0, rows=64, columns=64, seed=99))
+    [first] = system.upload(path)
+    assert system.wait_final([first])[first]["status"] == "archived"
+    [second] = system.upload(path)
+    final = system.wait_final([second])[second]
+    assert final["status"] == "archived"
+    assert final["details"]["duplicate_of"] == first
+    assert final["details"]["archive_path"] == str(system.archive / first)
+    assert not (system.archive / second).exists()
+
+
+def test_http_errors_are_json_problems(system: System) -> None:
+    with system.client() as c:
+        missing = c.get("/status/00000000-0000-0000-0000-000000000000")
+        assert missing.status_code == 404
+        assert missing.json()["type"] == "/problems/upload-not-found"
+        assert c.get("/status/not-a-uuid").status_code == 404
+        no_file = c.post("/upload", files={"other": ("a.txt", b"x")})
+        assert no_file.status_code == 400
+        assert no_file.json()["type"] == "/problems/no-file"
+        not_multipart = c.post(
+            "/upload", content=b"DICM", headers={"content-type": "application/dicom"}
+        )
+        assert not_multipart.status_code == 415
+        broken = c.post(
+            "/upload",
+            content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+        )
+        assert broken.status_code == 400
+        assert broken.json()["detail"]
+        assert list(system.uploads.glob("*.part")) == []
+
+
+def test_probes_on_every_service(system: System) -> None:
+    for name in NAMES:
+        with system.client(name) as c:
+            assert c.get("/health").json()["status"] == "healthy"
+            ready = c.get("/ready")
+            assert ready.status_code == 200, ready.text
+            assert "# TYPE dicomflow_deliveries_total counter" in c.get("/metrics").text
+
+
+def test_no_patient_data_in_any_log_line(system: System, tmp_path: Path) -> None:
+    path = tmp_path / "phi.dcm"
+    data = ct_slice(0, rows=32, columns=32, seed=5, patient_name="Doe^Jane^Secret")
+    # an invalid DS value that quotes patient data: pydicom warns about it, quoting it
+    assert data.count(b"20260101") == 1
+    path.write_bytes(data.replace(b"20260101", b"Doe^Jane"))
+    [upload_id] = system.upload(path)
+    system.wait_final([upload_id])
+    log = system.log.read_text()
+    assert upload_id in log  # the log is there and carries the upload id
+    assert "Doe" not in log
+    assert "Jane" not in log
+    assert "SYN-0001" not in log
+    for line in log.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            assert "service" in record
+
+
+@pytest.fixture(scope="module")
+def small_limit_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    running = start_system(tmp_path_factory.mktemp("limited"), MAX_FILE_SIZE="200000")
+    yield running
+    stop_system(running)
+
+
+def test_too_large_upload_gets_413_and_leaves_nothing(small_limit_system: System) -> None:
+    system = small_limit_system
+    with system.client() as c:
+        answer = c.post("/upload", files={"file": ("big.dcm", os.urandom(300_000))})
+    assert answer.status_code == 413
+    assert answer.json()["type"] == "/problems/file-too-large"
+    assert "MAX_FILE_SIZE" in answer.json()["detail"]
+    assert list(system.uploads.iterdir()) == []
+
+
+def test_sigkill_of_workers_mid_load_loses_nothing(system: System, tmp_path: Path) -> None:
+    """SIGKILL four services mid-load: every upload still ends archived, exactly once."""
+    paths = write_ct_series(tmp_path / "load", 60, seed=7, rows=128, columns=128)
+    ids: list[str] = []
+    victims = ["descriptor", "validator", "status", "uploader", "descriptor"]
+    for batch_start in range(0, len(paths), 12):
+        ids += system.upload(*paths[batch_start : batch_start + 12])
+        if victims:
+            victim = victims.pop(0)
+            killed = system.kill(victim)
+            system.wait_healthy(victim, other_than=killed)
+    finals = system.wait_final(ids, seconds=120)
+    states = {upload_id: f["status"] for upload_id, f in finals.items()}
+    assert set(states.values()) == {"archived"}, states
+    folders = {p.name for p in system.archive.iterdir()}
+    assert set(ids) <= folders
+    for upload_id in ids:
+        assert (system.archive / upload_id / "original.dcm").stat().st_size > 0
+    # nothing stuck half-way: no partial uploads, no temporary archive files
+    assert list(system.uploads.glob("*.part")) == []
+    assert list(system.archive.glob("*/.*.tmp")) == []
+    # and no status transition went backwards or was counted twice
+    for final in finals.values():
+        states_seen = [h["state"] for h in final["details"]["history"]]
+        assert states_seen.count("archived") == 1
