@@ -44,6 +44,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
 def _text(value: bytes | str) -> str:
@@ -96,9 +97,7 @@ class Bus:
         async with self.redis.pipeline(transaction=True) as pipe:
             for event in events:
                 add_event(pipe, event)
-            pipe.xack(delivery.stream, delivery.group, delivery.entry_id)
-            if delivery.count > 1:
-                pipe.hdel(names.attempts_key(delivery.stream, delivery.group), delivery.entry_id)
+            _queue_ack(pipe, delivery)
             await pipe.execute()
         metrics.DELIVERIES.labels(delivery.group, "done").inc()
 
@@ -130,8 +129,39 @@ class Bus:
                 for task in running:
                     task.cancel()
 
+    async def serve_batches(
+        self, streams: Sequence[str], group: str, handle_batch: BatchHandler, handle: Handler
+    ) -> None:
+        """Run ``handle_batch`` on each batch the stream gives, for handlers whose cost is round
+        trips. A batch that fails is handled again one delivery at a time with ``handle``, so
+        one bad entry is retried and dead-lettered alone, never its neighbours."""
+        async for batch in self.batches(streams, group):
+            try:
+                await handle_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("batch.failed", size=len(batch), error=safe_error(exc))
+                for delivery in batch:
+                    await self._run(delivery, handle)
+            else:
+                metrics.DELIVERIES.labels(group, "done").inc(len(batch))
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack deliveries whose handling is durable, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for delivery in deliveries:
+                _queue_ack(pipe, delivery)
+            await pipe.execute()
+
     async def deliveries(self, streams: Sequence[str], group: str) -> AsyncIterator[Delivery]:
         """Yield new entries, and entries other consumers left pending too long."""
+        async for batch in self.batches(streams, group):
+            for delivery in batch:
+                yield delivery
+
+    async def batches(self, streams: Sequence[str], group: str) -> AsyncIterator[list[Delivery]]:
+        """Yield batches of new entries, and of entries other consumers left pending too long."""
         next_claim = 0.0
         next_trim = time.monotonic() + self.trim_every_s
         failures = 0
@@ -141,8 +171,8 @@ class Bus:
                 if now >= next_claim:
                     next_claim = now + self.claim_idle_ms / 2000
                     for stream in streams:
-                        async for delivery in self._reclaimed(stream, group):
-                            yield delivery
+                        async for batch in self._reclaimed(stream, group):
+                            yield batch
                 if now >= next_trim:
                     next_trim = now + self.trim_every_s
                     for stream in streams:
@@ -167,27 +197,33 @@ class Bus:
                 log.warning("bus.groups_missing")  # Redis lost its data: recreate and go on
                 await self.ensure_groups()
                 continue
+            batch = []
             for stream, entries in reply or []:
                 for entry_id, fields in entries:
                     delivery = await self._delivery(
                         _text(stream), group, _text(entry_id), fields, 1
                     )
                     if delivery is not None:
-                        yield delivery
+                        batch.append(delivery)
+            if batch:
+                yield batch
 
-    async def _reclaimed(self, stream: str, group: str) -> AsyncIterator[Delivery]:
+    async def _reclaimed(self, stream: str, group: str) -> AsyncIterator[list[Delivery]]:
         start = "0-0"
         while True:
             next_start, entries, *_ = await self.redis.xautoclaim(
                 stream, group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch
             )
+            batch = []
             for entry_id, fields in entries:
                 entry_id = _text(entry_id)
                 count = await self._times_delivered(stream, group, entry_id)
                 delivery = await self._delivery(stream, group, entry_id, fields, count)
                 if delivery is not None:
                     log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
-                    yield delivery
+                    batch.append(delivery)
+            if batch:
+                yield batch
             start = _text(next_start)
             if start == "0-0":
                 return
@@ -234,8 +270,7 @@ class Bus:
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             add_event(pipe, failed)
-            pipe.xack(delivery.stream, delivery.group, delivery.entry_id)
-            pipe.hdel(names.attempts_key(delivery.stream, delivery.group), delivery.entry_id)
+            _queue_ack(pipe, delivery, forget_errors=True)
             await pipe.execute()
         metrics.DELIVERIES.labels(delivery.group, "dead-lettered").inc()
         log.error("job.dead_lettered", stage=delivery.group, error=error)
@@ -320,6 +355,13 @@ class Bus:
 def add_event(pipe: Redis, event: Event) -> None:
     """Queue an XADD of one event on its stream in a pipeline."""
     pipe.xadd(names.STREAM_OF_TYPE[event.type], {"data": event.model_dump_json()})  # type: ignore[attr-defined]
+
+
+def _queue_ack(pipe: Redis, delivery: Delivery, forget_errors: bool = False) -> None:
+    """Queue the ack of a delivery in a pipeline, and forget the errors of earlier attempts."""
+    pipe.xack(delivery.stream, delivery.group, delivery.entry_id)
+    if forget_errors or delivery.count > 1:
+        pipe.hdel(names.attempts_key(delivery.stream, delivery.group), delivery.entry_id)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

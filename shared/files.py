@@ -11,13 +11,18 @@ from pathlib import Path
 CHUNK = 1024 * 1024
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write data to path so that readers see the old file or the whole new one, never half."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write data to path so that readers see the old file or the whole new one, never half.
+
+    ``durable`` also fsyncs it, so it survives a power loss; files derived from ones that are
+    durable already (metadata, previews) can skip that, since they can be made again.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -137,6 +137,13 @@ class JobStore:
                 return bool(moved)
         return bool(await self._apply(keys=self._keys(event), args=self._args(event)))
 
+    async def apply_all(self, events: list[AnyEvent]) -> None:
+        """Apply several events in one round trip; raises if any of them failed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self.queue_apply(pipe, event)
+            await pipe.execute()
+
     async def read(self, upload_id: UUID) -> JobStatus | None:
         raw = await self.redis.hgetall(names.status_key(upload_id))
         if not raw:

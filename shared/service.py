@@ -197,4 +197,14 @@ def serve_worker(
     ensure_folders(*folders)
     redis = connect(settings)
     app = worker_app(service, standard_checks(redis, settings, group, *folders))
-    asyncio.run(run(app, settings.host, port, work(make_bus(redis, settings))))
+    run_forever(run(app, settings.host, port, work(make_bus(redis, settings))))
+
+
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine on uvloop where it is installed, else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

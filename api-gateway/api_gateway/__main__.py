@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from api_gateway.app import create_app
 from api_gateway.settings import get_settings
 from shared.logging import configure_logging
-from shared.service import run
+from shared.service import run, run_forever
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging("api-gateway", settings.log_level, settings.log_format)
-    asyncio.run(run(create_app(settings), settings.host, settings.port))
+    run_forever(run(create_app(settings), settings.host, settings.port))
 
 
 if __name__ == "__main__":

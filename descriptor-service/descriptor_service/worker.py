@@ -79,14 +79,17 @@ def archive(event: FileValidated, settings: DescriptorSettings) -> FileDescribed
             raise PermanentError("the uploaded file is gone and the archive does not hold it")
         place(source, original)
     ds = pydicom.dcmread(original)
-    write_atomic(folder / METADATA, json.dumps(describe(ds), separators=(",", ":")).encode())
+    # metadata and preview are made from original.dcm (durable already): no fsync needed
+    metadata = json.dumps(describe(ds), separators=(",", ":")).encode()
+    write_atomic(folder / METADATA, metadata, durable=False)
     preview: Path | None = folder / PREVIEW
     note = None
     if not has_pixels(ds):
         preview, note = None, "no preview: the instance has no pixel data"
     else:
         try:
-            write_atomic(preview, render_png(ds, compress_level=settings.png_compress_level))
+            png = render_png(ds, compress_level=settings.png_compress_level)
+            write_atomic(preview, png, durable=False)
         except RenderError as exc:
             preview, note = None, f"no preview: {exc}"
     return _described(event, folder, preview, note)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from shared.logging import configure_logging
-from shared.service import connect, make_bus, run
+from shared.service import connect, make_bus, run, run_forever
 from status_service import worker
 from status_service.app import create_app
 from status_service.settings import get_settings
@@ -16,7 +14,7 @@ def main() -> None:
     configure_logging("status-service", settings.log_level, settings.log_format)
     redis = connect(settings)
     app = create_app(redis, settings)
-    asyncio.run(
+    run_forever(
         run(app, settings.host, settings.port, worker.run(make_bus(redis, settings), settings))
     )
 

@@ -25,15 +25,21 @@ async def run(bus: Bus, settings: StatusSettings) -> None:
     store = JobStore(bus.redis)
     streams = [s for s, groups in names.TOPOLOGY.items() if names.GROUP_STATUS in groups]
     log.info("status.started", streams=len(streams))
-    await bus.serve(
+    await bus.serve_batches(
         streams,
         names.GROUP_STATUS,
+        partial(handle_batch, bus=bus, store=store),
         partial(handle, bus=bus, store=store),
-        settings.worker_concurrency,
     )
 
 
+async def handle_batch(batch: list[Delivery], bus: Bus, store: JobStore) -> None:
+    """Apply a batch of events in one round trip, then ack them in a second."""
+    await store.apply_all([delivery.event for delivery in batch])
+    await bus.ack(batch)
+
+
 async def handle(delivery: Delivery, bus: Bus, store: JobStore) -> None:
-    moved = await store.apply(delivery.event)
+    """One event on its own: how a batch that failed is retried."""
+    await store.apply(delivery.event)
     await bus.complete(delivery)
-    log.debug("status.applied", event=delivery.event.type, moved=moved)

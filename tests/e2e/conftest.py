@@ -112,7 +112,7 @@ def _ready(ports: dict[str, int]) -> bool:
 
 def start_system(folder: Path, **env_extra: str) -> System:
     redis = RedisServer(folder / "redis-data", persistent=True)
-    redis.folder.mkdir()
+    redis.folder.mkdir(parents=True)
     redis.start()
     ports = {name: free_port() for name in NAMES}
     env = {

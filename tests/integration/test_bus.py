@@ -277,3 +277,39 @@ async def test_consumer_rides_out_a_redis_outage(tmp_path: Path) -> None:
         assert [d.event for d in got] == [event]
     finally:
         server.stop()
+
+
+async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
+    b = bus(redis, max_deliveries=2)
+    await b.ensure_groups()
+    events = [received() for _ in range(5)]
+    poison = events[2].upload_id
+    await b.publish(*events)
+    handled: list[uuid.UUID] = []
+
+    async def handle_batch(batch: list[Delivery]) -> None:
+        if any(d.event.upload_id == poison for d in batch):
+            raise RuntimeError("one of them is bad")
+        handled.extend(d.event.upload_id for d in batch)
+        await b.ack(batch)
+
+    async def handle(delivery: Delivery) -> None:
+        if delivery.event.upload_id == poison:
+            raise RuntimeError("bad")
+        handled.append(delivery.event.upload_id)
+        await b.complete(delivery)
+
+    task = asyncio.create_task(
+        b.serve_batches([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle_batch, handle)
+    )
+    for _ in range(100):
+        if await dead_letters(redis):
+            break
+        await asyncio.sleep(0.1)
+    task.cancel()
+    [failed] = await dead_letters(redis)
+    assert failed.upload_id == poison
+    assert sorted(map(str, handled)) == sorted(
+        str(e.upload_id) for e in events if e.upload_id != poison
+    )
+    assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0

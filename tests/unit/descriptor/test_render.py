@@ -415,3 +415,23 @@ def test_png_of_an_explicit_window_and_frame() -> None:
     ds = read("rtdose.dcm")
     pixels = png_pixels(render_png(ds, frame=3, window=(1_000_000, 200_000)))
     np.testing.assert_array_equal(pixels, to_display(ds, frame=3, window=(1_000_000, 200_000)))
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm", "MR_small_bigendian.dcm"]
+)
+@pytest.mark.parametrize("window", [None, (40.0, 400.0), (1000.0, 1.0)])
+@pytest.mark.parametrize("drop_window", [False, True])
+def test_lookup_table_path_gives_the_same_image_as_the_direct_pipeline(
+    name: str, window: tuple[float, float] | None, drop_window: bool
+) -> None:
+    ds = dcmread(get_testdata_file(name, download=False))
+    if drop_window:  # exercises the min-max fallback
+        for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+            ds.pop(keyword, None)
+    arr = ds.pixel_array[0] if ds.get("NumberOfFrames", 1) > 1 else ds.pixel_array
+    attrs = render._frame_attributes(ds, 0)
+    assert arr.dtype.kind in "iu"
+    via_table = render._grayscale(arr, attrs, window)
+    direct = render._shade(arr, attrs, window)
+    np.testing.assert_array_equal(via_table, direct)
