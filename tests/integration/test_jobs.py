@@ -1,0 +1,100 @@
+"""Job records on a real Redis: created with the upload, moved forward only, applied once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import redis_names as names
+from shared.events import (
+    DicomIds,
+    FileArchived,
+    FileReceived,
+    FileRef,
+    FileValidated,
+    JobFailed,
+    StageStarted,
+    TargetResult,
+)
+from shared.jobs import JobStore
+
+pytestmark = pytest.mark.timeout(30)
+FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
+IDS = DicomIds(
+    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+    modality="CT",
+)  # fmt: skip
+
+
+@pytest.fixture
+async def store(flushed_redis: str) -> AsyncIterator[JobStore]:
+    client = Redis.from_url(flushed_redis)
+    yield JobStore(client)
+    await client.aclose()
+
+
+async def test_a_job_moves_forward_and_gathers_what_each_stage_learned(store: JobStore) -> None:
+    upload_id = uuid.uuid4()
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+    await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "validated"
+    assert job.details["sop_instance_uid"] == "1.2.3.4.5"
+    assert job.details["modality"] == "CT"
+    assert [h["state"] for h in job.details["history"]] == ["accepted", "validating", "validated"]
+    assert await store.redis.zscore(names.JOBS_BY_TIME, str(upload_id)) is not None
+
+
+async def test_an_event_applied_twice_changes_nothing(store: JobStore) -> None:
+    upload_id = uuid.uuid4()
+    received = FileReceived(upload_id=upload_id, file=FILE)
+    assert await store.apply(received) is True
+    assert await store.apply(received) is False
+    job = await store.read(upload_id)
+    assert job is not None
+    assert len(job.details["history"]) == 1
+
+
+async def test_a_late_event_never_moves_a_job_backwards(store: JobStore) -> None:
+    upload_id = uuid.uuid4()
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    archived = FileArchived(upload_id=upload_id, targets=[TargetResult(target="local", ok=True)])
+    await store.apply(archived)
+    # a stage start seen late, and a dead letter of a duplicate delivery
+    assert await store.apply(StageStarted(upload_id=upload_id, stage="uploading")) is False
+    failed = JobFailed(upload_id=upload_id, stage="uploader", error="x", deliveries=6,
+                       stream="s", entry_id="1-1")  # fmt: skip
+    assert await store.apply(failed) is False
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "archived"
+
+
+async def test_each_change_is_announced_on_the_status_channel(store: JobStore) -> None:
+    upload_id = uuid.uuid4()
+    async with store.redis.pubsub() as pubsub:
+        await pubsub.subscribe(names.STATUS_CHANNEL)
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+        message = None
+        for _ in range(20):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message:
+                break
+            await asyncio.sleep(0.05)
+    assert message is not None
+    change = json.loads(message["data"])
+    assert change["upload_id"] == str(upload_id)
+    assert change["status"] == "accepted"
+
+
+async def test_unknown_job_reads_as_none(store: JobStore) -> None:
+    assert await store.read(uuid.uuid4()) is None

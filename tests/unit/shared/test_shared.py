@@ -1,0 +1,108 @@
+"""The shared package's pure parts: logging, settings errors, error texts, job records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import structlog
+
+from shared.errors import PermanentError, safe_error
+from shared.events import FileReceived, FileRef, FileRejected, Reason, StageStarted, parse_event
+from shared.jobs import RANK, JobStatus, changes
+from shared.logging import configure_logging
+
+
+def test_log_lines_are_json_with_the_service_and_no_exception_text(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("test-service", "INFO", "json")
+    try:
+        raise ValueError("Doe^Jane")  # a library error quoting a patient name
+    except ValueError:
+        structlog.get_logger().exception("thing.failed")
+        logging.getLogger("uvicorn.error").exception("server.failed")
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["thing.failed", "server.failed"]
+    for line in lines:
+        assert line["service"] == "test-service"
+        assert line["error"] == "ValueError"
+        assert "Doe" not in json.dumps(line)
+    structlog.reset_defaults()
+
+
+def test_safe_error_keeps_our_words_and_drops_a_librarys() -> None:
+    assert safe_error(PermanentError("the bucket does not exist")) == "the bucket does not exist"
+    assert safe_error(ValueError("Invalid value 'Doe^Jane'")) == "ValueError"
+    assert safe_error(OSError(28, "No space left on device")) == "OSError: ENOSPC"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MAX_FILE_SIZE": "-1"}, "configuration error: MAX_FILE_SIZE:"),
+        ({"REDIS_URL": "not a url"}, "configuration error: REDIS_URL:"),
+        ({"GATEWAY_PORT": "99999"}, "configuration error: GATEWAY_PORT:"),
+    ],
+)
+def test_a_bad_setting_stops_the_service_with_one_line_naming_it(
+    env: dict[str, str], expected: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "api_gateway"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(expected)
+
+
+def test_events_round_trip_through_their_json() -> None:
+    event = FileRejected(
+        upload_id=uuid.uuid4(),
+        file=FileRef(path="/u/x.dcm", sha256="0" * 64, size=3),
+        reasons=[Reason(code="not-dicom", message="no DICM prefix")],
+    )
+    assert parse_event(event.model_dump_json()) == event
+
+
+def test_every_state_ranks_forward_and_final_states_rank_last() -> None:
+    order = ["accepted", "validating", "validated", "describing", "described", "uploading"]
+    assert [RANK[s] for s in order] == sorted(RANK[s] for s in order)
+    assert RANK["archived"] == RANK["rejected"] == RANK["failed"] > RANK["uploading"]
+
+
+def test_changes_of_an_event_are_strings_for_the_job_hash() -> None:
+    upload_id = uuid.uuid4()
+    state, fields = changes(
+        FileReceived(upload_id=upload_id, file=FileRef(path="/u", sha256="a" * 64, size=10))
+    )
+    assert state == "accepted"
+    assert fields == {"sha256": "a" * 64, "size": "10"}
+    state, fields = changes(StageStarted(upload_id=upload_id, stage="describing", delivery=2))
+    assert (state, fields) == ("describing", {"deliveries:describing": "2"})
+
+
+def test_status_timings_come_from_state_times_and_a_rejection_ends_validation() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    at = {"accepted": 0, "validating": 5, "rejected": 12}
+    h = {f"at:{s}": (t0 + timedelta(milliseconds=ms)).isoformat() for s, ms in at.items()}
+    h |= {"state": "rejected", "created_at": h["at:accepted"], "updated_at": h["at:rejected"]}
+    h["reasons"] = json.dumps([{"code": "not-dicom", "message": "m"}])
+    status = JobStatus.from_hash(uuid.uuid4(), h)
+    assert status.status == "rejected"
+    assert status.details["timings_ms"] == {
+        "queued_validating": 5.0,
+        "validating": 7.0,
+        "total": 12.0,
+    }
+    assert status.details["reasons"] == [{"code": "not-dicom", "message": "m"}]
