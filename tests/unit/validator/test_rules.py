@@ -17,7 +17,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
 )
-from validator_service import rules
+from validator_service import structure
 from validator_service.rules import MAX_NESTING, Limits, Verdict, check_file
 
 from shared.events import DicomIds, Reason
@@ -391,7 +391,7 @@ def test_moderate_nesting_is_accepted(tmp_path: Path, defined_length: bool) -> N
 def test_element_count_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sequence: bytes
 ) -> None:
-    monkeypatch.setattr(rules, "MAX_READS", 10_000)
+    monkeypatch.setattr(structure, "MAX_READS", 10_000)
 
     verdict = check(tmp_path, with_element(sequence))
 
