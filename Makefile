@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start Redis and the five services (Ctrl-C stops all)
 	$(PY) scripts/run.py
 
-test: $(STAMP)  ## unit, integration and end-to-end tests
+test: lint  ## lint, then unit, integration and end-to-end tests
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## unit tests only
@@ -24,9 +24,14 @@ test-fast: $(STAMP)  ## unit tests only
 bench: $(STAMP)  ## throughput, latency and memory table
 	$(PY) bench/bench.py
 
-lint: $(STAMP)
+PACKAGES := shared api-gateway/api_gateway validator-service/validator_service \
+	descriptor-service/descriptor_service uploader-service/uploader_service \
+	status-service/status_service
+
+lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PACKAGES)
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -198,7 +199,7 @@ class Bus:
                 await self.ensure_groups()
                 continue
             batch = []
-            for stream, entries in reply or []:
+            for stream, entries in cast(list[Any], reply or []):  # RESP2: [stream, entries]
                 for entry_id, fields in entries:
                     delivery = await self._delivery(
                         _text(stream), group, _text(entry_id), fields, 1

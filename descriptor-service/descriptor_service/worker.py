@@ -82,17 +82,14 @@ def archive(event: FileValidated, settings: DescriptorSettings) -> FileDescribed
     # metadata and preview are made from original.dcm (durable already): no fsync needed
     metadata = json.dumps(describe(ds), separators=(",", ":")).encode()
     write_atomic(folder / METADATA, metadata, durable=False)
-    preview: Path | None = folder / PREVIEW
-    note = None
     if not has_pixels(ds):
-        preview, note = None, "no preview: the instance has no pixel data"
-    else:
-        try:
-            png = render_png(ds, compress_level=settings.png_compress_level)
-            write_atomic(preview, png, durable=False)
-        except RenderError as exc:
-            preview, note = None, f"no preview: {exc}"
-    return _described(event, folder, preview, note)
+        return _described(event, folder, None, "no preview: the instance has no pixel data")
+    try:
+        png = render_png(ds, compress_level=settings.png_compress_level)
+    except RenderError as exc:
+        return _described(event, folder, None, f"no preview: {exc}")
+    write_atomic(folder / PREVIEW, png, durable=False)
+    return _described(event, folder, folder / PREVIEW, None)
 
 
 def _described(
@@ -109,10 +106,11 @@ def _described(
     )
 
 
-def _holder(value: bytes | None) -> tuple[str, str] | None:
+def _holder(value: bytes | str | None) -> tuple[str, str] | None:
     if not value:
         return None
-    holder_id, _, sha256 = value.decode().partition(" ")
+    text = value.decode() if isinstance(value, bytes) else value
+    holder_id, _, sha256 = text.partition(" ")
     return holder_id, sha256
 
 
