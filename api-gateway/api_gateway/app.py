@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
+from api_gateway.recovery import keep_recovering
 from api_gateway.routes import router
 from api_gateway.settings import GatewaySettings
 from shared import problems
@@ -30,7 +32,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         except REDIS_DOWN:
             log.warning("redis.unavailable", error="groups not created yet; /ready says so")
         log.info("gateway.started", port=settings.port)
+        recovering = asyncio.create_task(
+            keep_recovering(
+                app.state.store,
+                settings.uploads_path,
+                settings.recovery_interval_s,
+                settings.recovery_grace_s,
+            )
+        )
         yield
+        recovering.cancel()
         await redis.aclose()
 
     app = FastAPI(

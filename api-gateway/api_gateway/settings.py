@@ -12,6 +12,8 @@ from shared.settings import ServiceSettings, load
 class GatewaySettings(ServiceSettings):
     port: int = Field(8000, ge=1, le=65535, alias="GATEWAY_PORT")
     fsync_uploads: bool = Field(True, alias="FSYNC_UPLOADS")
+    recovery_interval_s: float = Field(60.0, gt=0, alias="RECOVERY_INTERVAL_S")
+    recovery_grace_s: float = Field(30.0, ge=0, alias="RECOVERY_GRACE_S")
 
 
 @functools.cache

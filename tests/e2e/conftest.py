@@ -67,7 +67,10 @@ class System:
             while time.monotonic() < deadline:
                 for upload_id in ids:
                     if upload_id not in done:
-                        answer = c.get(f"/status/{upload_id}").json()
+                        try:
+                            answer = c.get(f"/status/{upload_id}").json()
+                        except httpx.HTTPError:
+                            continue  # the gateway is restarting
                         if answer.get("status") in FINAL:
                             done[upload_id] = answer
                 if len(done) == len(ids):
@@ -124,6 +127,8 @@ def start_system(folder: Path, **env_extra: str) -> System:
         "CLAIM_IDLE_MS": "1500",
         "MAX_DELIVERIES": "4",
         "FSYNC_UPLOADS": "false",
+        "RECOVERY_INTERVAL_S": "1",
+        "RECOVERY_GRACE_S": "1",
         **{PORT_VARS[n]: str(p) for n, p in ports.items()},
         **env_extra,
     }

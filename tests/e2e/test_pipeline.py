@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,10 +200,10 @@ def test_too_large_upload_gets_413_and_leaves_nothing(small_limit_system: System
 
 
 def test_sigkill_of_workers_mid_load_loses_nothing(system: System, tmp_path: Path) -> None:
-    """SIGKILL four services mid-load: every upload still ends archived, exactly once."""
+    """SIGKILL each service mid-load: every accepted upload still ends archived, exactly once."""
     paths = write_ct_series(tmp_path / "load", 60, seed=7, rows=128, columns=128)
     ids: list[str] = []
-    victims = ["descriptor", "validator", "status", "uploader", "descriptor"]
+    victims = ["descriptor", "validator", "status", "uploader", "gateway"]
     for batch_start in range(0, len(paths), 12):
         ids += system.upload(*paths[batch_start : batch_start + 12])
         if victims:
@@ -223,3 +224,27 @@ def test_sigkill_of_workers_mid_load_loses_nothing(system: System, tmp_path: Pat
     for final in finals.values():
         states_seen = [h["state"] for h in final["details"]["history"]]
         assert states_seen.count("archived") == 1
+
+
+def test_redis_killed_mid_load_loses_no_accepted_upload(system: System, tmp_path: Path) -> None:
+    """Redis dies (SIGKILL) and comes back from its append-only file: the work goes on."""
+    paths = write_ct_series(tmp_path / "redis", 30, seed=21, rows=96, columns=96)
+    ids = system.upload(*paths[:15])
+    system.redis.kill()
+    with system.client(timeout=10) as c:
+        refused = c.post("/upload", files={"file": ("x.dcm", paths[15].read_bytes())})
+    assert refused.status_code == 503
+    assert refused.json()["type"] == "/problems/service-unavailable"
+    system.redis.start()
+    ids += system.upload(*paths[15:])
+    finals = system.wait_final(ids, seconds=120)
+    assert {f["status"] for f in finals.values()} == {"archived"}
+
+
+def test_an_upload_redis_forgot_is_queued_again(system: System, tmp_path: Path) -> None:
+    """A complete upload with no job (Redis lost its last writes) is found and finished."""
+    forgotten = str(uuid.uuid4())
+    (system.uploads / f"{forgotten}.dcm").write_bytes(ct_slice(0, rows=64, columns=64, seed=31))
+    final = system.wait_final([forgotten], seconds=30)[forgotten]
+    assert final["status"] == "archived"
+    assert (system.archive / forgotten / "original.dcm").is_file()
