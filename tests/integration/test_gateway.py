@@ -1,0 +1,116 @@
+"""The gateway's upload path in-process, on a real Redis: what is kept, what is refused."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from api_gateway import receive
+from api_gateway.app import create_app
+from api_gateway.settings import GatewaySettings
+from redis.asyncio import Redis
+
+from shared import redis_names as names
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> Path:
+    return tmp_path / "uploads"
+
+
+@pytest.fixture
+async def client(flushed_redis: str, uploads: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = GatewaySettings(
+        REDIS_URL=flushed_redis, UPLOADS_PATH=uploads, MAX_FILE_SIZE=1000, FSYNC_UPLOADS=False
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+async def test_accepted_file_is_on_disk_under_its_id_and_queued(
+    client: httpx.AsyncClient, uploads: Path, flushed_redis: str
+) -> None:
+    answer = await client.post("/upload", files={"file": ("../../etc/passwd", b"DICM" * 10)})
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["filename"] == "../../etc/passwd"  # echoed back, never used as a path
+    assert sorted(p.name for p in uploads.iterdir()) == [f"{body['study_id']}.dcm"]
+    redis = Redis.from_url(flushed_redis)
+    assert await redis.xlen(names.FILE_RECEIVED) == 1
+    assert await redis.hget(names.status_key(body["study_id"]), "state") == b"accepted"
+    await redis.aclose()
+
+
+async def test_one_file_too_large_refuses_the_request_and_keeps_nothing(
+    client: httpx.AsyncClient, uploads: Path, flushed_redis: str
+) -> None:
+    files = [("file", ("small.dcm", b"x" * 100)), ("file", ("big.dcm", b"x" * 2000))]
+    answer = await client.post("/upload", files=files)
+    assert answer.status_code == 413
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert list(uploads.iterdir()) == []
+    redis = Redis.from_url(flushed_redis)
+    assert await redis.xlen(names.FILE_RECEIVED) == 0
+    await redis.aclose()
+
+
+async def test_a_full_disk_answers_507_and_keeps_nothing(
+    client: httpx.AsyncClient, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(receive.os, "write", full)
+    answer = await client.post("/upload", files={"file": ("a.dcm", b"x" * 100)})
+    assert answer.status_code == 507
+    assert answer.json()["type"] == "/problems/insufficient-storage"
+    assert list(uploads.iterdir()) == []
+
+
+async def test_a_body_cut_short_is_refused_and_leaves_no_part_file(
+    client: httpx.AsyncClient, uploads: Path
+) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.dcm"\r\n\r\nDICM'
+    answer = await client.post(
+        "/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert answer.status_code == 400
+    assert "closing boundary" in answer.json()["detail"]
+    assert list(uploads.iterdir()) == []
+
+
+async def test_too_many_part_headers_is_a_clear_400(client: httpx.AsyncClient) -> None:
+    headers = "".join(f"X-H{i}: v\r\n" for i in range(40))
+    body = f'--b\r\nContent-Disposition: form-data; name="file"\r\n{headers}\r\nx\r\n--b--\r\n'
+    answer = await client.post(
+        "/upload",
+        content=body.encode(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "the multipart body is malformed"
+
+
+async def test_multipart_without_boundary_is_a_clear_400(client: httpx.AsyncClient) -> None:
+    answer = await client.post(
+        "/upload", content=b"x", headers={"content-type": "multipart/form-data"}
+    )
+    assert answer.status_code == 400
+    assert "boundary" in answer.json()["detail"]
+
+
+async def test_unknown_routes_and_methods_are_problems_too(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "/problems/not-found"
+    wrong = await client.delete("/upload")
+    assert wrong.status_code == 405
+    assert wrong.json()["type"] == "/problems/method-not-allowed"
