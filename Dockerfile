@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-ARG EXTRAS=gateway,descriptor
+ARG EXTRAS=gateway,descriptor,uploader
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY api-gateway ./api-gateway

@@ -44,8 +44,12 @@ def load(cls: type[S]) -> S:
         return cls()
     except ValidationError as exc:
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if not err["loc"]:  # a check across fields names its variables itself
+                print(f"configuration error: {message}", file=sys.stderr)
+                continue
+            field = str(err["loc"][0])
             info = cls.model_fields.get(field)
             name = (info.alias if info and info.alias else field).upper()
-            print(f"configuration error: {name}: {err['msg']}", file=sys.stderr)
+            print(f"configuration error: {name}: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -9,8 +9,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings, load
+from uploader_service.targets import REGISTRY
 
-KNOWN_TARGETS = ("local",)
+KNOWN_TARGETS = tuple(REGISTRY)
 
 
 class UploaderSettings(ServiceSettings):

@@ -1,7 +1,14 @@
-"""The target interface: one small protocol, one class per target, chosen by name."""
+"""The target interface: one small protocol, one class per target, chosen by name.
+
+A target module defines a class with a ``name``, a ``from_env()`` class method that loads the
+target's own settings (``shared.settings.load``, so a missing variable stops the uploader at
+start with one line naming it) and ``put``. Targets are imported only when configured, so the
+SDK of a target nobody uses is never loaded.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +16,15 @@ from typing import Protocol
 from uuid import UUID
 
 from shared.events import DicomIds, FileDescribed, TargetResult
+
+# target name -> "module:class"
+REGISTRY: dict[str, str] = {
+    "local": "uploader_service.targets.local:LocalTarget",
+    "s3": "uploader_service.targets.s3:S3Target",
+    "azure": "uploader_service.targets.azure:AzureTarget",
+    "gcs": "uploader_service.targets.gcs:GcsTarget",
+    "dicomweb": "uploader_service.targets.dicomweb:DicomwebTarget",
+}
 
 
 @dataclass(frozen=True)
@@ -37,9 +53,15 @@ class Item:
 
 
 class Target(Protocol):
-    """Somewhere an archived instance is copied to. ``put`` is idempotent and checks itself:
-    it returns only once the target holds the bytes it was given (checksum compared), and
-    raises RetryableError for a passing fault, PermanentError for one that will not pass."""
+    """Somewhere an archived instance is copied to.
+
+    ``put`` is idempotent (the same instance always lands at the same place) and checks
+    itself: it returns only once the target holds the bytes it was given, compared by a
+    checksum, and raises ``RetryableError`` for a fault that may pass (timeout, 5xx,
+    throttling, connection refused) or ``PermanentError`` for one that will not (credentials
+    refused, bucket missing, checksum mismatch). Messages name the target and the problem,
+    never patient data.
+    """
 
     name: str
 
@@ -47,7 +69,9 @@ class Target(Protocol):
 
 
 def build_targets(names: Sequence[str]) -> list[Target]:
-    from uploader_service.targets.local import LocalTarget
-
-    factories = {"local": LocalTarget}
-    return [factories[name]() for name in names]
+    """The configured targets, each built from its own settings; unknown names raise."""
+    targets: list[Target] = []
+    for name in names:
+        module, _, cls = REGISTRY[name].partition(":")
+        targets.append(getattr(importlib.import_module(module), cls).from_env())
+    return targets

@@ -14,6 +14,10 @@ from uploader_service.targets import Item
 class LocalTarget:
     name = "local"
 
+    @classmethod
+    def from_env(cls) -> LocalTarget:
+        return cls()  # the archive itself: ARCHIVE_PATH is the uploader's own setting
+
     async def put(self, item: Item) -> TargetResult:
         started = time.perf_counter()
         if not item.original.is_file():
