@@ -2,15 +2,17 @@
 
 Work is never lost to a crash: an entry is acked only together with the events its handler
 publishes (one MULTI/EXEC), an entry left pending by a dead consumer is taken over after
-``claim_idle_ms`` (XAUTOCLAIM), a consumer still working on an entry keeps it fresh (a
-heartbeat XCLAIM), and an entry delivered more than ``max_deliveries`` times goes to the
-dead-letter stream as a ``JobFailed`` event with the last error seen.
+``claim_idle_ms``, one whose handler failed comes back after an exponential back-off with
+jitter, a consumer still working on an entry keeps it fresh (a heartbeat XCLAIM), and an
+entry delivered more than ``max_deliveries`` times goes to the dead-letter stream as a
+``JobFailed`` event with the last error seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from shared.events import AnyEvent, Event, JobFailed, parse_event
 log = structlog.get_logger()
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+JITTER = (0.8, 1.2)  # a live consumer's heartbeat comes every third of CLAIM_IDLE_MS: < 0.8
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Bus:
         consumer: str,
         max_deliveries: int = 5,
         claim_idle_ms: int = 15_000,
+        backoff_max_ms: int = 300_000,
         block_ms: int = 1_000,
         batch: int = 32,
         trim_every_s: float = 30.0,
@@ -70,6 +74,7 @@ class Bus:
         self.consumer = consumer
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
+        self.backoff_max_ms = max(backoff_max_ms, claim_idle_ms)
         self.block_ms = block_ms
         self.batch = batch
         self.trim_every_s = trim_every_s
@@ -210,28 +215,39 @@ class Bus:
                 yield batch
 
     async def _reclaimed(self, stream: str, group: str) -> AsyncIterator[list[Delivery]]:
-        start = "0-0"
-        while True:
-            next_start, entries, *_ = await self.redis.xautoclaim(
-                stream, group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch
-            )
-            batch = []
-            for entry_id, fields in entries:
-                entry_id = _text(entry_id)
-                count = await self._times_delivered(stream, group, entry_id)
-                delivery = await self._delivery(stream, group, entry_id, fields, count)
+        """Entries whose consumer died or failed, once idle past their back-off."""
+        pending = cast(
+            list[dict[str, Any]],
+            await self.redis.xpending_range(
+                stream, group, "-", "+", 1000, idle=int(self.claim_idle_ms * JITTER[0])
+            ),
+        )
+        batch: list[Delivery] = []
+        for entry in pending:
+            count, idle = int(entry["times_delivered"]), int(entry["time_since_delivered"])
+            wait = self.backoff_ms(count)
+            if idle < wait:
+                continue  # still backing off
+            entry_id = _text(entry["message_id"])
+            # XCLAIM with that minimum idle time: if another consumer took it first, nothing
+            claimed = await self.redis.xclaim(stream, group, self.consumer, wait, [entry_id])
+            for claimed_id, fields in cast(list[tuple[Any, Any]], claimed):
+                delivery = await self._delivery(stream, group, _text(claimed_id), fields, count + 1)
                 if delivery is not None:
                     log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
                     batch.append(delivery)
-            if batch:
+            if len(batch) >= self.batch:
                 yield batch
-            start = _text(next_start)
-            if start == "0-0":
-                return
+                batch = []
+        if batch:
+            yield batch
 
-    async def _times_delivered(self, stream: str, group: str, entry_id: str) -> int:
-        pending = await self.redis.xpending_range(stream, group, entry_id, entry_id, 1)
-        return int(pending[0]["times_delivered"]) if pending else 1
+    def backoff_ms(self, deliveries: int) -> int:
+        """How long an entry delivered ``deliveries`` times waits before the next delivery:
+        CLAIM_IDLE_MS doubled for each delivery after the first, at most BACKOFF_MAX_MS, with
+        jitter so that entries that failed together do not all come back together."""
+        base = min(self.backoff_max_ms, self.claim_idle_ms * 2 ** max(deliveries - 1, 0))
+        return int(base * random.uniform(*JITTER))
 
     async def _delivery(
         self, stream: str, group: str, entry_id: str, fields: dict | None, count: int
@@ -268,6 +284,7 @@ class Bus:
             deliveries=delivery.count,
             stream=delivery.stream,
             entry_id=delivery.entry_id,
+            event=delivery.event.model_dump_json(),
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             add_event(pipe, failed)

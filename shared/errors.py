@@ -22,6 +22,10 @@ class UploadNotFound(AppError):
     status, code = 404, "upload-not-found"
 
 
+class JobNotFailed(AppError):
+    status, code = 409, "job-not-failed"
+
+
 class FileTooLarge(AppError):
     status, code = 413, "file-too-large"
 

@@ -120,6 +120,14 @@ class FileArchived(Event):
     targets: list[TargetResult]
 
 
+class UploadAttempted(Event):
+    """Some targets hold the file and some do not yet; the uploader will try again."""
+
+    type: Literal["upload.attempted"] = "upload.attempted"
+    targets: list[TargetResult]
+    delivery: int
+
+
 class JobFailed(Event):
     """A stage kept failing past the delivery limit; the job is dead-lettered."""
 
@@ -129,6 +137,14 @@ class JobFailed(Event):
     deliveries: int
     stream: str
     entry_id: str
+    event: str | None = None  # the entry's event JSON, so the job can be retried
+
+
+class JobRetried(Event):
+    """A person asked for a failed job to run its failed stage again."""
+
+    type: Literal["job.retried"] = "job.retried"
+    stage: str
 
 
 AnyEvent = Annotated[
@@ -138,7 +154,9 @@ AnyEvent = Annotated[
     | FileRejected
     | FileDescribed
     | FileArchived
-    | JobFailed,
+    | UploadAttempted
+    | JobFailed
+    | JobRetried,
     Field(discriminator="type"),
 ]
 

@@ -26,7 +26,10 @@ from shared.events import (
     FileRejected,
     FileValidated,
     JobFailed,
+    JobRetried,
     StageStarted,
+    UploadAttempted,
+    parse_event,
 )
 
 State = Literal[
@@ -80,6 +83,36 @@ return moved
 """
 
 
+# Retry of a failed job: back to where its failed stage starts, and its entry queued again,
+# in one step, so the worker it wakes can never overtake the reset.
+# KEYS: job hash, stream, channel. ARGV: event id, state, rank, at, upload id, entry JSON,
+# state-time fields to forget (JSON list).
+_RETRY = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
+redis.call('HDEL', KEYS[1], 'error', 'failed_stage', 'failed_event', 'deliveries', 'at:failed')
+for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', KEYS[1], f) end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
+local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
+table.insert(history, {event_id = ARGV[1], state = 'retried', at = ARGV[4]})
+redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[6])
+redis.call('PUBLISH', KEYS[3], cjson.encode({
+  upload_id = ARGV[5], status = ARGV[2], event = 'retried', at = ARGV[4]}))
+return 1
+"""
+# a failed stage (its consumer group) -> the state its work starts from
+RETRY_FROM: dict[str, State] = {
+    "validator": "accepted",
+    "descriptor": "validated",
+    "uploader": "described",
+}
+_FORGET = {
+    "validator": ["at:validating", "at:validated", "at:rejected"],
+    "descriptor": ["at:describing", "at:described"],
+    "uploader": ["at:uploading", "at:archived", "targets"],
+}
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -110,9 +143,14 @@ def changes(event: AnyEvent) -> tuple[State, dict[str, str]]:
             return "described", fields
         case FileArchived(targets=targets):
             return "archived", {"targets": _json([t.model_dump() for t in targets])}
-        case JobFailed(stage=stage, error=error, deliveries=n):
-            return "failed", {"error": error, "failed_stage": stage, "deliveries": str(n)}
-    raise TypeError(f"no transition for {type(event).__name__}")
+        case UploadAttempted(targets=targets):
+            return "uploading", {"targets": _json([t.model_dump() for t in targets])}
+        case JobFailed(stage=stage, error=error, deliveries=n, event=entry):
+            fields = {"error": error, "failed_stage": stage, "deliveries": str(n)}
+            if entry:
+                fields["failed_event"] = entry
+            return "failed", fields
+    raise TypeError(f"no transition for {type(event).__name__}")  # JobRetried: see retry()
 
 
 class JobStore:
@@ -121,6 +159,7 @@ class JobStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._apply = redis.register_script(_APPLY)
+        self._retry = redis.register_script(_RETRY)
 
     async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add the transition for ``event`` to a transaction (the gateway's creation)."""
@@ -143,6 +182,32 @@ class JobStore:
             for event in events:
                 await self.queue_apply(pipe, event)
             await pipe.execute()
+
+    async def retry(self, upload_id: UUID) -> State | None:
+        """Queue a failed job's failed stage again; the state it went back to, or None when
+        the job is not failed or its stage cannot be retried."""
+        fields = await self.redis.hmget(
+            names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
+        )
+        state, stage, entry = (_s(v) if v is not None else None for v in fields)
+        if state != "failed" or stage not in RETRY_FROM or not entry:
+            return None
+        back_to = RETRY_FROM[stage]
+        retried = JobRetried(upload_id=upload_id, stage=stage)
+        stream = names.STREAM_OF_TYPE[parse_event(entry).type]
+        done = await self._retry(
+            keys=[names.status_key(upload_id), stream, names.STATUS_CHANNEL],
+            args=[
+                str(retried.event_id),
+                back_to,
+                RANK[back_to],
+                retried.occurred_at.isoformat(),
+                str(upload_id),
+                entry,
+                _json(_FORGET[stage]),
+            ],
+        )
+        return back_to if done else None
 
     async def read(self, upload_id: UUID) -> JobStatus | None:
         raw = await self.redis.hgetall(names.status_key(upload_id))

@@ -17,6 +17,7 @@ FILE_REJECTED: Final = "dcm:events:file.rejected"
 FILE_DESCRIBED: Final = "dcm:events:file.described"
 FILE_UPLOADED: Final = "dcm:events:file.uploaded"
 STAGE_STARTED: Final = "dcm:events:stage.started"
+UPLOAD_ATTEMPTED: Final = "dcm:events:upload.attempted"
 DEAD_LETTER: Final = "dcm:events:dead-letter"
 
 GROUP_VALIDATOR: Final = "validator"
@@ -33,6 +34,7 @@ TOPOLOGY: Final[dict[str, tuple[str, ...]]] = {
     FILE_DESCRIBED: (GROUP_UPLOADER, GROUP_STATUS),
     FILE_UPLOADED: (GROUP_STATUS,),
     STAGE_STARTED: (GROUP_STATUS,),
+    UPLOAD_ATTEMPTED: (GROUP_STATUS,),
     DEAD_LETTER: (GROUP_STATUS,),
 }
 
@@ -44,6 +46,7 @@ STREAM_OF_TYPE: Final[dict[str, str]] = {
     "file.described": FILE_DESCRIBED,
     "file.uploaded": FILE_UPLOADED,
     "stage.started": STAGE_STARTED,
+    "upload.attempted": UPLOAD_ATTEMPTED,
     "job.failed": DEAD_LETTER,
 }
 
@@ -58,6 +61,11 @@ def status_key(upload_id: UUID | str) -> str:
 def attempts_key(stream: str, group: str) -> str:
     """Hash entry-id -> last error of a delivery that failed, for the dead letter's reason."""
     return f"dcm:attempts:{group}:{stream}"
+
+
+def targets_key(upload_id: UUID | str) -> str:
+    """Hash target -> TargetResult JSON of the targets that hold an upload (uploader only)."""
+    return f"dcm:targets:{upload_id}"
 
 
 def instance_key(sop_uid: str) -> str:

@@ -51,6 +51,7 @@ def make_bus(redis: Redis, settings: ServiceSettings) -> Bus:
         consumer=settings.consumer_name,
         max_deliveries=settings.max_deliveries,
         claim_idle_ms=settings.claim_idle_ms,
+        backoff_max_ms=settings.backoff_max_ms,
     )
 
 

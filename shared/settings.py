@@ -32,6 +32,7 @@ class ServiceSettings(BaseSettings):
     )
     max_deliveries: int = Field(5, ge=1, alias="MAX_DELIVERIES")
     claim_idle_ms: int = Field(15_000, ge=100, alias="CLAIM_IDLE_MS")
+    backoff_max_ms: int = Field(300_000, ge=100, alias="BACKOFF_MAX_MS")
     worker_concurrency: int = Field(4, ge=1, le=64, alias="WORKER_CONCURRENCY")
 
 

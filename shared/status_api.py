@@ -10,6 +10,14 @@ from shared.errors import UploadNotFound
 from shared.jobs import JobStatus, JobStore
 
 
+def upload_id_of(text: str) -> UUID:
+    """The upload id in a path, or a 404 that says what an upload id looks like."""
+    try:
+        return UUID(text)
+    except ValueError:
+        raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
+
+
 def status_router() -> APIRouter:
     router = APIRouter(tags=["status"])
 
@@ -20,10 +28,7 @@ def status_router() -> APIRouter:
     )
     async def get_status(study_id: str, request: Request) -> JobStatus:
         """Where an upload stands: its state, when it last changed, and what is known of it."""
-        try:
-            upload_id = UUID(study_id)
-        except ValueError:
-            raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
+        upload_id = upload_id_of(study_id)
         store: JobStore = request.app.state.store
         job = await store.read(upload_id)
         if job is None:

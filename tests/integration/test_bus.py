@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -313,3 +315,35 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
         str(e.upload_id) for e in events if e.upload_id != poison
     )
     assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+
+
+async def test_redeliveries_back_off_exponentially(redis: Redis) -> None:
+    b = bus(redis, claim_idle_ms=200, max_deliveries=10)
+    await b.ensure_groups()
+    await b.publish(received())
+    seen: list[float] = []
+
+    async def handle(delivery: Delivery) -> None:
+        seen.append(time.monotonic())
+        raise RuntimeError("still failing")
+
+    task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+    for _ in range(100):
+        if len(seen) >= 4:
+            break
+        await asyncio.sleep(0.1)
+    task.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+    assert len(gaps) >= 3, seen
+    # 200 ms, then 400, then 800 (each +-20 %, plus up to a reclaim period of 100 ms)
+    assert 0.15 < gaps[0] < 0.45
+    assert gaps[1] > 1.4 * gaps[0] * 0.8
+    assert gaps[2] > 0.6
+
+
+def test_back_off_doubles_and_is_capped() -> None:
+    b = Bus(None, consumer="x", claim_idle_ms=1000, backoff_max_ms=5000)  # type: ignore[arg-type]
+    assert 800 <= b.backoff_ms(1) <= 1200
+    assert 1600 <= b.backoff_ms(2) <= 2400
+    assert 3200 <= b.backoff_ms(3) <= 4800
+    assert 4000 <= b.backoff_ms(9) <= 6000

@@ -114,3 +114,15 @@ async def test_unknown_routes_and_methods_are_problems_too(client: httpx.AsyncCl
     wrong = await client.delete("/upload")
     assert wrong.status_code == 405
     assert wrong.json()["type"] == "/problems/method-not-allowed"
+
+
+async def test_retry_of_an_unknown_or_unfailed_job_is_a_clear_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.post("/jobs/00000000-0000-0000-0000-000000000000/retry")
+    assert missing.status_code == 404
+    answer = await client.post("/upload", files={"file": ("a.dcm", b"x" * 10)})
+    not_failed = await client.post(f"/jobs/{answer.json()['study_id']}/retry")
+    assert not_failed.status_code == 409
+    assert not_failed.json()["type"] == "/problems/job-not-failed"
+    assert "accepted" in not_failed.json()["detail"]

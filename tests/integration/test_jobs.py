@@ -14,12 +14,14 @@ from shared import redis_names as names
 from shared.events import (
     DicomIds,
     FileArchived,
+    FileDescribed,
     FileReceived,
     FileRef,
     FileValidated,
     JobFailed,
     StageStarted,
     TargetResult,
+    parse_event,
 )
 from shared.jobs import JobStore
 
@@ -98,3 +100,33 @@ async def test_each_change_is_announced_on_the_status_channel(store: JobStore) -
 
 async def test_unknown_job_reads_as_none(store: JobStore) -> None:
     assert await store.read(uuid.uuid4()) is None
+
+
+async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
+    store: JobStore,
+) -> None:
+    upload_id = uuid.uuid4()
+    described = FileDescribed(
+        upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
+        preview_file=None,
+    )  # fmt: skip
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await store.apply(described)
+    await store.apply(
+        JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
+                  stream=names.FILE_DESCRIBED, entry_id="1-1", event=described.model_dump_json())
+    )  # fmt: skip
+    assert await store.retry(upload_id) == "described"
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "described"
+    assert "error" not in job.details
+    assert job.details["history"][-1]["state"] == "retried"
+    [(_, fields)] = await store.redis.xrange(names.FILE_DESCRIBED)
+    assert parse_event(fields[b"data"]) == described
+    # only a failed job can be retried, and only once per failure
+    assert await store.retry(upload_id) is None
+    await store.apply(FileArchived(upload_id=upload_id, targets=[]))
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "archived"

@@ -16,7 +16,13 @@ from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import PermanentError, RetryableError, safe_error
-from shared.events import FileArchived, FileDescribed, StageStarted, TargetResult
+from shared.events import (
+    FileArchived,
+    FileDescribed,
+    StageStarted,
+    TargetResult,
+    UploadAttempted,
+)
 from uploader_service.settings import UploaderSettings
 from uploader_service.targets import Item, Target, build_targets
 
@@ -42,22 +48,47 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     await bus.publish(
         StageStarted(upload_id=event.upload_id, stage="uploading", delivery=delivery.count)
     )
+    done_key = names.targets_key(event.upload_id)
+    done = {
+        _text(name): TargetResult.model_validate_json(result)
+        for name, result in (await bus.redis.hgetall(done_key)).items()
+    }
     item = Item.of(event)
-    results = await asyncio.gather(*(_put(target, item) for target in targets))
+    todo = [t for t in targets if t.name not in done]  # never twice to a target that has it
+    attempt = {r.target: r for r in await asyncio.gather(*(_put(t, item) for t in todo))}
+    results = [done.get(t.name) or attempt[t.name] for t in targets]
     failed = [r for r in results if not r.ok]
-    if any(r.error and r.error.startswith("permanent: ") for r in failed):
-        raise PermanentError("; ".join(f"{r.target}: {r.error}" for r in failed))
-    if failed:
-        raise RetryableError("; ".join(f"{r.target}: {r.error}" for r in failed))
-    await bus.complete(delivery, FileArchived(upload_id=event.upload_id, targets=results))
-    metrics.OUTCOMES.labels("uploader", "archived").inc()
-    log.info("file.archived", targets=[r.target for r in results])
+    if not failed:
+        await bus.complete(delivery, FileArchived(upload_id=event.upload_id, targets=results))
+        if done:
+            await bus.redis.delete(done_key)
+        metrics.OUTCOMES.labels("uploader", "archived").inc()
+        log.info("file.archived", targets=[r.target for r in results])
+        return
+    succeeded = [(name, r.model_dump_json()) for name, r in attempt.items() if r.ok]
+    if succeeded:  # remembered, so the next try skips them
+        await bus.redis.hset(done_key, items=[x for pair in succeeded for x in pair])
+    await bus.publish(
+        UploadAttempted(upload_id=event.upload_id, targets=results, delivery=delivery.count)
+    )
+    errors = "; ".join(f"{r.target}: {r.error}" for r in failed)
+    if any(r.error and r.error.startswith(PERMANENT) for r in failed):
+        raise PermanentError(errors)
+    raise RetryableError(errors)
+
+
+PERMANENT = "permanent: "
 
 
 async def _put(target: Target, item: Item) -> TargetResult:
+    """One target's outcome, its failure included, so the others are not held up by it."""
     try:
         return await target.put(item)
     except PermanentError as exc:
-        return TargetResult(target=target.name, ok=False, error=f"permanent: {safe_error(exc)}")
+        return TargetResult(target=target.name, ok=False, error=PERMANENT + safe_error(exc))
     except Exception as exc:
         return TargetResult(target=target.name, ok=False, error=safe_error(exc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
