@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -248,3 +250,32 @@ def test_an_upload_redis_forgot_is_queued_again(system: System, tmp_path: Path) 
     final = system.wait_final([forgotten], seconds=30)[forgotten]
     assert final["status"] == "archived"
     assert (system.archive / forgotten / "original.dcm").is_file()
+
+
+def test_seed_job_api_status_audit_and_delete(system: System, tmp_path: Path) -> None:
+    path = tmp_path / "job.dcm"
+    path.write_bytes(ct_slice(0, rows=64, columns=64, seed=41))
+    [job_id] = system.upload(path)
+    final = system.wait_final([job_id])[job_id]
+    with system.client() as c:
+        status = c.get(f"/dicom/status/{job_id}").json()
+        assert status["jobId"] == job_id
+        assert status["status"] == "COMPLETED"
+        assert status["platform"] == "local"
+        assert status["createdAt"] <= status["updatedAt"]
+        audit = c.get("/jobs/audit.csv")
+        assert audit.headers["content-type"].startswith("text/csv")
+        rows = [r for r in csv.DictReader(io.StringIO(audit.text)) if r["job_id"] == job_id]
+        assert len(rows) == 1
+        assert rows[0]["target"] == "local"
+        assert rows[0]["outcome"] == "ok"
+        assert rows[0]["sop_instance_uid"] == final["details"]["sop_instance_uid"]
+        assert "Synthetic" not in audit.text  # no patient names in the audit
+        deleted = c.delete("/dicom/delete", params={"jobId": job_id})
+        assert deleted.status_code == 200
+        assert str(system.archive / job_id) in deleted.json()["removed"]
+        assert not (system.archive / job_id).exists()
+        assert c.get(f"/dicom/status/{job_id}").status_code == 404
+        # the instance can be stored again now that its only copy is gone
+        [again] = system.upload(path)
+        assert system.wait_final([again])[again]["details"].get("duplicate_of") is None

@@ -126,3 +126,15 @@ async def test_retry_of_an_unknown_or_unfailed_job_is_a_clear_problem(
     assert not_failed.status_code == 409
     assert not_failed.json()["type"] == "/problems/job-not-failed"
     assert "accepted" in not_failed.json()["detail"]
+
+
+async def test_a_job_in_the_pipeline_cannot_be_deleted(client: httpx.AsyncClient) -> None:
+    answer = await client.post("/upload", files={"file": ("a.dcm", b"x" * 10)})
+    job_id = answer.json()["study_id"]
+    status = await client.get(f"/dicom/status/{job_id}")
+    assert status.json()["status"] == "QUEUED"
+    refused = await client.delete("/dicom/delete", params={"jobId": job_id})
+    assert refused.status_code == 409
+    assert "accepted" in refused.json()["detail"]
+    missing = await client.delete("/dicom/delete")
+    assert missing.status_code == 400  # jobId is required
