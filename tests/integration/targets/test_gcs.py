@@ -1,0 +1,339 @@
+"""The gcs target against a real GCS emulator: gcp-storage-emulator, in memory, on a free port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as api
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from PIL import Image
+from pydicom import dcmread
+from uploader_service.targets import Item, gcs
+from uploader_service.targets.gcs import GcsSettings, GcsTarget, classify, crc32c_of
+
+from shared.errors import PermanentError, RetryableError
+from shared.events import DicomIds
+from shared.storage import object_keys
+from tests.support import ct_slice, free_port, pydicom_file
+
+pytestmark = pytest.mark.timeout(60)
+EMULATOR = Path(sys.executable).parent / "gcp-storage-emulator"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """A running emulator: its URL and the request log it writes (one line per request)."""
+
+    url: str
+    log: Path
+
+    def requests_for(self, bucket: str) -> list[str]:
+        """The logged object requests (method and path) that went to one bucket."""
+        return [line for line in self.log.read_text().splitlines() if f"/b/{bucket}/o" in line]
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # an HTTP answer of any kind: the server is up
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"gcp-storage-emulator did not answer within {seconds}s")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """A gcp-storage-emulator of our own, in memory, logging its requests to a file."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gcs-emulator") / "requests.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(EMULATOR), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(url, proc)
+        yield Emulator(url=url, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def bucket(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> storage.Bucket:
+    """A fresh bucket for this test, and the environment that points the target at it."""
+    name = f"dicomflow-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    monkeypatch.setenv("GCS_BUCKET", name)
+    monkeypatch.setenv("GCS_PREFIX", "dicom")
+    monkeypatch.setenv("GCS_RETRY_DEADLINE", "2")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    monkeypatch.delenv("GCS_CHUNK_SIZE", raising=False)
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    return client.create_bucket(name)
+
+
+def make_item(folder: Path, original: bytes, preview: bool = True) -> Item:
+    """An archived instance as the descriptor leaves it: original, metadata and preview."""
+    folder.mkdir(parents=True)
+    path = folder / "original.dcm"
+    path.write_bytes(original)
+    ds = dcmread(path, stop_before_pixels=True)
+    ids = DicomIds(
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        modality=ds.Modality,
+    )
+    metadata = folder / "metadata.json"
+    metadata.write_text(json.dumps(ids.model_dump(), indent=2))
+    png = None
+    if preview:
+        png = folder / "preview.png"
+        Image.linear_gradient("L").resize((64, 64)).save(png)
+    return Item(
+        upload_id=uuid.uuid4(),
+        ids=ids,
+        original=path,
+        metadata=metadata,
+        preview=png,
+        sha256=hashlib.sha256(original).hexdigest(),
+        size=len(original),
+    )
+
+
+@pytest.fixture
+def small_item(tmp_path: Path) -> Item:
+    return make_item(tmp_path / "ct-small", pydicom_file("CT_small.dcm").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def large_original() -> bytes:
+    """A 12 MiB CT instance (2048 x 3072, 16-bit): over the 8 MiB resumable threshold."""
+    return ct_slice(rows=2048, columns=3072)
+
+
+async def test_put_stores_three_objects_at_the_scheme_keys(
+    bucket: storage.Bucket, small_item: Item, emulator: Emulator
+) -> None:
+    result = await GcsTarget.from_env().put(small_item)
+
+    keys = object_keys("dicom", small_item.ids)
+    assert result.target == "gcs"
+    assert result.ok
+    assert result.location == f"gs://{bucket.name}/{keys.dicom}"
+    assert result.bytes == small_item.size
+    assert result.seconds is not None
+    assert result.seconds >= 0
+    expected = {
+        keys.dicom: (small_item.original, "application/dicom"),
+        keys.metadata: (small_item.metadata, "application/json"),
+        keys.preview: (small_item.preview, "image/png"),
+    }
+    assert {blob.name for blob in bucket.list_blobs()} == set(expected)
+    for key, (path, content_type) in expected.items():
+        assert path is not None
+        blob = bucket.get_blob(key)
+        assert blob is not None
+        assert blob.content_type == content_type
+        assert blob.download_as_bytes() == path.read_bytes()
+        if key == keys.dicom:
+            assert result.checksum == f"crc32c:{blob.crc32c}"
+    # small files go in one request each
+    uploads = [line for line in emulator.requests_for(bucket.name) if "/upload/" in line]
+    assert len(uploads) == 3
+    assert all("uploadType=multipart" in line for line in uploads)
+
+
+async def test_without_a_preview_only_the_original_and_metadata_are_stored(
+    bucket: storage.Bucket, tmp_path: Path
+) -> None:
+    item = make_item(tmp_path / "no-preview", pydicom_file("CT_small.dcm").read_bytes(), False)
+    await GcsTarget.from_env().put(item)
+    keys = object_keys("dicom", item.ids)
+    assert {blob.name for blob in bucket.list_blobs()} == {keys.dicom, keys.metadata}
+
+
+@pytest.mark.parametrize("chunk_mib", [8, 4])
+async def test_a_large_original_goes_as_a_verified_resumable_upload(
+    bucket: storage.Bucket,
+    emulator: Emulator,
+    large_original: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_mib: int,
+) -> None:
+    """Over 8 MiB the library goes resumable, in chunks of GCS_CHUNK_SIZE (emulator's log)."""
+    monkeypatch.setenv("GCS_CHUNK_SIZE", str(chunk_mib * MiB))
+    item = make_item(tmp_path / "large", large_original)
+    assert item.size > 8 * MiB
+
+    result = await GcsTarget.from_env().put(item)
+
+    key = object_keys("dicom", item.ids).dicom
+    blob = bucket.get_blob(key)
+    assert blob is not None
+    assert blob.size == item.size
+    assert blob.content_type == "application/dicom"
+    assert result.checksum == f"crc32c:{blob.crc32c}" == f"crc32c:{crc32c_of(item.original)}"
+    assert blob.download_as_bytes() == large_original
+    logged = emulator.requests_for(bucket.name)
+    started = [line for line in logged if "POST" in line and "uploadType=resumable" in line]
+    chunks = [line for line in logged if "PUT" in line and "upload_id=" in line]
+    assert len(started) == 1  # only the original; metadata and preview are small
+    assert len(chunks) == math.ceil(item.size / (chunk_mib * MiB))
+
+
+async def test_putting_the_same_instance_twice_changes_nothing(
+    bucket: storage.Bucket, small_item: Item
+) -> None:
+    target = GcsTarget.from_env()
+    first = await target.put(small_item)
+    second = await target.put(small_item)
+
+    assert first.model_copy(update={"seconds": None}) == second.model_copy(update={"seconds": None})
+    blobs = list(bucket.list_blobs())
+    assert len(blobs) == 3
+    key = object_keys("dicom", small_item.ids).dicom
+    assert bucket.blob(key).download_as_bytes() == small_item.original.read_bytes()
+
+
+async def test_a_missing_bucket_is_a_permanent_error_at_once(
+    bucket: storage.Bucket, small_item: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCS_BUCKET", "no-such-bucket")
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match=r"^gcs: bucket 'no-such-bucket' does not exist$"):
+        await GcsTarget.from_env().put(small_item)
+    assert time.monotonic() - started < 2  # a 404 is not retried
+
+
+async def test_an_emulator_that_is_down_is_a_retryable_error_within_seconds(
+    bucket: storage.Bucket, small_item: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # closed
+    monkeypatch.setenv("GCS_RETRY_DEADLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match=r"^gcs: cannot reach the service$"):
+        await GcsTarget.from_env().put(small_item)
+    assert time.monotonic() - started < 8
+
+
+async def test_a_stored_object_that_does_not_match_is_a_permanent_error(
+    bucket: storage.Bucket, small_item: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket's CRC32C is compared with the local one: a different local CRC must fail."""
+    monkeypatch.setattr(gcs, "crc32c_of", lambda path: "AAAAAA==")
+    key = object_keys("dicom", small_item.ids).dicom
+    with pytest.raises(PermanentError) as caught:
+        await GcsTarget.from_env().put(small_item)
+    assert (
+        str(caught.value) == f"gcs: object '{key}' does not match the local file (CRC32C or size)"
+    )
+
+
+async def test_archived_files_not_on_disk_are_a_retryable_error(
+    bucket: storage.Bucket, small_item: Item
+) -> None:
+    small_item.metadata.unlink()
+    with pytest.raises(RetryableError, match="not on disk"):
+        await GcsTarget.from_env().put(small_item)
+    assert list(bucket.list_blobs()) == []
+
+
+def test_from_env_without_a_bucket_stops_the_process(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", "from uploader_service.targets.gcs import GcsTarget\n"
+         "GcsTarget.from_env()"],
+        cwd=tmp_path,  # no .env here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("configuration error: GCS_BUCKET: ")
+    assert len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["1000000", "0", "-262144"])
+def test_a_chunk_size_not_in_256_kib_steps_stops_at_start(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GCS_BUCKET", "b")
+    monkeypatch.setenv("GCS_CHUNK_SIZE", value)
+    with pytest.raises(SystemExit) as stopped:
+        GcsTarget.from_env()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "configuration error: GCS_CHUNK_SIZE: must be a positive multiple of 262144 (256 KiB)\n"
+    )
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GCS_PREFIX", "GCS_CHUNK_SIZE", "GCS_RETRY_DEADLINE", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = GcsSettings(GCS_BUCKET="b", _env_file=None)  # type: ignore[call-arg]
+    assert (settings.prefix, settings.chunk_size, settings.retry_deadline) == ("dicom", 8 * MiB, 60)
+    assert settings.project is None
+
+
+@pytest.mark.skip(reason="the emulator accepts any credentials, so a refusal cannot happen here")
+def test_refused_credentials_are_a_permanent_error() -> None:
+    """Needs a real bucket and a revoked key; the mapping itself is checked below."""
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "message"),
+    [
+        (api.Forbidden("denied"), PermanentError, "gcs: credentials refused"),
+        (api.Unauthorized("no"), PermanentError, "gcs: credentials refused"),
+        (api.NotFound("gone"), PermanentError, "gcs: bucket 'b' does not exist"),
+        (api.BadRequest("bad"), PermanentError, "gcs: request refused (HTTP 400)"),
+        (api.TooManyRequests("slow"), RetryableError, "gcs: service unavailable (HTTP 429)"),
+        (api.ServiceUnavailable("x"), RetryableError, "gcs: service unavailable (HTTP 503)"),
+        (api.GatewayTimeout("x"), RetryableError, "gcs: service unavailable (HTTP 504)"),
+        (
+            api.RetryError("deadline", api.InternalServerError("x")),
+            RetryableError,
+            "gcs: service unavailable (HTTP 500)",
+        ),
+    ],
+)
+def test_library_errors_the_emulator_cannot_produce_are_classified(
+    error: Exception, kind: type[Exception], message: str
+) -> None:
+    """Only the mapping: 403/401/429/5xx cannot be provoked on the emulator."""
+    ours = classify(error, "b")
+    assert type(ours) is kind
+    assert str(ours) == message
