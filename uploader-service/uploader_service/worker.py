@@ -55,7 +55,9 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     }
     item = Item.of(event)
     todo = [t for t in targets if t.name not in done]  # never twice to a target that has it
-    attempt = {r.target: r for r in await asyncio.gather(*(_put(t, item) for t in todo))}
+    outcomes = await asyncio.gather(*(_put(t, item) for t in todo))
+    attempt = {result.target: result for result, _ in outcomes}
+    permanent = any(is_permanent for _, is_permanent in outcomes)
     results = [done.get(t.name) or attempt[t.name] for t in targets]
     failed = [r for r in results if not r.ok]
     if not failed:
@@ -71,24 +73,18 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     await bus.publish(
         UploadAttempted(upload_id=event.upload_id, targets=results, delivery=delivery.count)
     )
-    errors = "; ".join(f"{r.target}: {r.error}" for r in failed)
-    if any(r.error and r.error.startswith(PERMANENT) for r in failed):
-        raise PermanentError(errors)
-    raise RetryableError(errors)
+    errors = "; ".join(r.error or r.target for r in failed)
+    raise PermanentError(errors) if permanent else RetryableError(errors)
 
 
-PERMANENT = "permanent: "
-
-
-async def _put(target: Target, item: Item) -> TargetResult:
-    """One target's outcome, its failure included, so the others are not held up by it."""
+async def _put(target: Target, item: Item) -> tuple[TargetResult, bool]:
+    """One target's outcome, its failure included so the others are not held up by it, and
+    whether that failure is permanent. Every error starts with the target's name."""
     try:
-        return await target.put(item)
-    except PermanentError as exc:
-        return TargetResult(target=target.name, ok=False, error=PERMANENT + safe_error(exc))
+        return await target.put(item), False
     except Exception as exc:
-        return TargetResult(target=target.name, ok=False, error=safe_error(exc))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        error = safe_error(exc)
+        if not error.startswith(f"{target.name}:"):
+            error = f"{target.name}: {error}"
+        failed = TargetResult(target=target.name, ok=False, error=error)
+        return failed, isinstance(exc, PermanentError)

@@ -21,10 +21,12 @@ class LocalTarget:
     async def put(self, item: Item) -> TargetResult:
         started = time.perf_counter()
         if not item.original.is_file():
-            raise RetryableError("the archived original is not on disk: is ARCHIVE_PATH shared?")
+            raise RetryableError(
+                "local: the archived original is not on disk: is ARCHIVE_PATH shared?"
+            )
         digest = await asyncio.to_thread(sha256_of, item.original)
         if digest != item.sha256:
-            raise PermanentError("the archived original does not match the upload's SHA-256")
+            raise PermanentError("local: the archived original does not match the upload's SHA-256")
         return TargetResult(
             target=self.name,
             ok=True,

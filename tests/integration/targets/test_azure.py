@@ -1,0 +1,392 @@
+"""The azure target against a real Azurite: keys, content types, blocks, checksums and faults."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from azure.storage.blob import (
+    AccountSasPermissions,
+    BlobServiceClient,
+    ResourceTypes,
+    generate_account_sas,
+)
+from PIL import Image
+from uploader_service.targets import Item
+from uploader_service.targets import azure as azure_target
+from uploader_service.targets.azure import AzureTarget
+
+from shared.errors import PermanentError, RetryableError
+from shared.events import DicomIds
+from shared.storage import object_keys
+from tests.support import free_port, pydicom_file, wait_for_port
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[3]
+ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and its published key
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+WRONG_KEY = base64.b64encode(b"not the key of devstoreaccount1 " * 2).decode()
+LARGE = 20_000_000  # above AZURE_SINGLE_PUT_SIZE (8 MiB): five blocks of at most 4 MiB
+
+
+def connection_string(port: int, key: str = KEY) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+    )
+
+
+def azurite_binary() -> str | None:
+    """AZURITE_BLOB if set, else the repo's own .cache/node install, else azurite-blob on PATH."""
+    if found := os.environ.get("AZURITE_BLOB"):
+        return found
+    local = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
+    return str(local) if local.is_file() else shutil.which("azurite-blob")
+
+
+@pytest.fixture(scope="module")
+def azurite_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """An Azurite blob service of our own, in memory, on a free port."""
+    binary = azurite_binary()
+    if binary is None:
+        pytest.skip(
+            "Azurite is not installed: npm install --prefix .cache/node azurite@3.35.0 "
+            "(or set AZURITE_BLOB to an azurite-blob executable)"
+        )
+    folder = tmp_path_factory.mktemp("azurite")  # its working directory (and log)
+    port = free_port()
+    log_path = folder / "azurite.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+             "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            for _ in range(300):  # 30 s
+                if proc.poll() is not None:
+                    pytest.fail(f"azurite-blob exited: {log_path.read_text()[-2000:]}")
+                try:
+                    wait_for_port(port, 0.1)
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                pytest.fail(f"azurite-blob does not listen on {port} after 30 s")
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def service(azurite_port: int) -> Iterator[BlobServiceClient]:
+    client = BlobServiceClient.from_connection_string(connection_string(azurite_port))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def container(service: BlobServiceClient) -> Iterator[str]:
+    """A fresh, empty container for one test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    service.create_container(name)
+    yield name
+    service.delete_container(name)
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, azurite_port: int, container: str
+) -> pytest.MonkeyPatch:
+    """The azure variables for our Azurite, with retries short enough for a test."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in list(os.environ):
+        if name.startswith("AZURE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite_port))
+    monkeypatch.setenv("AZURE_CONTAINER", container)
+    monkeypatch.setenv("AZURE_RETRY_TOTAL", "1")
+    monkeypatch.setenv("AZURE_RETRY_BACKOFF", "0")
+    return monkeypatch
+
+
+@pytest.fixture
+def target(env: pytest.MonkeyPatch) -> Iterator[AzureTarget]:
+    built = AzureTarget.from_env()
+    yield built
+    built.close()
+
+
+def make_item(folder: Path, original: bytes, ids: DicomIds, preview: bool = True) -> Item:
+    folder.mkdir(parents=True)
+    (folder / "original.dcm").write_bytes(original)
+    (folder / "metadata.json").write_text(json.dumps({"ids": ids.model_dump(), "frames": 1}))
+    if preview:
+        out = io.BytesIO()
+        Image.new("L", (16, 16), 128).save(out, "PNG")
+        (folder / "preview.png").write_bytes(out.getvalue())
+    return Item(
+        upload_id=uuid.uuid4(),
+        ids=ids,
+        original=folder / "original.dcm",
+        metadata=folder / "metadata.json",
+        preview=folder / "preview.png" if preview else None,
+        sha256=hashlib.sha256(original).hexdigest(),
+        size=len(original),
+    )
+
+
+@pytest.fixture
+def small_item(tmp_path: Path) -> Item:
+    """pydicom's CT_small.dcm, its metadata.json and a preview.png."""
+    path = pydicom_file("CT_small.dcm")
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ids = DicomIds(
+        study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
+    )  # fmt: skip
+    return make_item(tmp_path / "small", path.read_bytes(), ids)
+
+
+@pytest.fixture
+def large_item(tmp_path: Path) -> Item:
+    """A 20 MB original (and metadata.json, no preview): large enough for a block upload."""
+    ids = DicomIds(
+        study_uid="1.2.826.0.1.3680043.8.498.1", series_uid="1.2.826.0.1.3680043.8.498.1.2",
+        sop_uid="1.2.826.0.1.3680043.8.498.1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
+    )  # fmt: skip
+    return make_item(tmp_path / "large", random.Random(7).randbytes(LARGE), ids, preview=False)
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+async def test_put_stores_the_three_files_at_the_scheme_keys(
+    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item
+) -> None:
+    result = await target.put(small_item)
+    keys = object_keys("dicom", small_item.ids)
+    assert keys.dicom.startswith(f"dicom/{small_item.ids.study_uid}/")
+    expected = [
+        (keys.dicom, small_item.original, "application/dicom"),
+        (keys.metadata, small_item.metadata, "application/json"),
+        (keys.preview, small_item.preview, "image/png"),
+    ]
+    for key, path, content_type in expected:
+        assert path is not None
+        blob = service.get_blob_client(container, key)
+        props = blob.get_blob_properties()
+        assert props.content_settings.content_type == content_type
+        md5 = props.content_settings.content_md5
+        assert md5 == hashlib.md5(path.read_bytes()).digest()
+        assert blob.download_blob().readall() == path.read_bytes()
+    original = small_item.original.read_bytes()
+    assert result.target == "azure"
+    assert result.ok
+    assert result.location == f"{service.url.rstrip('/')}/{container}/{keys.dicom}"
+    assert result.bytes == len(original) == small_item.size
+    assert result.checksum == f"md5:{md5_b64(original)}"
+    assert result.seconds is not None
+    assert result.seconds >= 0
+
+
+async def test_a_large_original_goes_up_in_blocks_and_is_verified(
+    target: AzureTarget, service: BlobServiceClient, container: str, large_item: Item
+) -> None:
+    result = await target.put(large_item)
+    blob = service.get_blob_client(container, object_keys("dicom", large_item.ids).dicom)
+    committed, uncommitted = blob.get_block_list("all")
+    assert len(committed) == 5  # ceil(20 MB / 4 MiB)
+    assert all(block.size <= 4 * 1024 * 1024 for block in committed)
+    assert sum(block.size for block in committed) == LARGE
+    assert uncommitted == []
+    original = large_item.original.read_bytes()
+    props = blob.get_blob_properties()
+    assert props.size == LARGE
+    assert props.content_settings.content_type == "application/dicom"
+    assert props.content_settings.content_md5 == hashlib.md5(original).digest()
+    assert blob.download_blob().readall() == original
+    assert result.checksum == f"md5:{md5_b64(original)}"
+    assert result.bytes == LARGE
+    keys = object_keys("dicom", large_item.ids)
+    names = {b.name for b in service.get_container_client(container).list_blobs()}
+    assert names == {keys.dicom, keys.metadata}  # no preview, no preview blob
+
+
+async def test_putting_twice_changes_nothing(
+    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item
+) -> None:
+    first = await target.put(small_item)
+    second = await target.put(small_item)
+    assert (first.location, first.bytes, first.checksum) == (
+        second.location,
+        second.bytes,
+        second.checksum,
+    )
+    keys = object_keys("dicom", small_item.ids)
+    names = sorted(b.name for b in service.get_container_client(container).list_blobs())
+    assert names == sorted([keys.dicom, keys.metadata, keys.preview])
+    blob = service.get_blob_client(container, keys.dicom)
+    assert blob.download_blob().readall() == small_item.original.read_bytes()
+
+
+async def test_a_missing_container_fails_at_once(env: pytest.MonkeyPatch, small_item: Item) -> None:
+    env.setenv("AZURE_CONTAINER", "no-such-container")
+    env.setenv("AZURE_RETRY_TOTAL", "3")
+    env.setenv("AZURE_RETRY_BACKOFF", "30")  # a retry would show as half a minute
+    target = AzureTarget.from_env()
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match="azure: container 'no-such-container' does not exist"):
+        await target.put(small_item)
+    assert time.monotonic() - started < 10
+    target.close()
+
+
+async def test_a_wrong_account_key_fails_at_once(
+    env: pytest.MonkeyPatch, azurite_port: int, service: BlobServiceClient, container: str,
+    small_item: Item,
+) -> None:  # fmt: skip
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite_port, WRONG_KEY))
+    env.setenv("AZURE_RETRY_TOTAL", "3")
+    env.setenv("AZURE_RETRY_BACKOFF", "30")
+    target = AzureTarget.from_env()
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match="azure: credentials refused"):
+        await target.put(small_item)
+    assert time.monotonic() - started < 10
+    target.close()
+    assert list(service.get_container_client(container).list_blobs()) == []
+
+
+async def test_azurite_down_is_worth_a_retry(env: pytest.MonkeyPatch, small_item: Item) -> None:
+    closed = free_port()  # nothing listens there
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(closed))
+    target = AzureTarget.from_env()
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="azure: the storage account did not answer"):
+        await target.put(small_item)
+    assert time.monotonic() - started < 15  # one retry, 2 ± 1 s after the first try
+    target.close()
+
+
+@pytest.mark.parametrize(
+    ("which", "why"),
+    [
+        # Azurite answers 400 InvalidOperation, Azure 400 Md5Mismatch
+        ("small_item", r"(refused with HTTP 400|does not hold the bytes sent)"),
+        ("large_item", r"does not hold the bytes sent \(MD5 or size\)"),
+    ],
+)
+async def test_a_blob_that_does_not_match_the_file_is_refused(
+    target: AzureTarget, monkeypatch: pytest.MonkeyPatch, which: str, why: str,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """The local MD5 disagrees with the bytes sent: the service refuses a single put; a block
+    upload, whose Content-MD5 the service stores unchecked, fails the read-back."""
+    item: Item = request.getfixturevalue(which)
+    monkeypatch.setattr(azure_target, "_md5_of", lambda path: hashlib.md5(b"other").digest())
+    key = re.escape(object_keys("dicom", item.ids).dicom)
+    with pytest.raises(PermanentError, match=f"^azure: blob '{key}' {why}"):
+        await target.put(item)
+
+
+async def test_an_original_missing_on_disk_is_worth_a_retry(
+    target: AzureTarget, small_item: Item
+) -> None:
+    small_item.original.unlink()
+    with pytest.raises(RetryableError, match=r"original\.dcm is not on disk"):
+        await target.put(small_item)
+
+
+async def test_an_account_url_with_its_key_or_a_sas_token_works(
+    env: pytest.MonkeyPatch, azurite_port: int, service: BlobServiceClient, small_item: Item
+) -> None:
+    env.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    env.setenv("AZURE_STORAGE_ACCOUNT_URL", f"http://127.0.0.1:{azurite_port}/{ACCOUNT}")
+    env.setenv("AZURE_STORAGE_KEY", KEY)
+    target = AzureTarget.from_env()
+    assert (await target.put(small_item)).ok
+    target.close()
+    sas = generate_account_sas(
+        ACCOUNT, KEY, ResourceTypes(container=True, object=True),
+        AccountSasPermissions(read=True, write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+    env.delenv("AZURE_STORAGE_KEY")
+    env.setenv("AZURE_STORAGE_SAS_TOKEN", f"?{sas}")
+    target = AzureTarget.from_env()
+    result = await target.put(small_item)
+    target.close()
+    assert result.ok
+    assert result.location is not None
+    assert "?" not in result.location  # the token never leaves in a location
+    assert "sig=" not in result.location
+
+
+def test_from_env_without_an_endpoint_stops_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env["AZURE_CONTAINER"] = "dicom"
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from uploader_service.targets.azure import AzureTarget; AzureTarget.from_env()"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: ")
+    assert "AZURE_STORAGE_CONNECTION_STRING" in lines[0]
+    assert "AZURE_STORAGE_ACCOUNT_URL" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variables", "names"),
+    [
+        ({"AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net"},
+         ["AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN"]),
+        ({"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
+          "AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net"},
+         ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL"]),
+        ({"AZURE_STORAGE_CONNECTION_STRING": "nonsense", "AZURE_CONTAINER": "Not_Valid"},
+         ["AZURE_CONTAINER"]),
+        ({"AZURE_STORAGE_CONNECTION_STRING": "nonsense"}, ["AZURE_STORAGE_CONNECTION_STRING"]),
+    ],
+)  # fmt: skip
+def test_bad_settings_stop_with_lines_naming_the_variables(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str], names: list[str],
+) -> None:  # fmt: skip
+    env.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    for name, value in variables.items():
+        env.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        AzureTarget.from_env()
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: ")
+    assert all(name in lines[0] for name in names)
