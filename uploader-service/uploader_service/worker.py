@@ -88,3 +88,7 @@ async def _put(target: Target, item: Item) -> tuple[TargetResult, bool]:
             error = f"{target.name}: {error}"
         failed = TargetResult(target=target.name, ok=False, error=error)
         return failed, isinstance(exc, PermanentError)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
