@@ -1,0 +1,428 @@
+"""The DICOMweb target and client against a real Orthanc with its DICOMweb plugin, not mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from structlog.testing import capture_logs
+from uploader_service.targets import Item
+from uploader_service.targets.dicomweb import DicomwebTarget
+
+from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
+from shared.errors import PermanentError, RetryableError
+from shared.events import DicomIds
+from shared.files import sha256_of
+from tests.support import free_port, pydicom_file, write_ct_series
+
+pytestmark = pytest.mark.timeout(60)
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+USER, PASSWORD = "dicomflow", "secret"
+
+
+@dataclasses.dataclass(frozen=True)
+class Orthanc:
+    root: str  # http://127.0.0.1:{port}
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.root}/dicom-web"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """An Orthanc of our own on free ports, local clients only, basic auth, DICOMweb on."""
+    if not (ORTHANC.is_file() and PLUGIN.is_file()):
+        pytest.skip(
+            "Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb"
+        )
+    folder = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {
+        "Name": "dicomflow-test",
+        "HttpPort": port,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,  # 1.10 listens on every address: refuse other hosts
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD},
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "Plugins": [str(PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    with open(folder / "orthanc.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=log, cwd=folder
+        )
+    root = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(proc, root, folder / "orthanc.log")
+        yield Orthanc(root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], root: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"Orthanc exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{root}/system", auth=(USER, PASSWORD), timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"Orthanc did not answer within 30 s:\n{log.read_text()[-2000:]}")
+
+
+@pytest.fixture(autouse=True)
+def _no_dicomweb_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's DICOMWEB_* variables must not leak into the settings built here."""
+    for name in [n for n in os.environ if n.startswith("DICOMWEB_")]:
+        monkeypatch.delenv(name)
+
+
+def settings(url: str, **overrides: Any) -> DicomwebSettings:
+    values: dict[str, Any] = {
+        "DICOMWEB_URL": url,
+        "DICOMWEB_USERNAME": USER,
+        "DICOMWEB_PASSWORD": PASSWORD,
+        "DICOMWEB_RETRIES": 1,
+        "DICOMWEB_BACKOFF_S": 0.01,
+        **overrides,
+    }
+    return DicomwebSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def target(orthanc: Orthanc) -> AsyncIterator[DicomwebTarget]:
+    target = DicomwebTarget(settings(orthanc.dicomweb))
+    yield target
+    await target.aclose()
+
+
+def item_for(source: Path, folder: Path) -> Item:
+    """An archived item as the uploader sees it; DICOMweb stores only the original."""
+    folder.mkdir(parents=True, exist_ok=True)
+    original = folder / "original.dcm"
+    shutil.copyfile(source, original)
+    (folder / "metadata.json").write_text("{}")
+    ds = pydicom.dcmread(original, stop_before_pixels=True)
+    ids = DicomIds(
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        modality=ds.get("Modality"),
+    )
+    return Item(
+        upload_id=uuid4(),
+        ids=ids,
+        original=original,
+        metadata=folder / "metadata.json",
+        preview=None,
+        sha256=sha256_of(original),
+        size=original.stat().st_size,
+    )
+
+
+def read_back_with_dicomweb_client(orthanc: Orthanc, ids: DicomIds) -> pydicom.Dataset:
+    """The instance as an independent client (dicomweb-client, on requests) retrieves it."""
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    with requests.Session() as session:
+        session.auth = (USER, PASSWORD)
+        client = DICOMwebClient(orthanc.dicomweb, session=session)
+        return client.retrieve_instance(
+            ids.study_uid, ids.series_uid, ids.sop_uid, media_types=(("application/dicom", "*"),)
+        )
+
+
+def retries_logged(logs: list[MutableMapping[str, Any]]) -> list[int]:
+    return [entry["attempt"] for entry in logs if entry["event"] == "dicomweb.retried"]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"])
+async def test_put_stores_the_instance_as_uploaded(
+    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path, name: str
+) -> None:
+    item = item_for(pydicom_file(name), tmp_path)
+    result = await target.put(item)
+    ids = item.ids
+    assert result.ok
+    assert result.target == "dicomweb"
+    assert result.location == (
+        f"{orthanc.dicomweb}/studies/{ids.study_uid}/series/{ids.series_uid}"
+        f"/instances/{ids.sop_uid}"
+    )
+    assert (result.bytes, result.checksum) == (item.size, f"sha256:{item.sha256}")
+
+    held = await asyncio.to_thread(read_back_with_dicomweb_client, orthanc, ids)
+    assert held.SOPInstanceUID == ids.sop_uid
+    assert held.file_meta.TransferSyntaxUID == ids.transfer_syntax_uid  # not transcoded
+    assert held == pydicom.dcmread(item.original)
+    chunks = [c async for c in target.client.retrieve_instance(*_uids(ids))]
+    assert b"".join(chunks) == item.original.read_bytes()  # Orthanc keeps the file as sent
+
+
+def _uids(ids: DicomIds) -> tuple[str, str, str]:
+    return ids.study_uid, ids.series_uid, ids.sop_uid
+
+
+async def test_putting_the_same_instance_twice_succeeds(
+    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path
+) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    first = await target.put(item)
+    second = await target.put(item)
+    assert first.location == second.location
+
+    # Orthanc answers a duplicate with 200 and lists it again, as if stored anew
+    again = await target.client.store(item.original)
+    assert (again.status, again.referenced, again.failed) == (200, (item.ids.sop_uid,), ())
+    series = f"{orthanc.dicomweb}/studies/{item.ids.study_uid}/series/{item.ids.series_uid}"
+    async with httpx.AsyncClient(auth=(USER, PASSWORD)) as http:
+        answer = await http.get(f"{series}/instances")
+    assert [i["00080018"]["Value"] for i in answer.json()] == [[item.ids.sop_uid]]
+
+
+@pytest.mark.parametrize(
+    "sign_in",
+    [
+        {"DICOMWEB_PASSWORD": "wrong"},
+        {"DICOMWEB_USERNAME": None, "DICOMWEB_PASSWORD": None, "DICOMWEB_TOKEN": "not-a-token"},
+        {"DICOMWEB_USERNAME": None, "DICOMWEB_PASSWORD": None},
+    ],
+    ids=["wrong-password", "bearer-token", "none"],
+)
+async def test_refused_credentials_fail_at_once(
+    orthanc: Orthanc, tmp_path: Path, sign_in: dict[str, Any]
+) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_RETRIES=3, **sign_in))
+    with capture_logs() as logs, pytest.raises(PermanentError, match="credentials refused"):
+        await target.put(item)
+    await target.aclose()
+    assert retries_logged(logs) == []
+
+
+async def test_server_down_is_retryable_after_a_few_tries(tmp_path: Path) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    target = DicomwebTarget(settings(closed, DICOMWEB_RETRIES=2))
+    with capture_logs() as logs, pytest.raises(RetryableError, match="cannot reach the server"):
+        await target.put(item)
+    await target.aclose()
+    assert retries_logged(logs) == [1, 2]
+
+
+async def test_a_url_that_is_not_the_service_root_is_permanent(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    target = DicomwebTarget(settings(f"{orthanc.root}/not-dicom-web"))
+    with pytest.raises(PermanentError, match="is DICOMWEB_URL the DICOMweb service root"):
+        await target.put(item)
+    await target.aclose()
+
+
+async def test_readback_of_another_instance_under_the_same_uid_is_permanent(
+    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path
+) -> None:
+    """Orthanc keeps the first instance it got for a SOP Instance UID and still answers 200."""
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "first.dcm")
+    await target.client.store(tmp_path / "first.dcm")
+    ds.SeriesDescription = "a different instance, same UIDs"
+    ds.save_as(tmp_path / "second.dcm")
+    item = item_for(tmp_path / "second.dcm", tmp_path / "archive")
+    with pytest.raises(PermanentError, match="differs from the upload's SHA-256"):
+        await target.put(item)
+
+
+async def test_an_original_that_does_not_match_the_upload_is_permanent(
+    target: DicomwebTarget, tmp_path: Path
+) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    with pytest.raises(PermanentError, match="does not match the upload"):
+        await target.put(dataclasses.replace(item, sha256="0" * 64))
+
+
+async def test_verify_by_response_trusts_the_referenced_sop_sequence(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    item = item_for(pydicom_file("JPEG2000.dcm"), tmp_path)
+    target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_VERIFY="response"))
+    result = await target.put(item)
+    await target.aclose()
+    assert result.ok
+    assert result.checksum == f"sha256:{item.sha256}"
+
+
+async def test_retrieve_writes_a_study_or_one_instance_to_files(
+    orthanc: Orthanc, tmp_path: Path
+) -> None:
+    sources = write_ct_series(tmp_path / "in", 2, rows=16, columns=16)
+    ds = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
+    study, series = ds[0].StudyInstanceUID, ds[0].SeriesInstanceUID
+    async with DicomwebClient(settings(orthanc.dicomweb)) as client:
+        for path in sources:
+            await client.store(path)
+
+        files = await client.retrieve(study, dest_folder=tmp_path / "study")
+        assert sorted(files) == sorted(tmp_path / "study" / f"{d.SOPInstanceUID}.dcm" for d in ds)
+        for path, d in zip(sources, ds, strict=True):
+            held = tmp_path / "study" / f"{d.SOPInstanceUID}.dcm"
+            assert held.read_bytes() == path.read_bytes()
+
+        sop = ds[1].SOPInstanceUID
+        one = await client.retrieve(study, series, sop, dest_folder=tmp_path / "one")
+        assert one == [tmp_path / "one" / f"{sop}.dcm"]
+        assert one[0].read_bytes() == sources[1].read_bytes()
+        assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"{sop}.dcm"]
+
+        with pytest.raises(DicomwebNotFound):
+            await client.retrieve(generate_uid(), dest_folder=tmp_path / "none")
+
+
+@pytest.mark.parametrize(
+    ("env", "first_line"),
+    [
+        ({}, "configuration error: DICOMWEB_URL: "),
+        (
+            {"DICOMWEB_URL": "http://127.0.0.1:9/dicom-web", "DICOMWEB_USERNAME": "u"},
+            "configuration error: DICOMWEB_USERNAME and DICOMWEB_PASSWORD go together",
+        ),
+    ],
+    ids=["no-url", "username-alone"],
+)
+def test_from_env_stops_with_a_line_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], first_line: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from uploader_service.targets.dicomweb import DicomwebTarget; DicomwebTarget.from_env()"],
+        env={**clean, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(first_line), done.stderr
+
+
+# What other servers answer and Orthanc never does (409, Azure's 45070, 0xA7xx, 503, a response
+# cut short) is played by httpx.MockTransport: the same client code, a scripted server.
+
+
+def _stow_answer(status: int, failed: list[tuple[str, int]] | None = None) -> httpx.Response:
+    body: dict[str, Any] = {}
+    if failed:
+        items = [
+            {"00081155": {"vr": "UI", "Value": [sop]}, "00081197": {"vr": "US", "Value": [r]}}
+            for sop, r in failed
+        ]
+        body["00081198"] = {"vr": "SQ", "Value": items}
+    return httpx.Response(status, json=body, headers={"content-type": "application/dicom+json"})
+
+
+def scripted(*answers: httpx.Response, seen: list[httpx.Request] | None = None) -> DicomwebClient:
+    """A client whose server gives these answers in turn (the last one from then on)."""
+    queue = list(answers)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        if seen is not None:
+            seen.append(request)
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    url = "http://dicomweb.test/dicomWeb"
+    return DicomwebClient(settings(url), transport=httpx.MockTransport(handle))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _stow_answer(409),
+        _stow_answer(202, [("1.2.3", 45070)]),
+        _stow_answer(409, [("1.2.3", 0x0111)]),
+    ],
+    ids=["409", "azure-45070", "0x0111"],
+)
+async def test_an_instance_the_server_already_holds_counts_as_stored(
+    answer: httpx.Response,
+) -> None:
+    seen: list[httpx.Request] = []
+    async with scripted(answer, seen=seen) as client:
+        outcome = await client.store(pydicom_file("CT_small.dcm"))
+    assert outcome.duplicate
+    request, size = seen[0], pydicom_file("CT_small.dcm").stat().st_size
+    assert request.url == "http://dicomweb.test/dicomWeb/studies"
+    assert request.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+    assert int(request.headers["content-length"]) == len(request.content) > size
+    assert "transfer-encoding" not in request.headers
+
+
+@pytest.mark.parametrize(
+    ("answers", "error", "tries"),
+    [
+        ([_stow_answer(409, [("1.2.3", 0x0122)])], PermanentError, 1),
+        ([_stow_answer(202, [("1.2.3", 0xC000)])], PermanentError, 1),
+        ([_stow_answer(202, [("1.2.3", 0xA700)])], RetryableError, 2),
+        ([httpx.Response(429, headers={"retry-after": "0"})], RetryableError, 2),
+        ([httpx.Response(413)], PermanentError, 1),
+    ],
+    ids=["409-sop-class-not-supported", "cannot-understand", "out-of-resources", "429", "413"],
+)
+async def test_refusals_are_sorted_into_retryable_and_permanent(
+    answers: list[httpx.Response], error: type[Exception], tries: int
+) -> None:
+    seen: list[httpx.Request] = []
+    async with scripted(*answers, seen=seen) as client:
+        with pytest.raises(error, match="dicomweb: "):
+            await client.store(pydicom_file("CT_small.dcm"))
+    assert len(seen) == tries
+
+
+async def test_a_passing_fault_is_retried_until_the_store_succeeds() -> None:
+    answers = (httpx.Response(503), _stow_answer(200))
+    async with scripted(*answers) as client:
+        outcome = await client.store(pydicom_file("CT_small.dcm"))
+    assert (outcome.status, outcome.duplicate) == (200, False)
+
+
+async def test_a_retrieve_cut_off_midway_is_retried_and_leaves_no_file(tmp_path: Path) -> None:
+    cut = httpx.Response(
+        200,
+        content=b"--b\r\nContent-Type: application/dicom\r\n\r\nDICM and then nothing",
+        headers={"content-type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    async with scripted(cut) as client:
+        with capture_logs() as logs, pytest.raises(RetryableError, match="closing boundary"):
+            await client.retrieve("1.2.3", dest_folder=tmp_path)
+    assert retries_logged(logs) == [1]
+    assert list(tmp_path.iterdir()) == []
