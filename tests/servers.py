@@ -92,9 +92,9 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def moto_s3(folder: Path) -> Iterator[S3Server]:
-    """moto in server mode: a real HTTP S3 endpoint."""
-    port = free_port()
+def moto_s3(folder: Path, port: int | None = None) -> Iterator[S3Server]:
+    """moto in server mode: a real HTTP S3 endpoint (on ``port``, else a free one)."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with _process(command, folder, _answers(url), "moto"):

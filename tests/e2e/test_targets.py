@@ -1,0 +1,181 @@
+"""The pipeline with every cloud target live: moto (S3), Azurite, the GCS emulator and Orthanc."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from azure.storage.blob import BlobServiceClient
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from shared.events import DicomIds
+from shared.storage import object_keys
+from tests import servers
+from tests.e2e.conftest import System, start_system, stop_system
+from tests.support import ct_slice, free_port, pydicom_file
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """The four servers, each with an empty bucket or container named for this run."""
+    folder = tmp_path_factory.mktemp("stores")
+    with contextlib.ExitStack() as stack:
+        try:
+            s3 = stack.enter_context(servers.moto_s3(folder / "moto"))
+            azure = stack.enter_context(servers.azurite(folder / "azurite"))
+            gcs = stack.enter_context(servers.gcs_emulator(folder / "gcs"))
+            orthanc = stack.enter_context(servers.orthanc(folder / "orthanc"))
+        except servers.Unavailable as exc:
+            pytest.skip(str(exc))
+        name = f"dicomflow-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", **_aws(s3)).create_bucket(Bucket=name)
+        BlobServiceClient.from_connection_string(azure.connection_string()).create_container(name)
+        _gcs_client(gcs).create_bucket(name)
+        yield {"name": name, "s3": s3, "azure": azure, "gcs": gcs, "orthanc": orthanc}
+
+
+def _aws(s3: servers.S3Server) -> dict[str, str]:
+    return {
+        "endpoint_url": s3.url,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "region_name": "us-east-1",
+    }
+
+
+def _gcs_client(gcs: servers.GcsServer) -> storage.Client:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        return storage.Client(project="test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture(scope="module")
+def system(stores: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    name = str(stores["name"])
+    env = {
+        **stores["s3"].env(name),  # type: ignore[attr-defined]
+        **stores["azure"].env(name),  # type: ignore[attr-defined]
+        **stores["gcs"].env(name),  # type: ignore[attr-defined]
+        **stores["orthanc"].env(),  # type: ignore[attr-defined]
+        "UPLOAD_TARGETS": "local,s3,azure,gcs,dicomweb",
+    }
+    running = start_system(tmp_path_factory.mktemp("system"), **env)
+    yield running
+    stop_system(running)
+
+
+def test_every_target_holds_the_instance_and_the_status_says_where(
+    system: System, stores: dict[str, object]
+) -> None:
+    sources = [pydicom_file("CT_small.dcm"), pydicom_file("JPEG2000.dcm")]
+    ids = system.upload(*sources)
+    finals = system.wait_final(ids, seconds=90)
+    name = str(stores["name"])
+    for upload_id, source in zip(ids, sources, strict=True):
+        final = finals[upload_id]
+        assert final["status"] == "archived", final
+        targets = {t["target"]: t for t in final["details"]["targets"]}
+        assert set(targets) == {"local", "s3", "azure", "gcs", "dicomweb"}
+        assert all(t["ok"] and t["location"] and t["checksum"] for t in targets.values())
+        d = final["details"]
+        keys = object_keys("dicom", DicomIds(
+            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
+            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
+            transfer_syntax_uid=d["transfer_syntax_uid"],
+        ))  # fmt: skip
+        original = source.read_bytes()
+        s3 = boto3.client("s3", **_aws(stores["s3"]))  # type: ignore[arg-type]
+        assert s3.get_object(Bucket=name, Key=keys.dicom)["Body"].read() == original
+        assert targets["s3"]["location"] == f"s3://{name}/{keys.dicom}"
+        azure = BlobServiceClient.from_connection_string(
+            stores["azure"].connection_string()  # type: ignore[attr-defined]
+        )
+        assert azure.get_blob_client(name, keys.dicom).download_blob().readall() == original
+        gcs = _gcs_client(stores["gcs"])  # type: ignore[arg-type]
+        assert gcs.bucket(name).blob(keys.dicom).download_as_bytes() == original
+        orthanc: servers.OrthancServer = stores["orthanc"]  # type: ignore[assignment]
+        wado = httpx.get(
+            targets["dicomweb"]["location"],
+            auth=(servers.ORTHANC_USER, servers.ORTHANC_PASSWORD),
+            headers={"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+        assert wado.status_code == 200
+        assert original in wado.content
+        assert targets["dicomweb"]["location"].startswith(orthanc.dicomweb)
+
+
+@pytest.fixture(scope="module")
+def late_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, int, Path]]:
+    """A pipeline whose S3 endpoint is not there yet: nothing listens on its port."""
+    port = free_port()
+    folder = tmp_path_factory.mktemp("late")
+    env = {
+        "UPLOAD_TARGETS": "local,s3",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+        "S3_BUCKET": "late",
+        "CLAIM_IDLE_MS": "500",
+        "MAX_DELIVERIES": "3",
+    }
+    running = start_system(folder / "system", **env)
+    yield running, port, folder
+    stop_system(running)
+
+
+def _wait(system: System, upload_id: str, predicate: object, seconds: float = 60) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = system.status(upload_id)
+        if predicate(status):  # type: ignore[operator]
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {seconds}s: {system.status(upload_id)}")
+
+
+def test_a_target_that_stays_down_fails_the_job_and_a_retry_finishes_it(
+    late_s3: tuple[System, int, Path], tmp_path: Path
+) -> None:
+    system, port, folder = late_s3
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    first.write_bytes(ct_slice(0, rows=64, columns=64, seed=51))
+    second.write_bytes(ct_slice(1, rows=64, columns=64, seed=52))
+    [job] = system.upload(first)
+    failed = system.wait_final([job], seconds=60)[job]
+    assert failed["status"] == "failed"
+    assert failed["details"]["failed_stage"] == "uploader"
+    assert "s3: cannot reach the endpoint" in failed["details"]["error"]
+    targets = {t["target"]: t for t in failed["details"]["targets"]}
+    assert targets["local"]["ok"] is True
+    assert targets["s3"]["ok"] is False
+    local_seconds = targets["local"]["seconds"]
+
+    # a second job arrives while S3 is still down, and S3 comes up before its retries run out
+    [late] = system.upload(second)
+    _wait(system, late, lambda s: any(not t["ok"] for t in s["details"].get("targets", [])))
+    with servers.moto_s3(folder / "moto", port) as s3:
+        boto3.client("s3", **_aws(s3)).create_bucket(Bucket="late")
+        assert system.wait_final([late], seconds=60)[late]["status"] == "archived"
+
+        with system.client() as c:
+            answer = c.post(f"/jobs/{job}/retry")
+        assert answer.status_code == 202
+        assert answer.json()["status"] == "described"
+        done = system.wait_final([job], seconds=60)[job]
+        assert done["status"] == "archived"
+        targets = {t["target"]: t for t in done["details"]["targets"]}
+        assert targets["s3"]["ok"] is True
+        # the local copy was made once, before the failure, and not again
+        assert targets["local"]["seconds"] == local_seconds
+        assert [h["state"] for h in done["details"]["history"]].count("retried") == 1
