@@ -26,12 +26,24 @@ class JobNotFailed(AppError):
     status, code = 409, "job-not-failed"
 
 
+class JobStateConflict(AppError):
+    status, code = 409, "job-state-conflict"
+
+
 class FileTooLarge(AppError):
     status, code = 413, "file-too-large"
 
 
 class UnsupportedMediaType(AppError):
     status, code = 415, "unsupported-media-type"
+
+
+class NotConfigured(AppError):
+    status, code = 501, "not-configured"
+
+
+class UpstreamError(AppError):
+    status, code = 502, "upstream-error"
 
 
 class ServiceUnavailable(AppError):

@@ -99,6 +99,7 @@ class FileDescribed(Event):
     preview_file: str | None
     preview_note: str | None = None
     duplicate_of: UUID | None = None
+    only_targets: list[str] | None = None  # a push to chosen targets, not the configured set
 
 
 class TargetResult(Frozen):

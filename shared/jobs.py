@@ -164,16 +164,16 @@ class JobStore:
     async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add the transition for ``event`` to a transaction (the gateway's creation)."""
         await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
-        if isinstance(event, FileReceived):
-            pipe.zadd(names.JOBS_BY_TIME, {str(event.upload_id): event.occurred_at.timestamp()})
+
+    async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
+        """Add a job's creation to a transaction: its first state, and its place in time."""
+        await self.queue_apply(pipe, event)
+        pipe.zadd(
+            names.JOBS_BY_TIME, {str(event.upload_id): event.occurred_at.timestamp()}, nx=True
+        )
 
     async def apply(self, event: AnyEvent) -> bool:
         """Apply one event to its job; True when the state moved forward."""
-        if isinstance(event, FileReceived):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await self.queue_apply(pipe, event)
-                moved, _ = await pipe.execute()
-                return bool(moved)
         return bool(await self._apply(keys=self._keys(event), args=self._args(event)))
 
     async def apply_all(self, events: list[AnyEvent]) -> None:

@@ -16,9 +16,9 @@ from uuid import UUID
 
 import structlog
 
+from api_gateway import intake
 from shared import redis_names as names
-from shared.bus import REDIS_DOWN, add_event
-from shared.events import FileReceived, FileRef
+from shared.bus import REDIS_DOWN
 from shared.files import sha256_of
 from shared.jobs import JobStore
 
@@ -42,15 +42,8 @@ async def recover(store: JobStore, folder: Path, older_than_s: float) -> int:
             continue  # just written: its transaction may still be on its way
         if await store.redis.exists(names.status_key(upload_id)):
             continue
-        size = path.stat().st_size
         sha256 = await asyncio.to_thread(sha256_of, path)
-        event = FileReceived(
-            upload_id=upload_id, file=FileRef(path=str(path), sha256=sha256, size=size)
-        )
-        async with store.redis.pipeline(transaction=True) as pipe:
-            await store.queue_apply(pipe, event)
-            add_event(pipe, event)
-            await pipe.execute()
+        await intake.queue(store, [intake.received(upload_id, path, sha256, path.stat().st_size)])
         requeued += 1
         log.warning("upload.requeued", upload_id=str(upload_id), reason="no job record")
     return requeued

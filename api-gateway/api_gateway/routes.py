@@ -11,13 +11,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from api_gateway.receive import MultipartReceiver, ReceivedFile, boundary_of
+from api_gateway import intake
+from api_gateway.receive import MultipartReceiver, boundary_of
 from api_gateway.settings import GatewaySettings
 from shared import metrics
-from shared.bus import REDIS_DOWN, add_event
 from shared.errors import AppError, BadRequest, InsufficientStorage, NoFilePart, ServiceUnavailable
-from shared.events import FileReceived, FileRef
-from shared.jobs import JobStore
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -93,7 +91,10 @@ async def upload(request: Request) -> UploadsAccepted:
         files = receiver.finish()
         if not files:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
-        await _queue(request.app.state.store, files)
+        await intake.queue(
+            request.app.state.store,
+            [intake.received(f.upload_id, f.path, f.sha256, f.size) for f in files],
+        )
     except ClientDisconnect:
         receiver.abort()
         metrics.UPLOADS.labels("aborted").inc()
@@ -117,27 +118,6 @@ async def upload(request: Request) -> UploadsAccepted:
         metrics.UPLOAD_BYTES.inc(f.size)
         log.info("upload.accepted", upload_id=str(f.upload_id), size=f.size)
     return UploadsAccepted(**accepted[0].model_dump(), uploads=accepted)
-
-
-async def _queue(store: JobStore, files: list[ReceivedFile]) -> None:
-    """Create each job and queue its file in one transaction: all are accepted, or none."""
-    events = [
-        FileReceived(
-            upload_id=f.upload_id,
-            file=FileRef(path=str(f.path), sha256=f.sha256, size=f.size),
-        )
-        for f in files
-    ]
-    try:
-        async with store.redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                await store.queue_apply(pipe, event)
-                add_event(pipe, event)
-            await pipe.execute()
-    except REDIS_DOWN:
-        raise ServiceUnavailable(
-            "the queue (Redis) is unreachable; nothing was accepted, send the file again"
-        ) from None
 
 
 @router.get("/", include_in_schema=False)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from shared import redis_names as names
-from shared.errors import JobNotFailed, UploadNotFound
+from shared.errors import JobStateConflict, UploadNotFound
 from shared.jobs import FINAL, JobStatus, JobStore
 from shared.status_api import upload_id_of
 
@@ -79,7 +79,7 @@ async def delete(request: Request, job_id: str = Query(alias="jobId")) -> SeedJo
     """
     upload_id, job = await _job(request, job_id)
     if job.status not in FINAL:
-        raise JobNotFailed(
+        raise JobStateConflict(
             f"the job is {job.status}; wait until it is archived, rejected or failed"
         )
     settings = request.app.state.settings

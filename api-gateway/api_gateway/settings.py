@@ -14,6 +14,7 @@ class GatewaySettings(ServiceSettings):
     fsync_uploads: bool = Field(True, alias="FSYNC_UPLOADS")
     recovery_interval_s: float = Field(60.0, gt=0, alias="RECOVERY_INTERVAL_S")
     recovery_grace_s: float = Field(30.0, ge=0, alias="RECOVERY_GRACE_S")
+    s3_incoming_prefix: str = Field("incoming", min_length=1, alias="S3_INCOMING_PREFIX")
 
 
 @functools.cache

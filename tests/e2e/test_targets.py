@@ -179,3 +179,74 @@ def test_a_target_that_stays_down_fails_the_job_and_a_retry_finishes_it(
         # the local copy was made once, before the failure, and not again
         assert targets["local"]["seconds"] == local_seconds
         assert [h["state"] for h in done["details"]["history"]].count("retried") == 1
+
+
+def test_presigned_put_then_ingest_then_presigned_download(system: System, tmp_path: Path) -> None:
+    data = ct_slice(0, rows=64, columns=64, seed=61)
+    with system.client() as c:
+        presigned = c.post("/dicom/presign", json={}).json()
+        assert presigned["method"] == "PUT"
+        assert presigned["objectKey"].startswith("incoming/")
+        put = httpx.put(presigned["url"], content=data, headers=presigned["headers"])
+        assert put.status_code == 200
+        queued = c.post(
+            "/dicom/upload", json={"objectKey": presigned["objectKey"], "platform": "s3"}
+        )
+        assert queued.status_code == 202, queued.text
+        assert queued.json()["status"] == "success"
+        job = queued.json()["jobId"]
+        final = system.wait_final([job], seconds=90)[job]
+        assert final["status"] == "archived"
+        assert (system.archive / job / "original.dcm").read_bytes() == data
+        download = c.get(f"/uploads/{job}/download-url").json()
+        assert download["method"] == "GET"
+        assert httpx.get(download["url"]).content == data
+        missing = c.post("/dicom/upload", json={"objectKey": "incoming/nope.dcm", "platform": "s3"})
+        assert missing.status_code == 404
+
+
+def test_push_an_archived_upload_to_one_platform(system: System, tmp_path: Path) -> None:
+    path = tmp_path / "push.dcm"
+    path.write_bytes(ct_slice(0, rows=64, columns=64, seed=62))
+    [source] = system.upload(path)
+    assert system.wait_final([source], seconds=90)[source]["status"] == "archived"
+    with system.client() as c:
+        queued = c.post("/dicom/upload", json={"objectKey": source, "platform": "gcp"})
+        assert queued.status_code == 202, queued.text
+        job = queued.json()["jobId"]
+        final = system.wait_final([job], seconds=60)[job]
+        assert final["status"] == "archived"
+        assert [t["target"] for t in final["details"]["targets"]] == ["gcs"]
+        assert c.get(f"/dicom/status/{job}").json()["platform"] == "gcs"
+        unknown = c.post("/dicom/upload", json={"objectKey": source, "platform": "ftp"})
+        assert unknown.status_code == 400
+
+
+def test_retrieve_a_study_from_the_dicomweb_server(system: System) -> None:
+    source = pydicom_file("MR_small.dcm")
+    [first] = system.upload(source)
+    study = system.wait_final([first], seconds=90)[first]["details"]["study_instance_uid"]
+    with system.client() as c:
+        answer = c.post("/dicom/retrieve", json={"studyInstanceUID": study})
+        assert answer.status_code == 202, answer.text
+        jobs = answer.json()["jobIds"]
+        assert len(jobs) == 1
+        final = system.wait_final(jobs, seconds=60)[jobs[0]]
+        # the same instance, the same bytes: recognised as the first upload's duplicate
+        assert final["status"] == "archived"
+        assert final["details"]["duplicate_of"] == first
+        nothing = c.post("/dicom/retrieve", json={"studyInstanceUID": "1.2.3.4.5.6.7"})
+        assert nothing.status_code == 404
+        bad = c.post("/dicom/retrieve", json={"studyInstanceUID": "not a uid"})
+        assert bad.status_code == 400
+
+
+def test_routes_that_need_an_unconfigured_service_say_what_to_set(
+    late_s3: tuple[System, int, Path],
+) -> None:
+    system, _, _ = late_s3
+    with system.client() as c:
+        answer = c.post("/dicom/retrieve", json={"studyInstanceUID": "1.2.3"})
+    assert answer.status_code == 501
+    assert answer.json()["type"] == "/problems/not-configured"
+    assert "DICOMWEB_URL" in answer.json()["detail"]

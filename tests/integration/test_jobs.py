@@ -43,7 +43,9 @@ async def store(flushed_redis: str) -> AsyncIterator[JobStore]:
 
 async def test_a_job_moves_forward_and_gathers_what_each_stage_learned(store: JobStore) -> None:
     upload_id = uuid.uuid4()
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    async with store.redis.pipeline(transaction=True) as pipe:  # as the gateway creates it
+        await store.queue_create(pipe, FileReceived(upload_id=upload_id, file=FILE))
+        await pipe.execute()
     await store.apply(StageStarted(upload_id=upload_id, stage="validating"))
     await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     job = await store.read(upload_id)

@@ -54,6 +54,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
         for name, result in (await bus.redis.hgetall(done_key)).items()
     }
     item = Item.of(event)
+    targets = chosen(targets, event.only_targets)
     todo = [t for t in targets if t.name not in done]  # never twice to a target that has it
     outcomes = await asyncio.gather(*(_put(t, item) for t in todo))
     attempt = {result.target: result for result, _ in outcomes}
@@ -75,6 +76,18 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     )
     errors = "; ".join(r.error or r.target for r in failed)
     raise PermanentError(errors) if permanent else RetryableError(errors)
+
+
+def chosen(targets: list[Target], only: list[str] | None) -> list[Target]:
+    """The targets a job goes to: all configured ones, or the ones a push job names."""
+    if only is None:
+        return targets
+    missing = sorted(set(only) - {t.name for t in targets})
+    if missing:
+        raise PermanentError(
+            f"target(s) {missing} are not configured on the uploader (UPLOAD_TARGETS)"
+        )
+    return [t for t in targets if t.name in only]
 
 
 async def _put(target: Target, item: Item) -> tuple[TargetResult, bool]:
