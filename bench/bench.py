@@ -12,6 +12,7 @@ gateway's resident memory while it does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,12 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared import redis_names as names  # noqa: E402
+from tests import servers  # noqa: E402
 from tests.e2e.conftest import System, start_system, stop_system  # noqa: E402
 from tests.support import write_ct_series  # noqa: E402
 
 SLICES = int(os.environ.get("BENCH_SLICES", "200"))
 BIG = 1024**3
 SERVICES = ("gateway", "validator", "descriptor", "uploader", "status")
+TARGETS = [t for t in os.environ.get("BENCH_TARGETS", "s3,azure,gcs,dicomweb").split(",") if t]
 
 
 class Watcher:
@@ -190,6 +194,58 @@ def gateway_memory_for_big_upload(system: System, folder: Path) -> dict[str, flo
     }
 
 
+@contextlib.contextmanager
+def target_env(name: str, folder: Path) -> Iterator[dict[str, str]]:
+    """A running emulator for one target, an empty bucket in it, and the settings to use it."""
+    bucket = "bench"
+    if name == "s3":
+        with servers.moto_s3(folder) as s3:
+            import boto3
+
+            boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="x",
+                         aws_secret_access_key="x", region_name="us-east-1",
+                         ).create_bucket(Bucket=bucket)  # fmt: skip
+            yield {**s3.env(bucket), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    elif name == "azure":
+        with servers.azurite(folder) as azure:
+            from azure.storage.blob import BlobServiceClient
+
+            BlobServiceClient.from_connection_string(azure.connection_string()).create_container(
+                bucket
+            )
+            yield azure.env(bucket)
+    elif name == "gcs":
+        with servers.gcs_emulator(folder) as gcs:
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+            storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
+            del os.environ["STORAGE_EMULATOR_HOST"]
+            yield gcs.env(bucket)
+    else:
+        with servers.orthanc(folder) as orthanc:
+            yield orthanc.env()
+
+
+def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
+    """Uploads/s at concurrency 8 with each emulator target beside the local one."""
+    rows = []
+    for name in TARGETS:
+        print(f"uploading to {name} ...", file=sys.stderr)
+        try:
+            with target_env(name, folder / f"{name}-server") as env:
+                system = start_system(folder / f"{name}-system", UPLOAD_TARGETS=f"local,{name}",
+                                      CLAIM_IDLE_MS="15000", **env)  # fmt: skip
+                try:
+                    rows.append((name, run_load(system, paths, 8)))
+                finally:
+                    stop_system(system)
+        except servers.Unavailable as exc:
+            print(f"  skipped: {exc}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dicomflow-bench-") as tmp:
         folder = Path(tmp)
@@ -212,6 +268,7 @@ def main() -> None:
             memory = gateway_memory_for_big_upload(system, folder)
         finally:
             stop_system(system)
+        targets = target_rows(folder, series[0]) if TARGETS else []
 
     print()
     print(
@@ -231,6 +288,14 @@ def main() -> None:
     for concurrency, r in rows:
         cells = " | ".join(f"{r[f'{n} cpu ms']:>7.2f} ms" for n in names_)
         print(f"| {concurrency:>11} | {cells} |")
+    if targets:
+        print()
+        print(f"To each emulator target beside local, {SLICES} CT slices, concurrency 8")
+        print("| target   | uploads/s |   p50 ms |   p95 ms |")
+        print("|----------|-----------|----------|----------|")
+        for name, r in targets:
+            print(f"| {name:<8} | {r['uploads/s']:>9.1f} | {r['p50 ms']:>8.1f} "
+                  f"| {r['p95 ms']:>8.1f} |")  # fmt: skip
     print()
     print("Gateway memory while streaming a 1 GB upload")
     print("| rss before MB | rss peak MB | growth MB | MB/s |")
