@@ -24,15 +24,14 @@ from shared.events import (
     UploadAttempted,
 )
 from uploader_service.settings import UploaderSettings
-from uploader_service.targets import Item, Target, build_targets
+from uploader_service.targets import Item, Target
 
 log = structlog.get_logger()
 
 
-async def run(bus: Bus, settings: UploaderSettings) -> None:
+async def run(bus: Bus, settings: UploaderSettings, targets: list[Target]) -> None:
     """Copy every described instance to the targets until cancelled."""
     await bus.ensure_groups()
-    targets = build_targets(settings.upload_targets)
     log.info("uploader.started", targets=[t.name for t in targets])
     await bus.serve(
         [names.FILE_DESCRIBED],

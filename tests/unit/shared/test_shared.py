@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import structlog
@@ -106,3 +107,30 @@ def test_status_timings_come_from_state_times_and_a_rejection_ends_validation() 
         "total": 12.0,
     }
     assert status.details["reasons"] == [{"code": "not-dicom", "message": "m"}]
+
+
+@pytest.mark.parametrize(
+    ("targets", "env", "expected"),
+    [
+        ("local,s3", {}, "configuration error: S3_BUCKET:"),
+        ("local,gcs", {}, "configuration error: GCS_BUCKET:"),
+        ("dicomweb", {}, "configuration error: DICOMWEB_URL:"),
+        ("azure", {"AZURE_CONTAINER": "c"}, "configuration error: "),
+        ("local,ftp", {}, "configuration error: UPLOAD_TARGETS:"),
+    ],
+)
+def test_an_incomplete_target_stops_the_uploader_at_start_naming_the_variable(
+    targets: str, env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "uploader_service"],
+        env={"PATH": "/usr/bin:/bin", "UPLOAD_TARGETS": targets, **env},
+        cwd=tmp_path,  # no .env
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(expected)
