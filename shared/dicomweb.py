@@ -16,7 +16,6 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
-from email.message import Message
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import PermanentError, RetryableError
+from shared.multipart_related import Event, Mark, parts
 
 log = structlog.get_logger()
 
@@ -191,16 +191,16 @@ class DicomwebClient:
         Opening is retried; a response cut off midway raises ``RetryableError``. Close the
         iterator (``contextlib.aclosing``) if you stop before the end.
         """
-        parts = 0
+        count = 0
         async with self._multipart(self.instance_url(study, series, sop)) as events:
             async for event in events:
-                if isinstance(event, _PartStart):
-                    parts += 1
-                    if parts > 1:
+                if event is Mark.PART_START:
+                    count += 1
+                    if count > 1:
                         raise PermanentError("dicomweb: one instance asked, several returned")
                 elif isinstance(event, bytes):
                     yield event
-        if parts == 0:
+        if count == 0:
             raise PermanentError("dicomweb: the response held no instance")
 
     async def retrieve(
@@ -233,7 +233,7 @@ class DicomwebClient:
         try:
             async with self._multipart(url, retry=False) as events:
                 async for event in events:
-                    if isinstance(event, _PartStart):
+                    if event is Mark.PART_START:
                         tmp = folder / f".part-{uuid4().hex}.tmp"
                         out = await anyio.open_file(tmp, "wb")
                     elif isinstance(event, bytes):
@@ -261,7 +261,7 @@ class DicomwebClient:
     @asynccontextmanager
     async def _multipart(
         self, url: str, *, retry: bool = True
-    ) -> AsyncIterator[AsyncIterator[_PartStart | bytes | _PartEnd]]:
+    ) -> AsyncIterator[AsyncIterator[Event]]:
         """Open a WADO-RS response and give its parts as a stream of events."""
 
         async def open_once() -> httpx.Response:
@@ -277,8 +277,7 @@ class DicomwebClient:
 
         response = await (self._retrying(open_once) if retry else open_once())
         try:
-            boundary = _boundary(response.headers.get("content-type", ""))
-            async with aclosing(_events(response, boundary)) as events:
+            async with aclosing(parts(response)) as events:
                 yield events
         finally:
             await response.aclose()
@@ -386,15 +385,6 @@ def _wado_error(response: httpx.Response, url: str) -> Exception:
     return PermanentError(f"dicomweb: {url} answered {status} to WADO-RS")
 
 
-def _boundary(content_type: str) -> str:
-    message = Message()
-    message["content-type"] = content_type
-    boundary = message.get_param("boundary")
-    if message.get_content_type() != "multipart/related" or not isinstance(boundary, str):
-        raise PermanentError("dicomweb: WADO-RS answered something other than multipart/related")
-    return boundary
-
-
 def _sop_uid_of(path: Path) -> str | None:
     """The SOP Instance UID in a Part 10 file's meta header, if it is a safe file name."""
     from pydicom.filereader import read_file_meta_info
@@ -404,116 +394,3 @@ def _sop_uid_of(path: Path) -> str | None:
     except Exception:  # not Part 10: the caller names the file by its position instead
         return None
     return uid if len(uid) <= 64 and _UID.fullmatch(uid) else None
-
-
-# multipart/related, read as it arrives (RFC 2046 section 5.1.1)
-
-
-@dataclass(frozen=True)
-class _PartStart:
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class _PartEnd:
-    pass
-
-
-async def _events(
-    response: httpx.Response, boundary: str
-) -> AsyncGenerator[_PartStart | bytes | _PartEnd, None]:
-    reader = _MultipartReader(boundary)
-    try:
-        async for chunk in response.aiter_bytes():
-            for event in reader.feed(chunk):
-                yield event
-    except httpx.HTTPError as exc:
-        raise RetryableError(f"dicomweb: the response was cut off ({type(exc).__name__})") from exc
-    reader.close()
-
-
-class _MultipartReader:
-    """Splits a multipart body fed in chunks into part events, keeping only a boundary's length.
-
-    Part data is given back as soon as it cannot be the start of a delimiter, so memory stays
-    at about one chunk whatever the size of the parts.
-    """
-
-    MAX_HEADERS = 16 * 1024
-
-    def __init__(self, boundary: str) -> None:
-        self._delimiter = b"\r\n--" + boundary.encode("latin-1")
-        self._buffer = bytearray(b"\r\n")  # so a body that opens with the delimiter matches
-        self._state: Literal["preamble", "after_delimiter", "headers", "data", "done"] = "preamble"
-
-    def feed(self, chunk: bytes) -> list[_PartStart | bytes | _PartEnd]:
-        if self._state == "done":
-            return []
-        self._buffer += chunk
-        events: list[_PartStart | bytes | _PartEnd] = []
-        while self._step(events):
-            pass
-        return events
-
-    def close(self) -> None:
-        if self._state != "done":
-            raise RetryableError("dicomweb: the response ended before its closing boundary")
-
-    def _step(self, events: list[_PartStart | bytes | _PartEnd]) -> bool:
-        """Move on by one state if the buffer allows; False when more bytes are needed."""
-        buf, delimiter = self._buffer, self._delimiter
-        if self._state in ("preamble", "data"):
-            at = buf.find(delimiter)
-            if at < 0:
-                keep = len(delimiter) - 1
-                if len(buf) > keep:
-                    if self._state == "data":
-                        events.append(bytes(buf[:-keep]))
-                    del buf[:-keep]
-                return False
-            if self._state == "data":
-                if at:
-                    events.append(bytes(buf[:at]))
-                events.append(_PartEnd())
-            del buf[: at + len(delimiter)]
-            self._state = "after_delimiter"
-            return True
-        if self._state == "after_delimiter":
-            if buf.startswith(b"--"):
-                self._state = "done"
-                buf.clear()
-                return False
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > 1024:
-                    raise PermanentError("dicomweb: malformed multipart response")
-                return False
-            if buf[:end].strip(b" \t"):
-                raise PermanentError("dicomweb: malformed multipart response")
-            del buf[: end + 2]
-            self._state = "headers"
-            return True
-        if self._state == "headers":
-            if buf.startswith(b"\r\n"):
-                block, cut = b"", 2
-            else:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > self.MAX_HEADERS:
-                        raise PermanentError("dicomweb: multipart part headers too large")
-                    return False
-                block, cut = bytes(buf[:end]), end + 4
-            del buf[:cut]
-            events.append(_PartStart(_headers(block)))
-            self._state = "data"
-            return True
-        return False
-
-
-def _headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in block.decode("latin-1").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers

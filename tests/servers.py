@@ -111,10 +111,14 @@ AZURITE_KEY = (
 class AzureServer:
     port: int
 
+    @property
+    def account_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+
     def connection_string(self, key: str = AZURITE_KEY) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
-            f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
+            f"BlobEndpoint={self.account_url};"
         )
 
     def env(self, container: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
@@ -34,74 +34,27 @@ from uploader_service.targets.azure import AzureTarget
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.storage import object_keys
-from tests.support import free_port, pydicom_file, wait_for_port
+from tests import servers
+from tests.support import free_port, pydicom_file
+
+if TYPE_CHECKING:
+    from tests.integration.targets.conftest import StartServer
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[3]
-ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and its published key
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 WRONG_KEY = base64.b64encode(b"not the key of devstoreaccount1 " * 2).decode()
 LARGE = 20_000_000  # above AZURE_SINGLE_PUT_SIZE (8 MiB): five blocks of at most 4 MiB
 
 
-def connection_string(port: int, key: str = KEY) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
-    )
-
-
-def azurite_binary() -> str | None:
-    """AZURITE_BLOB if set, else the repo's own .cache/node install, else azurite-blob on PATH."""
-    if found := os.environ.get("AZURITE_BLOB"):
-        return found
-    local = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
-    return str(local) if local.is_file() else shutil.which("azurite-blob")
-
-
 @pytest.fixture(scope="module")
-def azurite_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def azurite(start_server: StartServer) -> servers.AzureServer:
     """An Azurite blob service of our own, in memory, on a free port."""
-    binary = azurite_binary()
-    if binary is None:
-        pytest.skip(
-            "Azurite is not installed: npm install --prefix .cache/node azurite@3.35.0 "
-            "(or set AZURITE_BLOB to an azurite-blob executable)"
-        )
-    folder = tmp_path_factory.mktemp("azurite")  # its working directory (and log)
-    port = free_port()
-    log_path = folder / "azurite.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-             "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            for _ in range(300):  # 30 s
-                if proc.poll() is not None:
-                    pytest.fail(f"azurite-blob exited: {log_path.read_text()[-2000:]}")
-                try:
-                    wait_for_port(port, 0.1)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                pytest.fail(f"azurite-blob does not listen on {port} after 30 s")
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    return start_server(servers.azurite)
 
 
 @pytest.fixture(scope="module")
-def service(azurite_port: int) -> Iterator[BlobServiceClient]:
-    client = BlobServiceClient.from_connection_string(connection_string(azurite_port))
+def service(azurite: servers.AzureServer) -> Iterator[BlobServiceClient]:
+    client = BlobServiceClient.from_connection_string(azurite.connection_string())
     yield client
     client.close()
 
@@ -117,15 +70,15 @@ def container(service: BlobServiceClient) -> Iterator[str]:
 
 @pytest.fixture
 def env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, azurite_port: int, container: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, azurite: servers.AzureServer, container: str
 ) -> pytest.MonkeyPatch:
     """The azure variables for our Azurite, with retries short enough for a test."""
     monkeypatch.chdir(tmp_path)  # no stray .env
     for name in list(os.environ):
         if name.startswith("AZURE_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite_port))
-    monkeypatch.setenv("AZURE_CONTAINER", container)
+    for name, value in azurite.env(container).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AZURE_RETRY_TOTAL", "1")
     monkeypatch.setenv("AZURE_RETRY_BACKOFF", "0")
     return monkeypatch
@@ -267,10 +220,10 @@ async def test_a_missing_container_fails_at_once(env: pytest.MonkeyPatch, small_
 
 
 async def test_a_wrong_account_key_fails_at_once(
-    env: pytest.MonkeyPatch, azurite_port: int, service: BlobServiceClient, container: str,
-    small_item: Item,
+    env: pytest.MonkeyPatch, azurite: servers.AzureServer, service: BlobServiceClient,
+    container: str, small_item: Item,
 ) -> None:  # fmt: skip
-    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azurite_port, WRONG_KEY))
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string(WRONG_KEY))
     env.setenv("AZURE_RETRY_TOTAL", "3")
     env.setenv("AZURE_RETRY_BACKOFF", "30")
     target = AzureTarget.from_env()
@@ -283,8 +236,8 @@ async def test_a_wrong_account_key_fails_at_once(
 
 
 async def test_azurite_down_is_worth_a_retry(env: pytest.MonkeyPatch, small_item: Item) -> None:
-    closed = free_port()  # nothing listens there
-    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(closed))
+    closed = servers.AzureServer(free_port())  # nothing listens there
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", closed.connection_string())
     target = AzureTarget.from_env()
     started = time.monotonic()
     with pytest.raises(RetryableError, match="azure: the storage account did not answer"):
@@ -323,16 +276,19 @@ async def test_an_original_missing_on_disk_is_worth_a_retry(
 
 
 async def test_an_account_url_with_its_key_or_a_sas_token_works(
-    env: pytest.MonkeyPatch, azurite_port: int, service: BlobServiceClient, small_item: Item
+    env: pytest.MonkeyPatch,
+    azurite: servers.AzureServer,
+    service: BlobServiceClient,
+    small_item: Item,
 ) -> None:
     env.delenv("AZURE_STORAGE_CONNECTION_STRING")
-    env.setenv("AZURE_STORAGE_ACCOUNT_URL", f"http://127.0.0.1:{azurite_port}/{ACCOUNT}")
-    env.setenv("AZURE_STORAGE_KEY", KEY)
+    env.setenv("AZURE_STORAGE_ACCOUNT_URL", azurite.account_url)
+    env.setenv("AZURE_STORAGE_KEY", servers.AZURITE_KEY)
     target = AzureTarget.from_env()
     assert (await target.put(small_item)).ok
     target.close()
     sas = generate_account_sas(
-        ACCOUNT, KEY, ResourceTypes(container=True, object=True),
+        servers.AZURITE_ACCOUNT, servers.AZURITE_KEY, ResourceTypes(container=True, object=True),
         AccountSasPermissions(read=True, write=True, create=True),
         expiry=datetime.now(UTC) + timedelta(hours=1),
     )  # fmt: skip

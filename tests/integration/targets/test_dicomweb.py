@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
+import random
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import httpx
@@ -27,75 +26,22 @@ from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.files import sha256_of
+from shared.multipart_related import Event, Mark, PartReader
+from tests import servers
 from tests.support import free_port, pydicom_file, write_ct_series
+
+if TYPE_CHECKING:
+    from tests.integration.targets.conftest import StartServer
 
 pytestmark = pytest.mark.timeout(60)
 
-ORTHANC = Path("/usr/sbin/Orthanc")
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-USER, PASSWORD = "dicomflow", "secret"
-
-
-@dataclasses.dataclass(frozen=True)
-class Orthanc:
-    root: str  # http://127.0.0.1:{port}
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.root}/dicom-web"
+USER, PASSWORD = servers.ORTHANC_USER, servers.ORTHANC_PASSWORD
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+def orthanc(start_server: StartServer) -> servers.OrthancServer:
     """An Orthanc of our own on free ports, local clients only, basic auth, DICOMweb on."""
-    if not (ORTHANC.is_file() and PLUGIN.is_file()):
-        pytest.skip(
-            "Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb"
-        )
-    folder = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    config = {
-        "Name": "dicomflow-test",
-        "HttpPort": port,
-        "DicomPort": free_port(),
-        "RemoteAccessAllowed": False,  # 1.10 listens on every address: refuse other hosts
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"),
-        "Plugins": [str(PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    with open(folder / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=log, cwd=folder
-        )
-    root = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(proc, root, folder / "orthanc.log")
-        yield Orthanc(root)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _wait_until_up(proc: subprocess.Popen[bytes], root: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"Orthanc exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{root}/system", auth=(USER, PASSWORD), timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"Orthanc did not answer within 30 s:\n{log.read_text()[-2000:]}")
+    return start_server(servers.orthanc)
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +64,7 @@ def settings(url: str, **overrides: Any) -> DicomwebSettings:
 
 
 @pytest.fixture
-async def target(orthanc: Orthanc) -> AsyncIterator[DicomwebTarget]:
+async def target(orthanc: servers.OrthancServer) -> AsyncIterator[DicomwebTarget]:
     target = DicomwebTarget(settings(orthanc.dicomweb))
     yield target
     await target.aclose()
@@ -150,7 +96,9 @@ def item_for(source: Path, folder: Path) -> Item:
     )
 
 
-def read_back_with_dicomweb_client(orthanc: Orthanc, ids: DicomIds) -> pydicom.Dataset:
+def read_back_with_dicomweb_client(
+    orthanc: servers.OrthancServer, ids: DicomIds
+) -> pydicom.Dataset:
     """The instance as an independent client (dicomweb-client, on requests) retrieves it."""
     import requests
     from dicomweb_client import DICOMwebClient
@@ -169,7 +117,7 @@ def retries_logged(logs: list[MutableMapping[str, Any]]) -> list[int]:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"])
 async def test_put_stores_the_instance_as_uploaded(
-    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path, name: str
+    orthanc: servers.OrthancServer, target: DicomwebTarget, tmp_path: Path, name: str
 ) -> None:
     item = item_for(pydicom_file(name), tmp_path)
     result = await target.put(item)
@@ -195,7 +143,7 @@ def _uids(ids: DicomIds) -> tuple[str, str, str]:
 
 
 async def test_putting_the_same_instance_twice_succeeds(
-    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path
+    orthanc: servers.OrthancServer, target: DicomwebTarget, tmp_path: Path
 ) -> None:
     item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
     first = await target.put(item)
@@ -221,7 +169,7 @@ async def test_putting_the_same_instance_twice_succeeds(
     ids=["wrong-password", "bearer-token", "none"],
 )
 async def test_refused_credentials_fail_at_once(
-    orthanc: Orthanc, tmp_path: Path, sign_in: dict[str, Any]
+    orthanc: servers.OrthancServer, tmp_path: Path, sign_in: dict[str, Any]
 ) -> None:
     item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
     target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_RETRIES=3, **sign_in))
@@ -242,7 +190,7 @@ async def test_server_down_is_retryable_after_a_few_tries(tmp_path: Path) -> Non
 
 
 async def test_a_url_that_is_not_the_service_root_is_permanent(
-    orthanc: Orthanc, tmp_path: Path
+    orthanc: servers.OrthancServer, tmp_path: Path
 ) -> None:
     item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
     target = DicomwebTarget(settings(f"{orthanc.root}/not-dicom-web"))
@@ -252,7 +200,7 @@ async def test_a_url_that_is_not_the_service_root_is_permanent(
 
 
 async def test_readback_of_another_instance_under_the_same_uid_is_permanent(
-    orthanc: Orthanc, target: DicomwebTarget, tmp_path: Path
+    orthanc: servers.OrthancServer, target: DicomwebTarget, tmp_path: Path
 ) -> None:
     """Orthanc keeps the first instance it got for a SOP Instance UID and still answers 200."""
     ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
@@ -275,7 +223,7 @@ async def test_an_original_that_does_not_match_the_upload_is_permanent(
 
 
 async def test_verify_by_response_trusts_the_referenced_sop_sequence(
-    orthanc: Orthanc, tmp_path: Path
+    orthanc: servers.OrthancServer, tmp_path: Path
 ) -> None:
     item = item_for(pydicom_file("JPEG2000.dcm"), tmp_path)
     target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_VERIFY="response"))
@@ -286,7 +234,7 @@ async def test_verify_by_response_trusts_the_referenced_sop_sequence(
 
 
 async def test_retrieve_writes_a_study_or_one_instance_to_files(
-    orthanc: Orthanc, tmp_path: Path
+    orthanc: servers.OrthancServer, tmp_path: Path
 ) -> None:
     sources = write_ct_series(tmp_path / "in", 2, rows=16, columns=16)
     ds = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
@@ -426,3 +374,145 @@ async def test_a_retrieve_cut_off_midway_is_retried_and_leaves_no_file(tmp_path:
             await client.retrieve("1.2.3", dest_folder=tmp_path)
     assert retries_logged(logs) == [1]
     assert list(tmp_path.iterdir()) == []
+
+
+# The multipart/related reader (python-multipart underneath) against bodies cut anywhere.
+
+BOUNDARIES = ["b", "3f2a9c1e-77d0-4b5e-9a61-0c8e2d4f6b1a", "----=_Part_0_1234.5678"]
+
+
+def _part_data(rng: random.Random, delimiter: bytes) -> bytes:
+    """Bytes full of CRs, LFs, dashes and starts of the delimiter, but never all of it."""
+    fragments = [b"\r", b"\n", b"\r\n", b"-", b"--", b"\r\n--", b"DICM", rng.randbytes(6)]
+    fragments.append(delimiter[: rng.randrange(1, len(delimiter))])
+    while True:
+        data = b"".join(rng.choice(fragments) for _ in range(rng.randint(0, 40)))
+        if delimiter not in data:
+            return data
+
+
+def _random_body(rng: random.Random, fewest_parts: int) -> tuple[str, list[bytes], bytes]:
+    """A boundary, the data of up to four parts, and the multipart/related body holding them."""
+    boundary = rng.choice(BOUNDARIES)
+    dash = b"--" + boundary.encode()
+    parts = [_part_data(rng, b"\r\n" + dash) for _ in range(rng.randint(fewest_parts, 4))]
+    if not parts:
+        return boundary, parts, dash + b"--\r\n"
+    body = b""
+    for i, data in enumerate(parts):
+        padding = rng.choice([b"", b" ", b" \t"]) if i else b""  # transport padding
+        body += (b"\r\n" if i else b"") + dash + padding + b"\r\n"
+        body += b"Content-Type: application/dicom\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    body += b"\r\n" + dash + b"--" + rng.choice([b"", b"\r\n", b"\r\nan epilogue\r\n"])
+    return boundary, parts, body
+
+
+def _cut(rng: random.Random, body: bytes) -> list[bytes]:
+    if rng.random() < 0.1:
+        return [body[i : i + 1] for i in range(len(body))]
+    cuts = sorted(rng.sample(range(1, len(body)), rng.randint(0, min(12, max(len(body) - 1, 0)))))
+    return [body[i:j] for i, j in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+
+def _parts_of(events: list[Event]) -> tuple[list[bytes], bytes | None]:
+    """The complete parts, and the data of one still open."""
+    parts: list[bytes] = []
+    open_part: bytearray | None = None
+    for event in events:
+        if event is Mark.PART_START:
+            assert open_part is None
+            open_part = bytearray()
+        elif event is Mark.PART_END:
+            assert open_part is not None
+            parts.append(bytes(open_part))
+            open_part = None
+        else:
+            assert isinstance(event, bytes)
+            assert open_part is not None
+            open_part += event
+    return parts, None if open_part is None else bytes(open_part)
+
+
+def test_the_reader_finds_the_parts_however_the_body_is_chunked() -> None:
+    rng = random.Random(2046)
+    for _ in range(2000):
+        boundary, expected, body = _random_body(rng, fewest_parts=0)
+        reader = PartReader(boundary)
+        events = [event for chunk in _cut(rng, body) for event in reader.feed(chunk)]
+        reader.close()
+        assert _parts_of(events) == (expected, None), body
+
+
+def test_a_body_cut_short_anywhere_is_retryable_and_gives_only_what_arrived() -> None:
+    rng = random.Random(1521)
+    for _ in range(1000):
+        boundary, expected, body = _random_body(rng, fewest_parts=1)
+        closing = body.rindex(b"\r\n--" + boundary.encode() + b"--")
+        body = body[: rng.randrange(closing + len(boundary) + 5)]  # never its last "--"
+        reader = PartReader(boundary)
+        events = [event for chunk in _cut(rng, body) for event in reader.feed(chunk)]
+        with pytest.raises(RetryableError, match="closing boundary"):
+            reader.close()
+        complete, open_part = _parts_of(events)
+        assert complete == expected[: len(complete)], body
+        if open_part is not None:
+            assert expected[len(complete)].startswith(open_part), body
+
+
+def test_part_data_comes_out_as_it_arrives() -> None:
+    """A 4 MiB part fed by 64 KiB: all it has received, but a delimiter's length, is given back."""
+    head = b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+    data = random.Random(7).randbytes(4 * 1024 * 1024)
+    body = head + data + b"\r\n--b--"
+    reader = PartReader("b")
+    given = 0
+    for at in range(0, len(body), 64 * 1024):
+        events = reader.feed(body[at : at + 64 * 1024])
+        given += sum(len(e) for e in events if isinstance(e, bytes))
+        arrived = min(at + 64 * 1024, len(body)) - len(head)
+        assert given >= min(arrived, len(data)) - len(b"\r\n--b")
+    reader.close()
+    assert given == len(data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"--b\r\nContent-Type: application/dicom\r\nno colon here\r\n\r\nDICM\r\n--b--",
+        b"--x\r\n\r\nDICM\r\n--b--",
+        b"--b\r\n" + b"Content-Type: " + b"x" * 20_000 + b"\r\n\r\nDICM\r\n--b--",
+    ],
+    ids=["bad-header", "wrong-boundary", "header-too-long"],
+)
+def test_a_malformed_body_is_permanent(body: bytes) -> None:
+    with pytest.raises(PermanentError, match="dicomweb: malformed multipart response"):
+        PartReader("b").feed(body)
+
+
+async def test_a_retrieve_streamed_in_odd_chunks_writes_each_instance_whole(
+    tmp_path: Path,
+) -> None:
+    sources = [pydicom_file(name) for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")]
+    body = b"".join(
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n"
+        for path in sources
+    )
+    rng = random.Random(3)
+    chunks = _cut(rng, body + b"--b--\r\n")
+
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    answer = httpx.Response(
+        200,
+        content=stream(),
+        headers={"content-type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    async with scripted(answer) as client:
+        written = await client.retrieve("1.2.3", dest_folder=tmp_path)
+    uids = [pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in sources]
+    assert written == [tmp_path / f"{uid}.dcm" for uid in uids]
+    for path, source in zip(written, sources, strict=True):
+        assert path.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

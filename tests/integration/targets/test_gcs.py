@@ -9,12 +9,9 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from google.api_core import exceptions as api
@@ -28,73 +25,30 @@ from uploader_service.targets.gcs import GcsSettings, GcsTarget, classify, crc32
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.storage import object_keys
+from tests import servers
 from tests.support import ct_slice, free_port, pydicom_file
 
+if TYPE_CHECKING:
+    from tests.integration.targets.conftest import StartServer
+
 pytestmark = pytest.mark.timeout(60)
-EMULATOR = Path(sys.executable).parent / "gcp-storage-emulator"
 MiB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Emulator:
-    """A running emulator: its URL and the request log it writes (one line per request)."""
-
-    url: str
-    log: Path
-
-    def requests_for(self, bucket: str) -> list[str]:
-        """The logged object requests (method and path) that went to one bucket."""
-        return [line for line in self.log.read_text().splitlines() if f"/b/{bucket}/o" in line]
-
-
-def wait_until_answers(url: str, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # an HTTP answer of any kind: the server is up
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"gcp-storage-emulator did not answer within {seconds}s")
-
-
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+def emulator(start_server: StartServer) -> servers.GcsServer:
     """A gcp-storage-emulator of our own, in memory, logging its requests to a file."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("gcs-emulator") / "requests.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(EMULATOR), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(url, proc)
-        yield Emulator(url=url, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    return start_server(servers.gcs_emulator)
 
 
 @pytest.fixture
-def bucket(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> storage.Bucket:
+def bucket(emulator: servers.GcsServer, monkeypatch: pytest.MonkeyPatch) -> storage.Bucket:
     """A fresh bucket for this test, and the environment that points the target at it."""
     name = f"dicomflow-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-    monkeypatch.setenv("GCS_BUCKET", name)
+    for variable, value in emulator.env(name).items():
+        monkeypatch.setenv(variable, value)
     monkeypatch.setenv("GCS_PREFIX", "dicom")
     monkeypatch.setenv("GCS_RETRY_DEADLINE", "2")
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
     monkeypatch.delenv("GCS_CHUNK_SIZE", raising=False)
     client = storage.Client(project="test", credentials=AnonymousCredentials())
     return client.create_bucket(name)
@@ -143,7 +97,7 @@ def large_original() -> bytes:
 
 
 async def test_put_stores_three_objects_at_the_scheme_keys(
-    bucket: storage.Bucket, small_item: Item, emulator: Emulator
+    bucket: storage.Bucket, small_item: Item, emulator: servers.GcsServer
 ) -> None:
     result = await GcsTarget.from_env().put(small_item)
 
@@ -186,7 +140,7 @@ async def test_without_a_preview_only_the_original_and_metadata_are_stored(
 @pytest.mark.parametrize("chunk_mib", [8, 4])
 async def test_a_large_original_goes_as_a_verified_resumable_upload(
     bucket: storage.Bucket,
-    emulator: Emulator,
+    emulator: servers.GcsServer,
     large_original: bytes,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

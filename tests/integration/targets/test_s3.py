@@ -13,10 +13,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
@@ -33,7 +32,11 @@ from shared.events import DicomIds
 from shared.s3 import MiB, S3Settings, presign_get, presign_put, s3_client
 from shared.settings import load
 from shared.storage import object_keys
+from tests import servers
 from tests.support import free_port, pydicom_file
+
+if TYPE_CHECKING:
+    from tests.integration.targets.conftest import StartServer
 
 pytestmark = pytest.mark.timeout(60)
 REGION = "eu-west-1"
@@ -60,47 +63,6 @@ UNSET = [
 # ---- a moto server of our own ------------------------------------------------------------
 
 
-def wait_until_answers(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return  # an HTTP answer of any kind: the server is up
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(f"moto server did not answer within {seconds}s")
-
-
-def start_moto(log: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """``python -m moto.server`` on a free port of 127.0.0.1, its request log in log."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(url, proc)
-    except BaseException:
-        proc.kill()
-        proc.wait(10)
-        raise
-    return url, proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def admin_client(service: str, url: str, key: str = "testing", secret: str = "testing") -> Any:
     """A client that ignores the environment: for setting the server up."""
     return boto3.session.Session().client(
@@ -121,11 +83,9 @@ def new_bucket(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def moto_url(start_server: StartServer) -> str:
     """A moto server for this module, accepting any credentials (its default)."""
-    url, proc = start_moto(tmp_path_factory.mktemp("moto") / "server.log")
-    yield url
-    stop(proc)
+    return start_server(servers.moto_s3).url
 
 
 def use(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str, **env: str) -> None:
@@ -531,29 +491,26 @@ async def test_throttling_is_worth_retrying(
 
 
 @pytest.fixture(scope="module")
-def moto_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def moto_with_auth(start_server: StartServer) -> dict[str, Any]:
     """A moto server that enforces IAM: one user may write the bucket, another may not.
 
     moto accepts any credentials unless told otherwise; POST /moto-api/reset-auth with 0
     makes it check every request's access key, signature and IAM policy from then on.
     """
-    url, proc = start_moto(tmp_path_factory.mktemp("moto-auth") / "server.log")
-    try:
-        iam = admin_client("iam", url)
-        keys = {}
-        for user in ("writer", "stranger"):
-            iam.create_user(UserName=user)
-            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }
-        iam.put_user_policy(UserName="writer", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        bucket = new_bucket(url)
-        httpx.post(f"{url}/moto-api/reset-auth", content=b"0").raise_for_status()
-        yield {"url": url, "bucket": bucket, "keys": keys}
-    finally:
-        stop(proc)
+    url = start_server(servers.moto_s3).url
+    iam = admin_client("iam", url)
+    keys = {}
+    for user in ("writer", "stranger"):
+        iam.create_user(UserName=user)
+        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="writer", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    bucket = new_bucket(url)
+    httpx.post(f"{url}/moto-api/reset-auth", content=b"0").raise_for_status()
+    return {"url": url, "bucket": bucket, "keys": keys}
 
 
 def credentials(auth: dict[str, Any], who: str) -> tuple[str, str]:
