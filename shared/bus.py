@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import metrics
 from shared import redis_names as names
 from shared.errors import PermanentError, safe_error
-from shared.events import AnyEvent, Event, JobFailed, parse_event
+from shared.events import AnyEvent, Event, JobFailed, Stage, StageStarted, parse_event
 
 log = structlog.get_logger()
 
@@ -97,6 +97,12 @@ class Bus:
             for event in events:
                 add_event(pipe, event)
             await pipe.execute()
+
+    async def started(self, delivery: Delivery, stage: Stage) -> None:
+        """Say that this stage took the job up, so its status shows where the job is."""
+        await self.publish(
+            StageStarted(upload_id=delivery.event.upload_id, stage=stage, delivery=delivery.count)
+        )
 
     async def complete(self, delivery: Delivery, *events: Event) -> None:
         """Publish a handler's outcome and ack its entry in one transaction."""

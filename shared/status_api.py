@@ -18,6 +18,16 @@ def upload_id_of(text: str) -> UUID:
         raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
 
 
+async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
+    """The job a path or body names, or a 404 that says why."""
+    upload_id = upload_id_of(text)
+    store: JobStore = request.app.state.store
+    job = await store.read(upload_id)
+    if job is None:
+        raise UploadNotFound(f"no upload has id {upload_id}")
+    return upload_id, job
+
+
 def status_router() -> APIRouter:
     router = APIRouter(tags=["status"])
 
@@ -28,11 +38,7 @@ def status_router() -> APIRouter:
     )
     async def get_status(study_id: str, request: Request) -> JobStatus:
         """Where an upload stands: its state, when it last changed, and what is known of it."""
-        upload_id = upload_id_of(study_id)
-        store: JobStore = request.app.state.store
-        job = await store.read(upload_id)
-        if job is None:
-            raise UploadNotFound(f"no upload has id {upload_id}")
+        _, job = await job_of(request, study_id)
         return job
 
     return router

@@ -33,9 +33,8 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.events import DicomIds, FileDescribed, FileRef
-from shared.jobs import JobStore
 from shared.s3 import S3Settings, presign_get, presign_put, s3_client
-from shared.status_api import upload_id_of
+from shared.status_api import job_of
 
 router = APIRouter(tags=["cloud"])
 
@@ -97,11 +96,7 @@ async def presign(request: Request, body: PresignRequest | None = None) -> Presi
 )
 async def download_url(study_id: str, request: Request) -> Presigned:
     """A presigned S3 GET URL for an archived upload's copy on the s3 target."""
-    upload_id = upload_id_of(study_id)
-    store: JobStore = request.app.state.store
-    job = await store.read(upload_id)
-    if job is None:
-        raise UploadNotFound(f"no upload has id {upload_id}")
+    upload_id, job = await job_of(request, study_id)
     copy = next(
         (t for t in job.details.get("targets", []) if t["target"] == "s3" and t["ok"]), None
     )
@@ -175,11 +170,7 @@ async def _ingest_from_s3(key: str, request: Request) -> UUID:
 
 async def _push(object_key: str, platform: str, request: Request) -> UUID:
     """A job that copies an archived upload to one platform: it starts as described."""
-    source = upload_id_of(object_key.removesuffix("/original.dcm"))
-    store: JobStore = request.app.state.store
-    job = await store.read(source)
-    if job is None:
-        raise UploadNotFound(f"no upload has id {source}")
+    source, job = await job_of(request, object_key.removesuffix("/original.dcm"))
     d = job.details
     if job.status != "archived":
         raise JobStateConflict(
@@ -200,7 +191,7 @@ async def _push(object_key: str, platform: str, request: Request) -> UUID:
         duplicate_of=source,
         only_targets=[platform],
     )  # fmt: skip
-    await intake.queue(store, [event])
+    await intake.queue(request.app.state.store, [event])
     return event.upload_id
 
 

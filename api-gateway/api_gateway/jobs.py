@@ -8,9 +8,9 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from shared.errors import JobNotFailed, UploadNotFound
-from shared.jobs import JobStore, State
-from shared.status_api import upload_id_of
+from shared.errors import JobNotFailed
+from shared.jobs import State
+from shared.status_api import job_of
 
 router = APIRouter(tags=["jobs"])
 
@@ -29,12 +29,8 @@ class JobRequeued(BaseModel):
 async def retry(study_id: str, request: Request) -> JobRequeued:
     """Queue a failed job's failed stage again. Targets that already hold the file keep it:
     the uploader copies only to the ones that did not."""
-    upload_id = upload_id_of(study_id)
-    store: JobStore = request.app.state.store
-    job = await store.read(upload_id)
-    if job is None:
-        raise UploadNotFound(f"no upload has id {upload_id}")
-    back_to = await store.retry(upload_id)
+    upload_id, job = await job_of(request, study_id)
+    back_to = await request.app.state.store.retry(upload_id)
     if back_to is None:
         raise JobNotFailed(f"the job is {job.status}; only a failed job can be retried")
     return JobRequeued(study_id=upload_id, status=back_to)

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from shared import redis_names as names
-from shared.errors import JobStateConflict, UploadNotFound
-from shared.jobs import FINAL, JobStatus, JobStore
-from shared.status_api import upload_id_of
+from shared.errors import JobStateConflict
+from shared.jobs import FINAL
+from shared.status_api import job_of
 
 router = APIRouter(prefix="/dicom", tags=["seed 000: job API"])
 
@@ -47,19 +47,10 @@ class SeedJobDeleted(BaseModel):
     removed: list[str]
 
 
-async def _job(request: Request, job_id: str) -> tuple[UUID, JobStatus]:
-    upload_id = upload_id_of(job_id)
-    store: JobStore = request.app.state.store
-    job = await store.read(upload_id)
-    if job is None:
-        raise UploadNotFound(f"no job has id {upload_id}")
-    return upload_id, job
-
-
 @router.get("/status/{job_id}", response_model=SeedJobStatus, response_model_by_alias=True)
 async def status(job_id: str, request: Request) -> SeedJobStatus:
     """The seed's job status: QUEUED, IN_PROGRESS, COMPLETED or FAILED."""
-    upload_id, job = await _job(request, job_id)
+    upload_id, job = await job_of(request, job_id)
     targets = [t["target"] for t in job.details.get("targets", [])]
     return SeedJobStatus(
         job_id=upload_id,
@@ -77,7 +68,7 @@ async def delete(request: Request, job_id: str = Query(alias="jobId")) -> SeedJo
     Copies on cloud targets stay. A job still in the pipeline cannot be deleted (409): its
     stages would write to it again.
     """
-    upload_id, job = await _job(request, job_id)
+    upload_id, job = await job_of(request, job_id)
     if job.status not in FINAL:
         raise JobStateConflict(
             f"the job is {job.status}; wait until it is archived, rejected or failed"

@@ -26,7 +26,7 @@ from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import PermanentError
-from shared.events import FileDescribed, FileValidated, StageStarted
+from shared.events import FileDescribed, FileValidated
 from shared.files import place, write_atomic
 
 log = structlog.get_logger()
@@ -49,9 +49,7 @@ async def run(bus: Bus, settings: DescriptorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> None:
     event = delivery.event
     assert isinstance(event, FileValidated)
-    await bus.publish(
-        StageStarted(upload_id=event.upload_id, stage="describing", delivery=delivery.count)
-    )
+    await bus.started(delivery, "describing")
     described = await _existing_copy(bus.redis, event, settings.archive_path)
     if described is None:
         described = await asyncio.to_thread(archive, event, settings)

@@ -19,7 +19,6 @@ from shared.errors import PermanentError, RetryableError, safe_error
 from shared.events import (
     FileArchived,
     FileDescribed,
-    StageStarted,
     TargetResult,
     UploadAttempted,
 )
@@ -44,9 +43,7 @@ async def run(bus: Bus, settings: UploaderSettings, targets: list[Target]) -> No
 async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     event = delivery.event
     assert isinstance(event, FileDescribed)
-    await bus.publish(
-        StageStarted(upload_id=event.upload_id, stage="uploading", delivery=delivery.count)
-    )
+    await bus.started(delivery, "uploading")
     done_key = names.targets_key(event.upload_id)
     done = {
         _text(name): TargetResult.model_validate_json(result)

@@ -12,7 +12,7 @@ from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import RetryableError
-from shared.events import FileReceived, FileRejected, FileValidated, StageStarted
+from shared.events import FileReceived, FileRejected, FileValidated
 from validator_service.rules import Limits, check_file
 from validator_service.settings import ValidatorSettings
 
@@ -39,9 +39,7 @@ async def run(bus: Bus, settings: ValidatorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, limits: Limits) -> None:
     event = delivery.event
     assert isinstance(event, FileReceived)
-    await bus.publish(
-        StageStarted(upload_id=event.upload_id, stage="validating", delivery=delivery.count)
-    )
+    await bus.started(delivery, "validating")
     path = Path(event.file.path)
     if not path.is_file():
         raise RetryableError("the uploaded file is not on disk: is UPLOADS_PATH shared?")
