@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint fmt clean
+.PHONY: run test test-fast bench lint fmt clean emulators
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)  ## start Redis and the five services (Ctrl-C stops all)
 	$(PY) scripts/run.py
+
+emulators: $(STAMP)  ## moto, Azurite, the GCS emulator and Orthanc for the cloud targets
+	$(PY) scripts/emulators.py
 
 test: lint  ## lint, then unit, integration and end-to-end tests
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import json
 import os
 import random
 import re
@@ -18,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pydicom
 import pytest
 from azure.storage.blob import (
     AccountSasPermissions,
@@ -26,7 +23,6 @@ from azure.storage.blob import (
     ResourceTypes,
     generate_account_sas,
 )
-from PIL import Image
 from uploader_service.targets import Item
 from uploader_service.targets import azure as azure_target
 from uploader_service.targets.azure import AzureTarget
@@ -35,6 +31,7 @@ from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.storage import object_keys
 from tests import servers
+from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file
 
 if TYPE_CHECKING:
@@ -91,36 +88,10 @@ def target(env: pytest.MonkeyPatch) -> Iterator[AzureTarget]:
     built.close()
 
 
-def make_item(folder: Path, original: bytes, ids: DicomIds, preview: bool = True) -> Item:
-    folder.mkdir(parents=True)
-    (folder / "original.dcm").write_bytes(original)
-    (folder / "metadata.json").write_text(json.dumps({"ids": ids.model_dump(), "frames": 1}))
-    if preview:
-        out = io.BytesIO()
-        Image.new("L", (16, 16), 128).save(out, "PNG")
-        (folder / "preview.png").write_bytes(out.getvalue())
-    return Item(
-        upload_id=uuid.uuid4(),
-        ids=ids,
-        original=folder / "original.dcm",
-        metadata=folder / "metadata.json",
-        preview=folder / "preview.png" if preview else None,
-        sha256=hashlib.sha256(original).hexdigest(),
-        size=len(original),
-    )
-
-
 @pytest.fixture
 def small_item(tmp_path: Path) -> Item:
     """pydicom's CT_small.dcm, its metadata.json and a preview.png."""
-    path = pydicom_file("CT_small.dcm")
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    ids = DicomIds(
-        study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
-    )  # fmt: skip
-    return make_item(tmp_path / "small", path.read_bytes(), ids)
+    return make_item(tmp_path / "small", pydicom_file("CT_small.dcm").read_bytes())
 
 
 @pytest.fixture
@@ -131,7 +102,8 @@ def large_item(tmp_path: Path) -> Item:
         sop_uid="1.2.826.0.1.3680043.8.498.1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
     )  # fmt: skip
-    return make_item(tmp_path / "large", random.Random(7).randbytes(LARGE), ids, preview=False)
+    original = random.Random(7).randbytes(LARGE)
+    return make_item(tmp_path / "large", original, ids=ids, preview=False)
 
 
 def md5_b64(data: bytes) -> str:

@@ -6,13 +6,11 @@ import asyncio
 import dataclasses
 import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import httpx
 import pydicom
@@ -25,9 +23,9 @@ from uploader_service.targets.dicomweb import DicomwebTarget
 from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
-from shared.files import sha256_of
 from shared.multipart_related import Event, Mark, PartReader
 from tests import servers
+from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file, write_ct_series
 
 if TYPE_CHECKING:
@@ -72,28 +70,7 @@ async def target(orthanc: servers.OrthancServer) -> AsyncIterator[DicomwebTarget
 
 def item_for(source: Path, folder: Path) -> Item:
     """An archived item as the uploader sees it; DICOMweb stores only the original."""
-    folder.mkdir(parents=True, exist_ok=True)
-    original = folder / "original.dcm"
-    shutil.copyfile(source, original)
-    (folder / "metadata.json").write_text("{}")
-    ds = pydicom.dcmread(original, stop_before_pixels=True)
-    ids = DicomIds(
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality=ds.get("Modality"),
-    )
-    return Item(
-        upload_id=uuid4(),
-        ids=ids,
-        original=original,
-        metadata=folder / "metadata.json",
-        preview=None,
-        sha256=sha256_of(original),
-        size=original.stat().st_size,
-    )
+    return make_item(folder, source.read_bytes(), preview=False)
 
 
 def read_back_with_dicomweb_client(

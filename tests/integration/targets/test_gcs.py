@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import subprocess
@@ -17,15 +15,13 @@ import pytest
 from google.api_core import exceptions as api
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-from PIL import Image
-from pydicom import dcmread
 from uploader_service.targets import Item, gcs
 from uploader_service.targets.gcs import GcsSettings, GcsTarget, classify, crc32c_of
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import DicomIds
 from shared.storage import object_keys
 from tests import servers
+from tests.integration.targets.items import make_item
 from tests.support import ct_slice, free_port, pydicom_file
 
 if TYPE_CHECKING:
@@ -52,37 +48,6 @@ def bucket(emulator: servers.GcsServer, monkeypatch: pytest.MonkeyPatch) -> stor
     monkeypatch.delenv("GCS_CHUNK_SIZE", raising=False)
     client = storage.Client(project="test", credentials=AnonymousCredentials())
     return client.create_bucket(name)
-
-
-def make_item(folder: Path, original: bytes, preview: bool = True) -> Item:
-    """An archived instance as the descriptor leaves it: original, metadata and preview."""
-    folder.mkdir(parents=True)
-    path = folder / "original.dcm"
-    path.write_bytes(original)
-    ds = dcmread(path, stop_before_pixels=True)
-    ids = DicomIds(
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality=ds.Modality,
-    )
-    metadata = folder / "metadata.json"
-    metadata.write_text(json.dumps(ids.model_dump(), indent=2))
-    png = None
-    if preview:
-        png = folder / "preview.png"
-        Image.linear_gradient("L").resize((64, 64)).save(png)
-    return Item(
-        upload_id=uuid.uuid4(),
-        ids=ids,
-        original=path,
-        metadata=metadata,
-        preview=png,
-        sha256=hashlib.sha256(original).hexdigest(),
-        size=len(original),
-    )
 
 
 @pytest.fixture
@@ -131,7 +96,9 @@ async def test_put_stores_three_objects_at_the_scheme_keys(
 async def test_without_a_preview_only_the_original_and_metadata_are_stored(
     bucket: storage.Bucket, tmp_path: Path
 ) -> None:
-    item = make_item(tmp_path / "no-preview", pydicom_file("CT_small.dcm").read_bytes(), False)
+    item = make_item(
+        tmp_path / "no-preview", pydicom_file("CT_small.dcm").read_bytes(), preview=False
+    )
     await GcsTarget.from_env().put(item)
     keys = object_keys("dicom", item.ids)
     assert {blob.name for blob in bucket.list_blobs()} == {keys.dicom, keys.metadata}

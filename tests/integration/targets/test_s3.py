@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,8 +20,6 @@ import boto3
 import httpx
 import pytest
 from boto3.s3.transfer import TransferConfig
-from PIL import Image
-from pydicom import dcmread
 from pydicom.uid import generate_uid
 from uploader_service.targets import Item
 from uploader_service.targets.s3 import S3Target
@@ -33,6 +30,7 @@ from shared.s3 import MiB, S3Settings, presign_get, presign_put, s3_client
 from shared.settings import load
 from shared.storage import object_keys
 from tests import servers
+from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file
 
 if TYPE_CHECKING:
@@ -120,53 +118,16 @@ def client() -> Any:
 # ---- items built from real files -----------------------------------------------------------
 
 
-def png() -> bytes:
-    out = io.BytesIO()
-    Image.new("L", (16, 16), 128).save(out, format="PNG")
-    return out.getvalue()
-
-
-def item_of(folder: Path, original: Path, ids: DicomIds, *, preview: bool = True) -> Item:
-    """An archive folder as the descriptor leaves it: original, metadata and maybe preview."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(original, folder / "original.dcm")
-    (folder / "metadata.json").write_text(json.dumps(ids.model_dump()))
-    if preview:
-        (folder / "preview.png").write_bytes(png())
-    data = (folder / "original.dcm").read_bytes()
-    return Item(
-        upload_id=uuid.uuid4(),
-        ids=ids,
-        original=folder / "original.dcm",
-        metadata=folder / "metadata.json",
-        preview=folder / "preview.png" if preview else None,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-    )
-
-
 @pytest.fixture
 def small(tmp_path: Path) -> Item:
     """pydicom's CT_small.dcm, with its metadata.json and a preview.png."""
-    source = pydicom_file("CT_small.dcm")
-    ds = dcmread(source, stop_before_pixels=True)
-    ids = DicomIds(
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality=ds.Modality,
-    )
-    return item_of(tmp_path / "archive" / "small", source, ids)
+    return make_item(tmp_path / "archive" / "small", pydicom_file("CT_small.dcm").read_bytes())
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Item:
     """A 20 MiB original (random bytes: the target does not read DICOM), no preview."""
     folder = tmp_path_factory.mktemp("big")
-    source = folder / "source.bin"
-    source.write_bytes(random.Random(7).randbytes(BIG))
     ids = DicomIds(
         study_uid=generate_uid(),
         series_uid=generate_uid(),
@@ -174,7 +135,8 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Item:
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
-    return item_of(folder / "archive", source, ids, preview=False)
+    original = random.Random(7).randbytes(BIG)
+    return make_item(folder / "archive", original, ids=ids, preview=False)
 
 
 def read(bucket: str, key: str) -> bytes:
