@@ -281,8 +281,9 @@ class JobStatus(BaseModel):
         details.update({k: json.loads(h[k]) for k in _JSON_FIELDS if k in h})
         if "history" in details:  # event ids are for idempotence, not for readers
             details["history"] = [{"state": e["state"], "at": e["at"]} for e in details["history"]]
-        if "size" in h:
-            details["size"] = int(h["size"])
+        for number in ("size", "deliveries"):
+            if number in h:
+                details[number] = int(h[number])
         if "has_pixels" in h:
             details["has_pixels"] = h["has_pixels"] == "1"
         details["timings_ms"] = _timings(h)

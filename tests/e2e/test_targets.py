@@ -250,3 +250,21 @@ def test_routes_that_need_an_unconfigured_service_say_what_to_set(
     assert answer.status_code == 501
     assert answer.json()["type"] == "/problems/not-configured"
     assert "DICOMWEB_URL" in answer.json()["detail"]
+
+
+def test_a_refused_credential_fails_the_job_at_once_and_says_so(
+    stores: dict[str, object], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    orthanc: servers.OrthancServer = stores["orthanc"]  # type: ignore[assignment]
+    env = {**orthanc.env(), "DICOMWEB_PASSWORD": "wrong", "UPLOAD_TARGETS": "local,dicomweb"}
+    system = start_system(tmp_path_factory.mktemp("refused"), **env)
+    try:
+        path = tmp_path / "refused.dcm"
+        path.write_bytes(ct_slice(0, rows=32, columns=32, seed=71))
+        [job] = system.upload(path)
+        final = system.wait_final([job], seconds=30)[job]
+        assert final["status"] == "failed"
+        assert final["details"]["deliveries"] == 1  # not retried: it cannot pass
+        assert "dicomweb: credentials refused" in final["details"]["error"]
+    finally:
+        stop_system(system)

@@ -44,13 +44,13 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     event = delivery.event
     assert isinstance(event, FileDescribed)
     await bus.started(delivery, "uploading")
+    targets = chosen(targets, event.only_targets)
     done_key = names.targets_key(event.upload_id)
-    done = {
+    done = {  # with one target there is nothing to remember: it has the file or the job fails
         _text(name): TargetResult.model_validate_json(result)
-        for name, result in (await bus.redis.hgetall(done_key)).items()
+        for name, result in (await bus.redis.hgetall(done_key) if len(targets) > 1 else {}).items()
     }
     item = Item.of(event)
-    targets = chosen(targets, event.only_targets)
     todo = [t for t in targets if t.name not in done]  # never twice to a target that has it
     outcomes = await asyncio.gather(*(_put(t, item) for t in todo))
     attempt = {result.target: result for result, _ in outcomes}
