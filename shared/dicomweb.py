@@ -1,4 +1,4 @@
-"""A DICOMweb client: STOW-RS to store one file, WADO-RS to stream instances back, with retries.
+"""A DICOMweb client: STOW-RS to store one file, WADO-RS to stream instances back, DELETE one.
 
 The uploader stores with it and the gateway retrieves with it. Bodies are streamed both ways,
 so neither a large instance nor a whole study is ever held in memory. Failures are reported as
@@ -180,6 +180,31 @@ class DicomwebClient:
                 "the server accepts, or DICOMWEB_URL is not a STOW-RS service root"
             )
         raise PermanentError(f"dicomweb: {endpoint} answered {status} to STOW-RS")
+
+    # DELETE (Google Cloud Healthcare, Azure DICOM service, dcm4chee; not Orthanc's plugin)
+
+    async def delete_instance(self, study: str, series: str, sop: str) -> None:
+        """Remove one instance; one the server does not hold (404) counts as removed."""
+        url = self.instance_url(study, series, sop)
+        await self._retrying(lambda: self._delete_once(url))
+
+    async def _delete_once(self, url: str) -> None:
+        try:
+            response = await self._http.delete(url)
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from exc
+        status = response.status_code
+        if status in (200, 202, 204, 404):
+            return
+        if status in (405, 501):  # Orthanc's DICOMweb plugin: 405, Allow: GET
+            raise PermanentError(
+                "dicomweb: this server does not support DELETE; remove the instance there"
+            )
+        if status in (401, 403):
+            raise PermanentError(f"dicomweb: credentials refused ({status})")
+        if status in (408, 429) or status >= 500:
+            raise _busy(response, "DELETE")
+        raise PermanentError(f"dicomweb: {url} answered {status} to DELETE")
 
     # WADO-RS
 

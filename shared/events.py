@@ -129,6 +129,21 @@ class UploadAttempted(Event):
     delivery: int
 
 
+class CopiesDeletionRequested(Event):
+    """Someone asked for a finished job's copies on these targets to be removed."""
+
+    type: Literal["copies.deletion-requested"] = "copies.deletion-requested"
+    ids: DicomIds
+    targets: list[str]
+
+
+class CopiesDeleted(Event):
+    """The targets no longer hold the job's copies: the job can be forgotten."""
+
+    type: Literal["copies.deleted"] = "copies.deleted"
+    targets: list[TargetResult]
+
+
 class JobFailed(Event):
     """A stage kept failing past the delivery limit; the job is dead-lettered."""
 
@@ -156,6 +171,8 @@ AnyEvent = Annotated[
     | FileDescribed
     | FileArchived
     | UploadAttempted
+    | CopiesDeletionRequested
+    | CopiesDeleted
     | JobFailed
     | JobRetried,
     Field(discriminator="type"),

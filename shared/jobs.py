@@ -20,6 +20,8 @@ from redis.asyncio.client import Pipeline
 from shared import redis_names as names
 from shared.events import (
     AnyEvent,
+    CopiesDeleted,
+    CopiesDeletionRequested,
     FileArchived,
     FileDescribed,
     FileReceived,
@@ -53,6 +55,7 @@ RANK: dict[str, int] = {
     "archived": 9,
     "rejected": 9,
     "failed": 9,
+    "deletion-requested": -1,  # a note in the history; the state stays
 }
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
@@ -67,11 +70,13 @@ end
 local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
 for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'at:' .. ARGV[2], ARGV[4])
 local moved = 0
-if tonumber(ARGV[3]) > rank then
-  redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
-  moved = 1
+if tonumber(ARGV[3]) >= 0 then  -- a negative rank is a note in the history, not a state
+  redis.call('HSETNX', KEYS[1], 'at:' .. ARGV[2], ARGV[4])
+  if tonumber(ARGV[3]) > rank then
+    redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
+    moved = 1
+  end
 end
 table.insert(history, {event_id = ARGV[1], state = ARGV[2], at = ARGV[4]})
 while #history > tonumber(ARGV[6]) do table.remove(history, 1) end
@@ -117,7 +122,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def changes(event: AnyEvent) -> tuple[State, dict[str, str]]:
+def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
     """The state an event moves a job to, and the fields it records (all as strings)."""
     match event:
         case FileReceived(file=f):
@@ -143,6 +148,8 @@ def changes(event: AnyEvent) -> tuple[State, dict[str, str]]:
             return "described", fields
         case FileArchived(targets=targets):
             return "archived", {"targets": _json([t.model_dump() for t in targets])}
+        case CopiesDeletionRequested(targets=targets):
+            return "deletion-requested", {"deletion": _json({"targets": targets})}
         case UploadAttempted(targets=targets):
             return "uploading", {"targets": _json([t.model_dump() for t in targets])}
         case JobFailed(stage=stage, error=error, deliveries=n, event=entry):
@@ -162,7 +169,15 @@ class JobStore:
         self._retry = redis.register_script(_RETRY)
 
     async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
-        """Add the transition for ``event`` to a transaction (the gateway's creation)."""
+        """Add the transition for ``event`` to a pipeline."""
+        if isinstance(event, CopiesDeleted):  # the copies are gone: forget the job
+            upload_id = str(event.upload_id)
+            pipe.delete(names.status_key(upload_id), names.targets_key(upload_id))
+            pipe.zrem(names.JOBS_BY_TIME, upload_id)
+            change = {"upload_id": upload_id, "status": "deleted", "event": "deleted",
+                      "at": event.occurred_at.isoformat()}  # fmt: skip
+            pipe.publish(names.STATUS_CHANNEL, _json(change))
+            return
         await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
 
     async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
@@ -174,7 +189,9 @@ class JobStore:
 
     async def apply(self, event: AnyEvent) -> bool:
         """Apply one event to its job; True when the state moved forward."""
-        return bool(await self._apply(keys=self._keys(event), args=self._args(event)))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self.queue_apply(pipe, event)
+            return bool((await pipe.execute())[0])
 
     async def apply_all(self, events: list[AnyEvent]) -> None:
         """Apply several events in one round trip; raises if any of them failed."""
@@ -257,7 +274,7 @@ _PLAIN_FIELDS = (
     "created_at",
     "updated_at",
 )
-_JSON_FIELDS = ("reasons", "warnings", "targets", "history")
+_JSON_FIELDS = ("reasons", "warnings", "targets", "history", "deletion")
 # stage -> (the state it starts in, the state it ends in)
 _STAGES = {
     "validating": ("validating", "validated"),

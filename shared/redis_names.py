@@ -18,6 +18,8 @@ FILE_DESCRIBED: Final = "dcm:events:file.described"
 FILE_UPLOADED: Final = "dcm:events:file.uploaded"
 STAGE_STARTED: Final = "dcm:events:stage.started"
 UPLOAD_ATTEMPTED: Final = "dcm:events:upload.attempted"
+COPIES_DELETION_REQUESTED: Final = "dcm:events:copies.deletion-requested"
+COPIES_DELETED: Final = "dcm:events:copies.deleted"
 DEAD_LETTER: Final = "dcm:events:dead-letter"
 
 GROUP_VALIDATOR: Final = "validator"
@@ -35,6 +37,8 @@ TOPOLOGY: Final[dict[str, tuple[str, ...]]] = {
     FILE_UPLOADED: (GROUP_STATUS,),
     STAGE_STARTED: (GROUP_STATUS,),
     UPLOAD_ATTEMPTED: (GROUP_STATUS,),
+    COPIES_DELETION_REQUESTED: (GROUP_UPLOADER, GROUP_STATUS),
+    COPIES_DELETED: (GROUP_STATUS,),
     DEAD_LETTER: (GROUP_STATUS,),
 }
 
@@ -47,6 +51,8 @@ STREAM_OF_TYPE: Final[dict[str, str]] = {
     "file.uploaded": FILE_UPLOADED,
     "stage.started": STAGE_STARTED,
     "upload.attempted": UPLOAD_ATTEMPTED,
+    "copies.deletion-requested": COPIES_DELETION_REQUESTED,
+    "copies.deleted": COPIES_DELETED,
     "job.failed": DEAD_LETTER,
 }
 

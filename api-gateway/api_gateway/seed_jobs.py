@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from shared import redis_names as names
+from shared.bus import add_event
 from shared.errors import JobStateConflict
-from shared.jobs import FINAL
+from shared.events import CopiesDeletionRequested, DicomIds
+from shared.jobs import FINAL, JobStatus, JobStore
 from shared.status_api import job_of
 
 router = APIRouter(prefix="/dicom", tags=["seed 000: job API"])
@@ -43,8 +45,9 @@ class SeedJobStatus(BaseModel):
 
 class SeedJobDeleted(BaseModel):
     job_id: UUID = Field(serialization_alias="jobId")
-    status: Literal["deleted"] = "deleted"
+    status: Literal["deleted", "deleting"] = "deleted"
     removed: list[str]
+    cloud: list[str] = Field(default_factory=list, description="targets whose copies go")
 
 
 @router.get("/status/{job_id}", response_model=SeedJobStatus, response_model_by_alias=True)
@@ -61,18 +64,58 @@ async def status(job_id: str, request: Request) -> SeedJobStatus:
     )
 
 
-@router.delete("/delete", response_model=SeedJobDeleted, response_model_by_alias=True)
-async def delete(request: Request, job_id: str = Query(alias="jobId")) -> SeedJobDeleted:
-    """Remove a finished job's record and its local files (archive folder, upload).
+@router.delete(
+    "/delete",
+    response_model=SeedJobDeleted,
+    response_model_by_alias=True,
+    responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
+)
+async def delete(
+    request: Request,
+    response: Response,
+    job_id: Annotated[str, Query(alias="jobId")],
+    delete_cloud: Annotated[bool, Query(alias="deleteCloud")] = False,
+) -> SeedJobDeleted:
+    """Remove a finished job's local files (archive folder, upload) and its record.
 
-    Copies on cloud targets stay. A job still in the pipeline cannot be deleted (409): its
-    stages would write to it again.
+    Copies on cloud targets stay unless ``deleteCloud=true``: then the uploader removes them
+    from every target that holds them (they are the instance's copies, shared by every job
+    of the same instance), the answer is 202 ``deleting``, and the record goes once they are
+    gone (``GET /dicom/status/{jobId}`` is 404 then). A job still in the pipeline cannot be
+    deleted (409): its stages would write to it again.
     """
     upload_id, job = await job_of(request, job_id)
     if job.status not in FINAL:
         raise JobStateConflict(
             f"the job is {job.status}; wait until it is archived, rejected or failed"
         )
+    store: JobStore = request.app.state.store
+    removed = await _remove_local(request, upload_id, job)
+    targets = job.details.get("targets", []) if delete_cloud else []
+    cloud = [t["target"] for t in targets if t["ok"] and t["target"] != "local"]
+    if cloud:
+        d = job.details
+        ids = DicomIds(
+            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
+            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
+            transfer_syntax_uid=d["transfer_syntax_uid"], modality=d.get("modality"),
+        )  # fmt: skip
+        event = CopiesDeletionRequested(upload_id=upload_id, ids=ids, targets=cloud)
+        async with store.redis.pipeline(transaction=True) as pipe:
+            await store.queue_apply(pipe, event)
+            add_event(pipe, event)
+            await pipe.execute()
+        response.status_code = 202
+        return SeedJobDeleted(job_id=upload_id, status="deleting", removed=removed, cloud=cloud)
+    async with store.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(names.status_key(upload_id), names.targets_key(upload_id))
+        pipe.zrem(names.JOBS_BY_TIME, str(upload_id))
+        await pipe.execute()
+    return SeedJobDeleted(job_id=upload_id, removed=[*removed, "job record"])
+
+
+async def _remove_local(request: Request, upload_id: UUID, job: JobStatus) -> list[str]:
+    """The job's archive folder and upload file, and its claim on its SOP Instance UID."""
     settings = request.app.state.settings
     redis = request.app.state.store.redis
     removed: list[str] = []
@@ -89,9 +132,4 @@ async def delete(request: Request, job_id: str = Query(alias="jobId")) -> SeedJo
         holder = await redis.get(names.instance_key(sop))
         if holder and holder.decode().split(" ")[0] == str(upload_id):
             await redis.delete(names.instance_key(sop))
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(names.status_key(upload_id), names.targets_key(upload_id))
-        pipe.zrem(names.JOBS_BY_TIME, str(upload_id))
-        await pipe.execute()
-    removed.append("job record")
-    return SeedJobDeleted(job_id=upload_id, removed=removed)
+    return removed

@@ -268,3 +268,52 @@ def test_a_refused_credential_fails_the_job_at_once_and_says_so(
         assert "dicomweb: credentials refused" in final["details"]["error"]
     finally:
         stop_system(system)
+
+
+def test_delete_with_its_cloud_copies_removes_them_and_forgets_the_job(
+    stores: dict[str, object], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    name = str(stores["name"])
+    s3: servers.S3Server = stores["s3"]  # type: ignore[assignment]
+    gcs: servers.GcsServer = stores["gcs"]  # type: ignore[assignment]
+    env = {**s3.env(name), **gcs.env(name), "UPLOAD_TARGETS": "local,s3,gcs"}
+    system = start_system(tmp_path_factory.mktemp("deleting"), **env)
+    try:
+        path = tmp_path / "gone.dcm"
+        path.write_bytes(ct_slice(0, rows=32, columns=32, seed=81))
+        [job] = system.upload(path)
+        d = system.wait_final([job], seconds=60)[job]["details"]
+        keys = object_keys("dicom", DicomIds(
+            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
+            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
+            transfer_syntax_uid=d["transfer_syntax_uid"],
+        ))  # fmt: skip
+        client = boto3.client("s3", **_aws(s3))
+        assert client.head_object(Bucket=name, Key=keys.dicom)["ContentLength"] > 0
+        with system.client() as c:
+            answer = c.delete("/dicom/delete", params={"jobId": job, "deleteCloud": "true"})
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["status"] == "deleting"
+            assert sorted(answer.json()["cloud"]) == ["gcs", "s3"]
+            deadline = time.monotonic() + 30
+            while c.get(f"/dicom/status/{job}").status_code != 404:
+                assert time.monotonic() < deadline, c.get(f"/status/{job}").json()
+                time.sleep(0.1)
+        listed = client.list_objects_v2(Bucket=name, Prefix=keys.dicom.rsplit(".", 1)[0])
+        assert listed.get("KeyCount", 0) == 0
+        assert not _gcs_client(gcs).bucket(name).blob(keys.dicom).exists()
+        assert not (system.archive / job).exists()
+    finally:
+        stop_system(system)
+
+
+def test_a_target_that_cannot_delete_keeps_the_job_and_says_why(system: System) -> None:
+    [job] = system.upload(pydicom_file("SC_rgb_rle.dcm"))
+    assert system.wait_final([job], seconds=90)[job]["status"] == "archived"
+    with system.client() as c:
+        answer = c.delete("/dicom/delete", params={"jobId": job, "deleteCloud": "true"})
+    assert answer.status_code == 202
+    # Orthanc's DICOMweb has no DELETE: the other copies go, the job stays and says why
+    status = _wait(system, job, lambda s: "error" in s["details"], seconds=30)
+    assert "does not support DELETE" in status["details"]["error"]
+    assert status["details"]["deletion"]["targets"] == ["s3", "azure", "gcs", "dicomweb"]

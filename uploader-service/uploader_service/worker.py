@@ -8,7 +8,9 @@ dead-lettered after ``MAX_DELIVERIES``; one that can never succeed fails the job
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from functools import partial
+from typing import Any
 
 import structlog
 
@@ -17,6 +19,8 @@ from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import PermanentError, RetryableError, safe_error
 from shared.events import (
+    CopiesDeleted,
+    CopiesDeletionRequested,
     FileArchived,
     FileDescribed,
     TargetResult,
@@ -33,7 +37,7 @@ async def run(bus: Bus, settings: UploaderSettings, targets: list[Target]) -> No
     await bus.ensure_groups()
     log.info("uploader.started", targets=[t.name for t in targets])
     await bus.serve(
-        [names.FILE_DESCRIBED],
+        [names.FILE_DESCRIBED, names.COPIES_DELETION_REQUESTED],
         names.GROUP_UPLOADER,
         partial(handle, bus=bus, targets=targets),
         settings.worker_concurrency,
@@ -42,6 +46,8 @@ async def run(bus: Bus, settings: UploaderSettings, targets: list[Target]) -> No
 
 async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     event = delivery.event
+    if isinstance(event, CopiesDeletionRequested):
+        return await delete_copies(delivery, event, bus, targets)
     assert isinstance(event, FileDescribed)
     await bus.started(delivery, "uploading")
     targets = chosen(targets, event.only_targets)
@@ -52,7 +58,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     }
     item = Item.of(event)
     todo = [t for t in targets if t.name not in done]  # never twice to a target that has it
-    outcomes = await asyncio.gather(*(_put(t, item) for t in todo))
+    outcomes = await asyncio.gather(*(_attempt(t, t.put(item)) for t in todo))
     attempt = {result.target: result for result, _ in outcomes}
     permanent = any(is_permanent for _, is_permanent in outcomes)
     results = [done.get(t.name) or attempt[t.name] for t in targets]
@@ -74,6 +80,23 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     raise PermanentError(errors) if permanent else RetryableError(errors)
 
 
+async def delete_copies(
+    delivery: Delivery, event: CopiesDeletionRequested, bus: Bus, targets: list[Target]
+) -> None:
+    """Remove a finished job's copies from the targets that hold them; all, or try again."""
+    chosen_targets = chosen(targets, event.targets)
+    outcomes = await asyncio.gather(*(_attempt(t, t.delete(event.ids)) for t in chosen_targets))
+    results = [result for result, _ in outcomes]
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        await bus.complete(delivery, CopiesDeleted(upload_id=event.upload_id, targets=results))
+        log.info("copies.deleted", targets=[r.target for r in results])
+        return
+    errors = "; ".join(r.error or r.target for r in failed)
+    permanent = any(is_permanent for _, is_permanent in outcomes)
+    raise PermanentError(errors) if permanent else RetryableError(errors)
+
+
 def chosen(targets: list[Target], only: list[str] | None) -> list[Target]:
     """The targets a job goes to: all configured ones, or the ones a push job names."""
     if only is None:
@@ -86,11 +109,13 @@ def chosen(targets: list[Target], only: list[str] | None) -> list[Target]:
     return [t for t in targets if t.name in only]
 
 
-async def _put(target: Target, item: Item) -> tuple[TargetResult, bool]:
+async def _attempt(
+    target: Target, call: Coroutine[Any, Any, TargetResult]
+) -> tuple[TargetResult, bool]:
     """One target's outcome, its failure included so the others are not held up by it, and
     whether that failure is permanent. Every error starts with the target's name."""
     try:
-        return await target.put(item), False
+        return await call, False
     except Exception as exc:
         error = safe_error(exc)
         if not error.startswith(f"{target.name}:"):

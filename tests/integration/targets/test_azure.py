@@ -318,3 +318,78 @@ def test_bad_settings_stop_with_lines_naming_the_variables(
     assert len(lines) == 1
     assert lines[0].startswith("configuration error: ")
     assert all(name in lines[0] for name in names)
+
+
+# ---- delete --------------------------------------------------------------------------------
+
+
+def blobs_in(service: BlobServiceClient, container: str) -> list[str]:
+    """Every blob in container, snapshots included (a snapshot shows as its blob's name)."""
+    listed = service.get_container_client(container).list_blobs(include=["snapshots"])
+    return sorted(b.name for b in listed)
+
+
+async def test_delete_removes_the_three_blobs_and_nothing_else(
+    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ids = small_item.ids.model_copy(update={"sop_uid": "1.2.826.0.1.3680043.8.498.99"})
+    sibling = make_item(tmp_path / "sibling", b"another instance of the series", ids=ids)
+    await target.put(small_item)
+    await target.put(sibling)
+
+    result = await target.delete(small_item.ids)
+
+    keys = object_keys("dicom", small_item.ids)
+    assert (result.target, result.ok, result.error) == ("azure", True, None)
+    assert result.location == f"{service.url.rstrip('/')}/{container}/{keys.dicom}"
+    left = object_keys("dicom", sibling.ids)
+    assert blobs_in(service, container) == sorted([left.dicom, left.metadata, left.preview])
+
+
+async def test_delete_takes_the_snapshots_of_a_blob_with_it(
+    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item
+) -> None:
+    await target.put(small_item)
+    key = object_keys("dicom", small_item.ids).dicom
+    service.get_blob_client(container, key).create_snapshot()
+    assert blobs_in(service, container).count(key) == 2
+
+    assert (await target.delete(small_item.ids)).ok
+    assert blobs_in(service, container) == []
+
+
+async def test_deleting_blobs_already_gone_succeeds(
+    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item
+) -> None:
+    await target.put(small_item)
+    first = await target.delete(small_item.ids)
+    second = await target.delete(small_item.ids)
+    assert second.ok
+    assert second.location == first.location
+    assert blobs_in(service, container) == []
+
+
+async def test_delete_from_a_missing_container_is_a_permanent_error(
+    env: pytest.MonkeyPatch, small_item: Item
+) -> None:
+    """Azure answers 404 for a missing container too: ContainerNotFound is not BlobNotFound."""
+    env.setenv("AZURE_CONTAINER", "no-such-container")
+    target = AzureTarget.from_env()
+    with pytest.raises(PermanentError) as raised:
+        await target.delete(small_item.ids)
+    target.close()
+    assert str(raised.value) == "azure: container 'no-such-container' does not exist"
+
+
+async def test_delete_with_a_wrong_account_key_is_a_permanent_error(
+    target: AzureTarget, env: pytest.MonkeyPatch, azurite: servers.AzureServer,
+    service: BlobServiceClient, container: str, small_item: Item,
+) -> None:  # fmt: skip
+    await target.put(small_item)
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string(WRONG_KEY))
+    wrong = AzureTarget.from_env()
+    with pytest.raises(PermanentError, match=r"^azure: credentials refused"):
+        await wrong.delete(small_item.ids)
+    wrong.close()
+    assert len(blobs_in(service, container)) == 3

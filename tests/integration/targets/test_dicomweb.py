@@ -493,3 +493,85 @@ async def test_a_retrieve_streamed_in_odd_chunks_writes_each_instance_whole(
     for path, source in zip(written, sources, strict=True):
         assert path.read_bytes() == source.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+# ---- delete --------------------------------------------------------------------------------
+# Orthanc's DICOMweb plugin has no DELETE (it answers 405, Allow: GET): on it, delete must fail
+# for good and leave the instance alone. The servers that have one (Google Cloud Healthcare,
+# the Azure DICOM service, dcm4chee) are played by the scripted transport, as above.
+
+
+async def test_delete_on_orthanc_is_refused_for_good_and_leaves_the_instance(
+    orthanc: servers.OrthancServer, tmp_path: Path
+) -> None:
+    item = item_for(pydicom_file("CT_small.dcm"), tmp_path)
+    target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_RETRIES=3))
+    await target.put(item)
+
+    with capture_logs() as logs, pytest.raises(PermanentError) as raised:
+        await target.delete(item.ids)
+
+    assert str(raised.value) == (
+        "dicomweb: this server does not support DELETE; remove the instance there"
+    )
+    assert retries_logged(logs) == []
+    chunks = [c async for c in target.client.retrieve_instance(*_uids(item.ids))]
+    assert b"".join(chunks) == item.original.read_bytes()  # still there
+    await target.aclose()
+
+
+async def test_delete_on_orthanc_with_a_wrong_password_is_refused_credentials(
+    orthanc: servers.OrthancServer,
+) -> None:
+    ids = DicomIds(
+        study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=generate_uid(),
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )  # fmt: skip
+    target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_PASSWORD="wrong"))
+    with pytest.raises(PermanentError, match=r"^dicomweb: credentials refused \(401\)$"):
+        await target.delete(ids)
+    await target.aclose()
+
+
+SCRIPTED_IDS = DicomIds(
+    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("status", [200, 202, 204, 404])
+async def test_delete_succeeds_when_removed_or_already_gone(status: int) -> None:
+    seen: list[httpx.Request] = []
+    client = scripted(httpx.Response(status), seen=seen)
+    target = DicomwebTarget(client.settings, client=client)
+    result = await target.delete(SCRIPTED_IDS)
+    await target.aclose()
+
+    instance = "http://dicomweb.test/dicomWeb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5"
+    assert (result.target, result.ok, result.location) == ("dicomweb", True, instance)
+    assert [(r.method, str(r.url)) for r in seen] == [("DELETE", instance)]
+
+
+@pytest.mark.parametrize(
+    ("answers", "error", "message", "tries"),
+    [
+        ([httpx.Response(405)], PermanentError, "does not support DELETE", 1),
+        ([httpx.Response(501)], PermanentError, "does not support DELETE", 1),
+        ([httpx.Response(403)], PermanentError, r"credentials refused \(403\)", 1),
+        ([httpx.Response(409)], PermanentError, "answered 409 to DELETE", 1),
+        ([httpx.Response(503)], RetryableError, "DELETE answered 503", 2),
+        ([httpx.Response(503), httpx.Response(204)], None, "", 2),
+    ],
+    ids=["405", "501", "403", "409", "503", "503-then-204"],
+)
+async def test_delete_refusals_are_sorted_into_retryable_and_permanent(
+    answers: list[httpx.Response], error: type[Exception] | None, message: str, tries: int
+) -> None:
+    seen: list[httpx.Request] = []
+    async with scripted(*answers, seen=seen) as client:
+        if error is None:
+            await client.delete_instance("1.2.3", "1.2.3.4", "1.2.3.4.5")
+        else:
+            with pytest.raises(error, match=f"^dicomweb: .*{message}"):
+                await client.delete_instance("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert len(seen) == tries

@@ -258,3 +258,55 @@ def test_library_errors_the_emulator_cannot_produce_are_classified(
     ours = classify(error, "b")
     assert type(ours) is kind
     assert str(ours) == message
+
+
+# ---- delete --------------------------------------------------------------------------------
+
+
+async def test_delete_removes_the_three_objects_and_nothing_else(
+    bucket: storage.Bucket, small_item: Item, tmp_path: Path
+) -> None:
+    target = GcsTarget.from_env()
+    ids = small_item.ids.model_copy(update={"sop_uid": "1.2.826.0.1.3680043.8.498.99"})
+    sibling = make_item(tmp_path / "sibling", b"another instance of the series", ids=ids)
+    await target.put(small_item)
+    await target.put(sibling)
+
+    result = await target.delete(small_item.ids)
+
+    keys = object_keys("dicom", small_item.ids)
+    assert (result.target, result.ok, result.error) == ("gcs", True, None)
+    assert result.location == f"gs://{bucket.name}/{keys.dicom}"
+    left = object_keys("dicom", sibling.ids)
+    assert {blob.name for blob in bucket.list_blobs()} == {left.dicom, left.metadata, left.preview}
+
+
+async def test_deleting_objects_already_gone_succeeds(
+    bucket: storage.Bucket, small_item: Item
+) -> None:
+    target = GcsTarget.from_env()
+    await target.put(small_item)
+    first = await target.delete(small_item.ids)
+    second = await target.delete(small_item.ids)
+    assert second.ok
+    assert second.location == first.location
+    assert list(bucket.list_blobs()) == []
+
+
+async def test_delete_from_a_missing_bucket_is_a_permanent_error(
+    bucket: storage.Bucket, small_item: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS answers 404 for a missing object and a missing bucket alike: the target tells them
+    apart by listing the bucket, which is 404 only when the bucket is missing."""
+    monkeypatch.setenv("GCS_BUCKET", "no-such-bucket")
+    with pytest.raises(PermanentError, match=r"^gcs: bucket 'no-such-bucket' does not exist$"):
+        await GcsTarget.from_env().delete(small_item.ids)
+
+
+async def test_delete_with_the_emulator_down_is_a_retryable_error(
+    bucket: storage.Bucket, small_item: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # closed
+    monkeypatch.setenv("GCS_RETRY_DEADLINE", "1")
+    with pytest.raises(RetryableError, match=r"^gcs: cannot reach the service$"):
+        await GcsTarget.from_env().delete(small_item.ids)

@@ -569,3 +569,80 @@ def test_a_presigned_put_and_get_work_with_a_plain_http_client(bucket: str, smal
     fetched = httpx.get(presign_get(s3, settings, key))
     assert fetched.status_code == 200
     assert fetched.content == data
+
+
+# ---- delete --------------------------------------------------------------------------------
+
+
+def keys_in(bucket: str) -> list[str]:
+    listed = client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    return sorted(o["Key"] for o in listed)
+
+
+def sibling_of(item: Item, folder: Path) -> Item:
+    """Another instance of the same series: its keys share everything but the SOP UID."""
+    ids = item.ids.model_copy(update={"sop_uid": generate_uid()})
+    return make_item(folder, b"another instance", ids=ids)
+
+
+async def test_delete_removes_the_three_objects_and_nothing_else(
+    bucket: str, small: Item, tmp_path: Path
+) -> None:
+    target = S3Target.from_env()
+    sibling = sibling_of(small, tmp_path / "sibling")
+    await target.put(small)
+    await target.put(sibling)
+
+    result = await target.delete(small.ids)
+
+    keys = object_keys("dicom", small.ids)
+    assert (result.target, result.ok) == ("s3", True)
+    assert result.location == f"s3://{bucket}/{keys.dicom}"
+    assert result.error is None
+    left = object_keys("dicom", sibling.ids)
+    assert keys_in(bucket) == sorted([left.dicom, left.metadata, left.preview])
+
+
+async def test_deleting_what_is_already_gone_succeeds(bucket: str, small: Item) -> None:
+    target = S3Target.from_env()
+    await target.put(small)
+    first = await target.delete(small.ids)
+    second = await target.delete(small.ids)
+    assert second.ok
+    assert second.location == first.location
+    assert keys_in(bucket) == []
+
+
+async def test_delete_from_a_missing_bucket_is_a_permanent_error(
+    bucket: str, small: Item, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3_BUCKET", "dicomflow-no-such-bucket")
+    with pytest.raises(PermanentError) as raised:
+        await S3Target.from_env().delete(small.ids)
+    assert str(raised.value) == "s3: bucket 'dicomflow-no-such-bucket' does not exist"
+
+
+async def test_keys_the_caller_may_not_delete_are_a_permanent_error(
+    moto_with_auth: dict[str, Any], small: Item, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """S3 answers DeleteObjects with 200 and an AccessDenied per key: judged like an upload."""
+
+    def as_user(who: str) -> S3Target:
+        key_id, secret = credentials(moto_with_auth, who)
+        use(
+            monkeypatch,
+            tmp_path,
+            moto_with_auth["url"],
+            S3_BUCKET=moto_with_auth["bucket"],
+            AWS_ACCESS_KEY_ID=key_id,
+            AWS_SECRET_ACCESS_KEY=secret,
+        )
+        return S3Target.from_env()
+
+    await as_user("writer").put(small)
+    with pytest.raises(PermanentError) as raised:
+        await as_user("stranger").delete(small.ids)
+    assert str(raised.value) == "s3: credentials refused (AccessDenied)"
+    key = object_keys("dicom", small.ids).dicom
+    head = as_user("writer").client.head_object(Bucket=moto_with_auth["bucket"], Key=key)
+    assert head["ContentLength"] == small.size  # still there

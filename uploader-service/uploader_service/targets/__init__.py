@@ -2,8 +2,8 @@
 
 A target module defines a class with a ``name``, a ``from_env()`` class method that loads the
 target's own settings (``shared.settings.load``, so a missing variable stops the uploader at
-start with one line naming it) and ``put``. Targets are imported only when configured, so the
-SDK of a target nobody uses is never loaded.
+start with one line naming it), ``put`` and ``delete``. Targets are imported only when
+configured, so the SDK of a target nobody uses is never loaded.
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ class Target(Protocol):
     name: str
 
     async def put(self, item: Item) -> TargetResult: ...
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Remove this instance's copies (original, metadata, preview) from the target.
+        Idempotent: copies already gone count as removed. Raises RetryableError for a fault
+        that may pass, PermanentError for one that will not (credentials refused, the server
+        cannot delete). Returns TargetResult(target=name, ok=True, location=<what was removed>)."""
+        ...
 
 
 def build_targets(names: Sequence[str]) -> list[Target]:

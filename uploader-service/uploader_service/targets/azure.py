@@ -14,6 +14,11 @@ The result's checksum is ``md5:<base64>``, the form Azure shows as the blob's Co
 Faults. The SDK retries what may pass (``ExponentialRetry`` with jitter, a few attempts, then
 the bus retries the job); what is left is mapped once by ``_classify``: a missing container,
 refused credentials and other 4xx are permanent; 408, 429, 5xx and no answer are retryable.
+
+Deleting removes the three blobs (with any snapshots of them) one by one; a blob already gone
+(404 ``BlobNotFound``) counts as removed, while a missing container (404 ``ContainerNotFound``)
+goes to ``_classify`` like any other fault. With soft delete on, the account keeps the blobs
+for its retention period.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -43,7 +49,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import TargetResult
+from shared.events import DicomIds, TargetResult
 from shared.files import CHUNK
 from shared.settings import load
 from shared.storage import object_keys
@@ -131,6 +137,31 @@ class AzureTarget:
             checksum=f"md5:{base64.b64encode(original.md5).decode()}",
             seconds=round(time.perf_counter() - started, 4),
         )
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Remove the original, metadata and preview blobs; blobs already gone count as removed."""
+        started = time.perf_counter()
+        keys = object_keys(self.settings.prefix, ids)
+        names = [keys.dicom, keys.metadata, keys.preview]
+        urls = await asyncio.to_thread(lambda: [self._delete(name) for name in names])
+        return TargetResult(
+            target=self.name,
+            ok=True,
+            location=urls[0],
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    def _delete(self, key: str) -> str:
+        """Delete one blob and its snapshots (blocking); its URL, without any SAS token."""
+        blob = self._service.get_blob_client(self.settings.container, key)
+        try:
+            blob.delete_blob(delete_snapshots="include")
+        except ResourceNotFoundError as exc:
+            if _code_of(exc) != "BlobNotFound":  # ContainerNotFound is no "already gone"
+                raise _classify(exc, self.settings.container, key) from exc
+        except AzureError as exc:
+            raise _classify(exc, self.settings.container, key) from exc
+        return urlunsplit(urlsplit(blob.url)._replace(query=""))
 
     def _upload(self, path: Path, key: str, content_type: str) -> _Sent:
         """Write one file to its blob (blocking), then check the blob holds what was sent."""
@@ -232,8 +263,7 @@ def _classify(exc: AzureError, container: str, key: str) -> Exception:
     if not isinstance(exc, HttpResponseError):
         return RetryableError(f"azure: {type(exc).__name__} on blob '{key}'")
     status = exc.status_code or 0
-    code = getattr(exc, "error_code", None) or ""
-    code = str(getattr(code, "value", code))  # a StorageErrorCode or a plain string
+    code = _code_of(exc)
     if code == "ContainerNotFound":
         return PermanentError(f"azure: container '{container}' does not exist")
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
@@ -243,3 +273,9 @@ def _classify(exc: AzureError, container: str, key: str) -> Exception:
     if status in (0, 408, 429) or status >= 500:
         return RetryableError(f"azure: blob '{key}' failed with HTTP {status} {code}".rstrip())
     return PermanentError(f"azure: blob '{key}' refused with HTTP {status} {code}".rstrip())
+
+
+def _code_of(exc: HttpResponseError) -> str:
+    """The service's error code, e.g. "BlobNotFound"; "" when it gave none."""
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))  # a StorageErrorCode or a plain string

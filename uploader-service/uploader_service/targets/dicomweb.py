@@ -1,4 +1,9 @@
-"""The ``dicomweb`` target: STOW-RS the original to a DICOMweb service, then check what it holds."""
+"""The ``dicomweb`` target: STOW-RS the original to a DICOMweb service, then check what it holds.
+
+Only the original goes there (no metadata or preview), so ``delete`` removes just the instance,
+with a DICOMweb DELETE; a server without one (Orthanc's plugin answers 405) is a
+``PermanentError`` asking for the instance to be removed there by hand.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +65,17 @@ class DicomwebTarget:
             location=self.client.instance_url(ids.study_uid, ids.series_uid, ids.sop_uid),
             bytes=item.size,
             checksum=f"sha256:{item.sha256}",
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Remove the instance from the server; one it no longer holds counts as removed."""
+        started = time.perf_counter()
+        await self.client.delete_instance(ids.study_uid, ids.series_uid, ids.sop_uid)
+        return TargetResult(
+            target=self.name,
+            ok=True,
+            location=self.client.instance_url(ids.study_uid, ids.series_uid, ids.sop_uid),
             seconds=round(time.perf_counter() - started, 4),
         )
 

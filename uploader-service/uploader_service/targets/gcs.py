@@ -19,6 +19,14 @@ emulator used in the tests (gcp-storage-emulator 2026.7) computes both from the 
 stored, so CRC32C is the one checksum: no MD5 or read-back fallback is needed, and an
 object reported without a CRC32C counts as a mismatch.
 
+Deleting removes the three objects one by one, with the same retry. A 404 on an object may
+mean the object is gone (fine: deleting is idempotent, and a retried delete whose first try
+went through gets one) or that the bucket is: the bucket is then listed once (empty prefix
+match or 404), and a missing bucket is a ``PermanentError``. Listing needs only
+storage.objects.list, which the object roles that grant storage.objects.delete include; a
+bucket lookup would need storage.buckets.get, which they do not. With versioning or soft
+delete on, GCS keeps the removed objects as noncurrent or soft-deleted ones for a while.
+
 Errors: a missing bucket, refused credentials or any other 4xx → ``PermanentError``;
 429, 408, 5xx, connection errors and timeouts → ``RetryableError``. Messages name the
 bucket or object (UIDs only), never file contents or a library's message.
@@ -48,7 +56,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import TargetResult
+from shared.events import DicomIds, TargetResult
 from shared.settings import load
 from shared.storage import object_keys
 from uploader_service.targets import Item
@@ -166,6 +174,37 @@ class GcsTarget:
             checksum=f"crc32c:{original.crc32c}",
             seconds=round(time.perf_counter() - started, 4),
         )
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Remove the original, metadata and preview; objects already gone count as removed."""
+        started = time.perf_counter()
+        keys = object_keys(self.settings.prefix, ids)
+        await asyncio.to_thread(self._delete_all, [keys.dicom, keys.metadata, keys.preview])
+        return TargetResult(
+            target=self.name,
+            ok=True,
+            location=f"gs://{self.settings.bucket}/{keys.dicom}",
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    def _delete_all(self, keys: list[str]) -> None:
+        """Delete each object (blocking); a 404 is fine once the bucket is known to be there."""
+        try:
+            bucket = self._bucket()
+            missing = False
+            for key in keys:
+                try:
+                    bucket.blob(key).delete(retry=self._retry)
+                except api.NotFound:
+                    missing = True
+            if missing:  # the objects, or the bucket itself? Its 404 goes to classify
+                listing = bucket.list_blobs(prefix=keys[0], max_results=1, retry=self._retry)
+                list(listing)  # the request is sent when the listing is read
+        except Exception as exc:
+            ours = classify(exc, self.settings.bucket)
+            if ours is None:
+                raise
+            raise ours from exc
 
     def _store(self, path: Path, key: str, content_type: str) -> Stored:
         """Upload one file (blocking), then check what the bucket holds against it."""

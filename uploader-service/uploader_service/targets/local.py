@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import TargetResult
+from shared.events import DicomIds, TargetResult
 from shared.files import sha256_of
 from uploader_service.targets import Item
 
@@ -35,3 +35,10 @@ class LocalTarget:
             checksum=f"sha256:{digest}",
             seconds=round(time.perf_counter() - started, 4),
         )
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Nothing to do: the gateway removes the archive itself, so this only reports success.
+
+        No location, because this target removed nothing.
+        """
+        return TargetResult(target=self.name, ok=True, location=None)

@@ -18,7 +18,13 @@ so the ETag/MD5 path is not needed: ETags are not MD5s under SSE-KMS or for mult
 Idempotency: the same instance always gets the same keys. Before uploading, the target asks
 whether the key already holds these bytes (same checksum, content type and encryption) and
 skips the upload if so, which makes a redelivered job cheap. The caller needs s3:PutObject
-and s3:GetObject on the prefix (plus kms:GenerateDataKey and kms:Decrypt under aws:kms).
+and s3:GetObject on the prefix (plus kms:GenerateDataKey and kms:Decrypt under aws:kms), and
+s3:DeleteObject for ``delete``.
+
+Deleting removes the three keys in one ``DeleteObjects`` request. S3 answers it with 200 and
+lists the keys it could not delete, each with an error code, which is judged like an upload's;
+a key that is not there counts as deleted. On a versioned bucket S3 only adds delete markers:
+earlier versions stay until a lifecycle rule expires them.
 
 Errors are classified by botocore error code: a missing bucket and refused credentials are
 permanent; throttling, 5xx, timeouts and connection failures are retryable. Messages carry
@@ -31,9 +37,10 @@ import asyncio
 import base64
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
@@ -48,11 +55,14 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.utils import ChunksizeAdjuster
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import TargetResult
+from shared.events import DicomIds, TargetResult
 from shared.s3 import DICOM_CONTENT_TYPE, S3Settings, s3_client
 from shared.settings import load
-from shared.storage import object_keys
+from shared.storage import ObjectKeys, object_keys
 from uploader_service.targets import Item
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CHUNK = 1024 * 1024
 # connection refused or reset, connect and read timeouts, TLS and proxy failures
@@ -154,15 +164,7 @@ class S3Target:
         started = time.perf_counter()
         if not item.original.is_file():
             raise RetryableError("the archived original is not on disk: is ARCHIVE_PATH shared?")
-        try:
-            key, sums = await asyncio.to_thread(self._put_all, item)
-        except (ClientError, S3UploadFailedError, *_UNREACHABLE) as exc:
-            raise self._classify(exc) from exc
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise PermanentError(
-                "s3: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "a profile or a role"
-            ) from exc
+        key, sums = await self._call(self._put_all, item)
         return TargetResult(
             target=self.name,
             ok=True,
@@ -171,6 +173,49 @@ class S3Target:
             checksum=f"sha256:{sums.sha256}",
             seconds=round(time.perf_counter() - started, 4),
         )
+
+    async def delete(self, ids: DicomIds) -> TargetResult:
+        """Remove the original, metadata and preview; keys already gone count as removed."""
+        started = time.perf_counter()
+        keys = object_keys(self.settings.prefix, ids)
+        await self._call(self._delete_all, keys)
+        return TargetResult(
+            target=self.name,
+            ok=True,
+            location=f"s3://{self.settings.bucket}/{keys.dicom}",
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    async def _call(self, blocking: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking call in a thread, with botocore's errors turned into ours."""
+        try:
+            return await asyncio.to_thread(blocking, *args, **kwargs)
+        except (ClientError, S3UploadFailedError, *_UNREACHABLE) as exc:
+            raise self._classify(exc) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise PermanentError(
+                "s3: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "a profile or a role"
+            ) from exc
+
+    def _delete_all(self, keys: ObjectKeys) -> None:
+        """Delete the three keys in one request (blocking); raise for any key S3 did not delete."""
+        answer = self.client.delete_objects(
+            Bucket=self.settings.bucket,
+            Delete={
+                "Objects": [{"Key": k} for k in (keys.dicom, keys.metadata, keys.preview)],
+                "Quiet": True,  # list only the keys that failed
+            },
+        )
+        verdicts: list[RetryableError | PermanentError] = []
+        for error in answer.get("Errors", []):  # S3 answered 200 but kept these keys
+            refused = {
+                "Error": {"Code": error.get("Code", "")},
+                "ResponseMetadata": answer.get("ResponseMetadata", {}),
+            }
+            verdicts.append(self._classify(ClientError(refused, "DeleteObjects")))
+        if verdicts:  # a permanent reason wins: retrying would not get past it
+            raise next((v for v in verdicts if isinstance(v, PermanentError)), verdicts[0])
 
     def _put_all(self, item: Item) -> tuple[str, Sums]:
         """Store the original, then its metadata and preview; blocking, run in a thread."""
