@@ -20,7 +20,6 @@ import structlog
 from redis.asyncio import Redis
 
 from descriptor_service.metadata import describe
-from descriptor_service.render import RenderError, has_pixels, render_png
 from descriptor_service.settings import DescriptorSettings
 from shared import metrics
 from shared import redis_names as names
@@ -28,6 +27,7 @@ from shared.bus import Bus, Delivery
 from shared.errors import PermanentError
 from shared.events import FileDescribed, FileValidated
 from shared.files import place, write_atomic
+from shared.render import RenderError, has_pixels, render_png
 
 log = structlog.get_logger()
 

@@ -7,8 +7,6 @@ import io
 
 import numpy as np
 import pytest
-from descriptor_service import render
-from descriptor_service.render import RenderError, has_pixels, render_png, to_display
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom import dcmread
@@ -17,6 +15,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from shared import render
+from shared.render import RenderError, has_pixels, render_png, to_display
 
 
 def read(name: str) -> Dataset:
