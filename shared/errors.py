@@ -30,6 +30,10 @@ class JobStateConflict(AppError):
     status, code = 409, "job-state-conflict"
 
 
+class NotRenderable(AppError):
+    status, code = 422, "not-renderable"
+
+
 class FileTooLarge(AppError):
     status, code = 413, "file-too-large"
 

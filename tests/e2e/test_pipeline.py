@@ -279,3 +279,68 @@ def test_seed_job_api_status_audit_and_delete(system: System, tmp_path: Path) ->
         # the instance can be stored again now that its only copy is gone
         [again] = system.upload(path)
         assert system.wait_final([again])[again]["details"].get("duplicate_of") is None
+
+
+def test_original_download_with_ranges(system: System) -> None:
+    source = pydicom_file("CT_small.dcm")
+    [upload_id] = system.upload(source)
+    system.wait_final([upload_id])
+    with system.client() as c:
+        whole = c.get(f"/uploads/{upload_id}/original")
+        assert whole.status_code == 200
+        assert whole.headers["content-type"] == "application/dicom"
+        assert int(whole.headers["content-length"]) == source.stat().st_size
+        assert whole.content == source.read_bytes()
+        part = c.get(f"/uploads/{upload_id}/original", headers={"range": "bytes=128-131"})
+        assert part.status_code == 206
+        assert part.content == b"DICM"
+
+
+def test_images_on_demand_follow_the_display_pipeline(system: System) -> None:
+    import numpy as np
+    import pydicom
+
+    from shared.render import to_display
+
+    source = pydicom_file("CT_small.dcm")
+    [upload_id] = system.upload(source)
+    final = system.wait_final([upload_id])[upload_id]
+    ds = pydicom.dcmread(source)
+    with system.client() as c:
+        default = c.get(f"/uploads/{upload_id}/image")
+        assert default.headers["content-type"] == "image/png"
+        with (
+            Image.open(io.BytesIO(default.content)) as png,
+            Image.open(final["details"]["preview_file"]) as preview,
+        ):
+            assert np.array_equal(np.asarray(png), np.asarray(preview))
+        windowed = c.get(f"/uploads/{upload_id}/image", params={"window": "100,50"})
+        with Image.open(io.BytesIO(windowed.content)) as png:
+            assert np.array_equal(np.asarray(png), to_display(ds, 0, (100.0, 50.0)))
+        small = c.get(f"/uploads/{upload_id}/image", params={"size": 64, "format": "jpeg"})
+        assert small.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(small.content)) as jpeg:
+            assert max(jpeg.size) == 64
+        assert c.get(f"/uploads/{upload_id}/image", params={"window": "a,b"}).status_code == 400
+        assert c.get(f"/uploads/{upload_id}/image", params={"frame": 2}).status_code == 400
+        assert c.get(f"/uploads/{upload_id}/image", params={"size": 5000}).status_code == 400
+    renders = Path(final["details"]["archive_path"]) / "renders"  # one file per parameter set
+    assert (renders / "1_100_50_full.png").is_file()
+    assert (renders / "1_file_64.jpeg").is_file()
+
+
+def test_any_frame_of_a_multiframe_and_none_of_an_instance_without_pixels(system: System) -> None:
+    import numpy as np
+
+    [multi, plan] = system.upload(pydicom_file("rtdose.dcm"), pydicom_file("rtplan.dcm"))
+    system.wait_final([multi, plan])
+    with system.client() as c:
+        first = c.get(f"/uploads/{multi}/image", params={"frame": 1}).content
+        later = c.get(f"/uploads/{multi}/image", params={"frame": 9}).content
+        with Image.open(io.BytesIO(first)) as a, Image.open(io.BytesIO(later)) as b:
+            assert not np.array_equal(np.asarray(a), np.asarray(b))
+        none = c.get(f"/uploads/{plan}/image")
+        assert none.status_code == 422
+        assert none.json()["type"] == "/problems/not-renderable"
+        missing = c.get("/uploads/00000000-0000-0000-0000-000000000000/original")
+        assert missing.status_code == 404

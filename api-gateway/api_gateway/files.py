@@ -1,0 +1,116 @@
+"""An archived upload's files: the original (with ranges) and images rendered on demand.
+
+``GET /uploads/{id}/original`` serves ``original.dcm`` as ``application/dicom`` with its length
+and byte ranges. ``GET /uploads/{id}/image`` renders any frame through the descriptor's display
+pipeline (``shared.render``), with an optional window and a bounded size, as PNG or JPEG;
+each rendering is kept on disk beside the archive, so asking again costs a file read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydicom
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from PIL import Image
+
+from shared.errors import BadRequest, JobStateConflict, NotRenderable
+from shared.files import write_atomic
+from shared.render import RenderError, to_display
+from shared.status_api import job_of
+
+router = APIRouter(tags=["files"])
+
+WINDOW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
+MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+async def _archive(request: Request, study_id: str) -> Path:
+    """The archive folder of an upload that has one."""
+    upload_id, job = await job_of(request, study_id)
+    folder = Path(job.details["archive_path"]) if "archive_path" in job.details else None
+    if folder is None or not (folder / "original.dcm").is_file():
+        raise JobStateConflict(f"upload {upload_id} is {job.status}: it has no archived file")
+    return folder
+
+
+@router.get(
+    "/uploads/{study_id}/original",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/dicom": {}}}, 206: {"description": "A range"}},
+)
+async def original(study_id: str, request: Request) -> FileResponse:
+    """The original DICOM file, byte-identical to the upload; ``Range`` requests work."""
+    folder = await _archive(request, study_id)
+    return FileResponse(
+        folder / "original.dcm", media_type="application/dicom", filename=f"{study_id}.dcm"
+    )
+
+
+@router.get(
+    "/uploads/{study_id}/image",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+)
+async def image(
+    study_id: str,
+    request: Request,
+    frame: Annotated[int, Query(ge=1, le=100_000, description="1 for the first frame")] = 1,
+    window: Annotated[str | None, Query(description="center,width, e.g. 40,400")] = None,
+    size: Annotated[int | None, Query(ge=16, le=4096, description="longest side, px")] = None,
+    format: Annotated[Literal["png", "jpeg"], Query()] = "png",
+) -> FileResponse:
+    """One frame through the display pipeline: modality LUT, then ``window`` if given, else
+    the file's first window or VOI LUT, else min-max; MONOCHROME1 inverted; colour as RGB.
+    ``size`` fits the image in a square viewport of that side, never enlarging it."""
+    center_width = _window(window)
+    folder = await _archive(request, study_id)
+    shown = f"{center_width[0]:g}_{center_width[1]:g}" if center_width else "file"
+    name = f"{frame}_{shown}_{size or 'full'}.{format}"  # one file per parameter set
+    cached = folder / "renders" / name
+    if not cached.is_file():
+        await asyncio.to_thread(_render, folder / "original.dcm", cached, frame, center_width,
+                                size, format)  # fmt: skip
+    return FileResponse(cached, media_type=MEDIA[format])
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    match = WINDOW.match(text)
+    if not match or float(match[2]) < 1:
+        raise BadRequest("window must be center,width with a width of at least 1, e.g. 40,400")
+    return float(match[1]), float(match[2])
+
+
+def _render(
+    source: Path,
+    dest: Path,
+    frame: int,
+    window: tuple[float, float] | None,
+    size: int | None,
+    format: str,
+) -> None:
+    ds = pydicom.dcmread(source)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frame > frames:
+        raise BadRequest(f"frame {frame} asked for; the instance has {frames}")
+    try:
+        pixels = to_display(ds, frame - 1, window)
+    except RenderError as exc:
+        raise NotRenderable(str(exc)) from None
+    picture = Image.fromarray(pixels)
+    if size is not None:
+        picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if format == "jpeg":
+        picture.save(out, format="JPEG", quality=90)
+    else:
+        picture.save(out, format="PNG", compress_level=1)
+    dest.parent.mkdir(exist_ok=True)
+    write_atomic(dest, out.getvalue(), durable=False)
