@@ -9,6 +9,10 @@ class AppError(Exception):
     status: int = 500
     code: str = "internal-error"
 
+    def __init__(self, message: str = "", **extra: object) -> None:
+        super().__init__(message)
+        self.extra = extra  # more members of the problem body, e.g. invalidTags
+
 
 class BadRequest(AppError):
     status, code = 400, "bad-request"

@@ -33,7 +33,7 @@ def _body(
 
 async def app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return _body(request, exc.status, exc.code, str(exc) or None)
+    return _body(request, exc.status, exc.code, str(exc) or None, **exc.extra)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""An archived upload's files: the original (with ranges) and images rendered on demand.
+"""An archived upload's files: the original (with ranges), images on demand, header tags.
 
 ``GET /uploads/{id}/original`` serves ``original.dcm`` as ``application/dicom`` with its length
 and byte ranges. ``GET /uploads/{id}/image`` renders any frame through the descriptor's display
@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from PIL import Image
 
+from api_gateway.tags import Unreadable, parse_tags, read_tags
 from shared.errors import BadRequest, JobStateConflict, NotRenderable
 from shared.files import write_atomic
 from shared.render import RenderError, to_display
@@ -114,3 +115,29 @@ def _render(
         picture.save(out, format="PNG", compress_level=1)
     dest.parent.mkdir(exist_ok=True)
     write_atomic(dest, out.getvalue(), durable=False)
+
+
+@router.get("/uploads/{study_id}/tags")
+async def tags(
+    study_id: str,
+    request: Request,
+    tag: Annotated[
+        list[str] | None, Query(description="(0010,0010), 00100010 or PatientName")
+    ] = None,
+) -> dict[str, object]:
+    """The attributes named by ``tag`` (repeatable), read from the header without pixel data:
+    each with tag, keyword, name, VR, VM, value and whether the file has it."""
+    if not tag:
+        raise BadRequest("the tag query parameter is missing: e.g. ?tag=(0028,0010)&tag=Rows")
+    try:
+        wanted, invalid = parse_tags(tag)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if invalid:
+        raise BadRequest(f"{len(invalid)} tag(s) are not DICOM tags", invalidTags=invalid)
+    folder = await _archive(request, study_id)
+    try:
+        answers = await asyncio.to_thread(read_tags, folder / "original.dcm", wanted)
+    except Unreadable as exc:
+        raise NotRenderable(str(exc)) from None
+    return {"study_id": study_id, "tags": answers}

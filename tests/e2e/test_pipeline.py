@@ -344,3 +344,31 @@ def test_any_frame_of_a_multiframe_and_none_of_an_instance_without_pixels(system
         assert none.json()["type"] == "/problems/not-renderable"
         missing = c.get("/uploads/00000000-0000-0000-0000-000000000000/original")
         assert missing.status_code == 404
+
+
+def test_header_tags_of_an_archived_upload(system: System) -> None:
+    [upload_id] = system.upload(pydicom_file("MR_small.dcm"))
+    system.wait_final([upload_id])
+    with system.client() as c:
+        answer = c.get(
+            f"/uploads/{upload_id}/tags",
+            params=[("tag", "(0028,0011)"), ("tag", "Rows"), ("tag", "00100010"),
+                    ("tag", "(0018,1030)"), ("tag", "PixelData")],
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        columns, rows, name, absent, pixels = answer.json()["tags"]
+        assert columns == {"tag": "(0028,0011)", "keyword": "Columns", "name": "Columns",
+                           "VR": "US", "VM": 1, "value": 64, "present": True}  # fmt: skip
+        assert rows["value"] == 64
+        assert name["VR"] == "PN"
+        assert isinstance(name["value"], str)
+        assert absent["present"] is False
+        assert absent["value"] is None
+        assert pixels["value"] == {"size": 8192}
+        invalid = c.get(f"/uploads/{upload_id}/tags", params=[("tag", "(2222,2222)"),
+                                                              ("tag", "Rows")])  # fmt: skip
+        assert invalid.status_code == 400
+        assert invalid.json()["invalidTags"] == ["(2222,2222)"]
+        missing = c.get(f"/uploads/{upload_id}/tags")
+        assert missing.status_code == 400
+        assert "tag" in missing.json()["detail"]
