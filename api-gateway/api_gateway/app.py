@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from api_gateway import audit, cloud, files, jobs, seed_jobs
+from api_gateway import audit, cloud, files, jobs, seed_files, seed_jobs
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import router
 from api_gateway.settings import GatewaySettings
@@ -60,6 +60,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(seed_jobs.router)
     app.include_router(cloud.router)
     app.include_router(files.router)
+    app.include_router(seed_files.router)
     app.include_router(status_router())
     app.include_router(
         probe_router("api-gateway", standard_checks(redis, settings, None, settings.uploads_path))

@@ -78,6 +78,12 @@ async def upload(request: Request) -> UploadsAccepted:
     is safely on disk and queued. Validation happens next, asynchronously: poll
     ``GET /status/{study_id}``.
     """
+    accepted = await accept_uploads(request)
+    return UploadsAccepted(**accepted[0].model_dump(), uploads=accepted)
+
+
+async def accept_uploads(request: Request) -> list[UploadAccepted]:
+    """Stream every ``file`` part of a multipart request to disk and queue each as a job."""
     settings: GatewaySettings = request.app.state.settings
     receiver = MultipartReceiver(
         boundary_of(request.headers.get("content-type")),
@@ -117,7 +123,7 @@ async def upload(request: Request) -> UploadsAccepted:
         metrics.UPLOADS.labels("accepted").inc()
         metrics.UPLOAD_BYTES.inc(f.size)
         log.info("upload.accepted", upload_id=str(f.upload_id), size=f.size)
-    return UploadsAccepted(**accepted[0].model_dump(), uploads=accepted)
+    return accepted
 
 
 @router.get("/", include_in_schema=False)

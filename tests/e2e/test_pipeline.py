@@ -372,3 +372,23 @@ def test_header_tags_of_an_archived_upload(system: System) -> None:
         missing = c.get(f"/uploads/{upload_id}/tags")
         assert missing.status_code == 400
         assert "tag" in missing.json()["detail"]
+
+
+def test_seed_003_file_service(system: System) -> None:
+    source = pydicom_file("CT_small.dcm")
+    with system.client() as c:
+        stored = c.post("/dicom-image", files={"file": ("IM000001", source.read_bytes())})
+        assert stored.status_code == 201
+        file_id = stored.json()["file_id"]
+        system.wait_final([file_id])
+        original = c.get(f"/dicom-image/{file_id}")
+        assert original.content == source.read_bytes()
+        assert original.headers["content-type"] == "application/dicom"
+        tag = c.get(f"/dicom-image/{file_id}", params={"dicom_tag": "(0010,0010)"}).json()
+        assert tag["tags"][0]["keyword"] == "PatientName"
+        assert tag["tags"][0]["value"] == "CompressedSamples^CT1"
+        png = c.get(f"/dicom-image/{file_id}/png")
+        assert png.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(png.content)) as image:
+            assert image.size == (128, 128)
+        assert c.get("/dicom-image/not-an-id/png").status_code == 404
