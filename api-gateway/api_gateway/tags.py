@@ -25,13 +25,10 @@ repeats, and the specs that name none (verbatim, trimmed) for ``{"invalidTags": 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import re
 import struct
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+
+from shared.dicom import quiet_pydicom
 
 MAX_SPECS = 200  # tags one query may name
 
@@ -66,8 +65,6 @@ _TAG_SPEC = re.compile(
 _KEYWORD = re.compile("[A-Za-z][A-Za-z0-9]*")  # the dictionary also has retired entries with ""
 
 _Element = DataElement | RawDataElement  # as a dataset holds it: converted or not yet
-_PARSING = threading.Lock()  # warning filters and loggers are process-wide
-_pydicom_log = logging.getLogger("pydicom")
 
 
 class Unreadable(Exception):
@@ -121,7 +118,7 @@ def read_tags(
         raise ValueError("bulk_threshold must be at least one byte")
     asked = [Tag(tag) for tag in tags]
     keep = {*asked, *_VR_HELPERS, *(c for tag in asked if (c := _creator_tag(tag)) is not None)}
-    with path.open("rb") as file, _quiet_pydicom():
+    with path.open("rb") as file, quiet_pydicom():
         try:
             ds = dcmread(
                 file,
@@ -305,19 +302,3 @@ def _encapsulated_size(path: Path, raw: RawDataElement) -> int | None:
             file.seek(length, 1)
             size += header.size + length
     return None
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """pydicom warns and logs about odd values by quoting them; neither leaves this module."""
-    with _PARSING, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _pydicom_log.addFilter(_drop_record)
-        try:
-            yield
-        finally:
-            _pydicom_log.removeFilter(_drop_record)
-
-
-def _drop_record(record: logging.LogRecord) -> bool:
-    return False

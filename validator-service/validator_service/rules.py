@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import threading
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
+from shared.dicom import quiet_pydicom
 from shared.events import DicomIds, Reason
 from validator_service.findings import _exception_name, _Findings, _label, _reason, _Stop
 from validator_service.pixels import _check_pixels
@@ -36,7 +32,6 @@ _STUDY, _SERIES, _SOP_INSTANCE, _SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018,
 _MODALITY = 0x00080060
 _ABSENT = ("is missing", "is empty")
 _MODALITY_FORM = re.compile(r"[A-Z0-9_ ]{1,16}")
-_PARSING = threading.Lock()  # guards the process-wide warnings filters while pydicom parses
 
 
 @dataclass(frozen=True)
@@ -89,28 +84,12 @@ def check_file(path: Path, limits: Limits) -> Verdict:
     if len(data) > limits.max_file_size:
         return _rejected(_too_large(len(data), limits.max_file_size))
     try:
-        with _quiet_pydicom():
+        with quiet_pydicom():
             return _check(data, limits)
     except _Stop as stop:
         return _rejected(*stop.reasons)
     except Exception as exc:  # whatever the parser trips over is a verdict, not a crash
         return _rejected(_parse_failure(exc, "while checking the file"))
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    logger = logging.getLogger("pydicom")
-    with _PARSING, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logger.addFilter(_drop_record)
-        try:
-            yield
-        finally:
-            logger.removeFilter(_drop_record)
-
-
-def _drop_record(record: logging.LogRecord) -> bool:
-    return False
 
 
 def _check(data: bytes, limits: Limits) -> Verdict:
