@@ -368,13 +368,6 @@ class Bus:
             return 0
         return int(await self.redis.xtrim(stream, minid=floor, approximate=True))
 
-    async def depth(self, stream: str, group: str) -> dict[str, int]:
-        """How far a group is behind: entries not yet delivered (lag) and not yet acked."""
-        for info in await self.redis.xinfo_groups(stream):
-            if _text(info["name"]) == group:
-                return {"lag": int(info.get("lag") or 0), "pending": int(info["pending"])}
-        return {"lag": 0, "pending": 0}
-
 
 def add_event(pipe: Redis, event: Event) -> None:
     """Queue an XADD of one event on its stream in a pipeline."""

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.jobs import FINAL
 from tests.support import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,6 @@ PORT_VARS = {
     "status": "STATUS_PORT",
     "uploader": "UPLOADER_PORT",
 }
-FINAL = {"archived", "rejected", "failed"}
 
 
 @dataclass

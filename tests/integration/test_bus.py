@@ -54,6 +54,15 @@ async def dead_letters(redis: Redis) -> list[JobFailed]:
     return [parse_event(fields[b"data"]) for _, fields in entries]  # type: ignore[misc]
 
 
+async def first_dead_letters(redis: Redis, count: int, seconds: float = 10) -> list[JobFailed]:
+    """The dead-letter stream's entries, once it holds ``count`` (or after ``seconds``)."""
+    for _ in range(int(seconds * 10)):
+        if len(found := await dead_letters(redis)) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    return await dead_letters(redis)
+
+
 async def test_published_event_is_delivered_once_to_each_group(redis: Redis) -> None:
     b = bus(redis)
     await b.ensure_groups()
@@ -132,12 +141,8 @@ async def test_past_the_delivery_limit_the_job_is_dead_lettered_with_its_last_er
         raise RuntimeError("always")
 
     task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
-    for _ in range(100):
-        if await dead_letters(redis):
-            break
-        await asyncio.sleep(0.1)
+    [failed] = await first_dead_letters(redis, 1)
     task.cancel()
-    [failed] = await dead_letters(redis)
     assert failed.upload_id == event.upload_id
     assert failed.stage == names.GROUP_VALIDATOR
     assert "RuntimeError" in failed.error
@@ -157,11 +162,8 @@ async def test_a_permanent_error_fails_the_job_at_once(redis: Redis) -> None:
         raise PermanentError("the bucket does not exist")
 
     task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
-    for _ in range(50):
-        if await dead_letters(redis):
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
+    await first_dead_letters(redis, 1, seconds=5)
+    await asyncio.sleep(0.5)  # time for a second attempt, which must not come
     task.cancel()
     [failed] = await dead_letters(redis)
     assert failed.error == "the bucket does not exist"
@@ -304,12 +306,8 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
     task = asyncio.create_task(
         b.serve_batches([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle_batch, handle)
     )
-    for _ in range(100):
-        if await dead_letters(redis):
-            break
-        await asyncio.sleep(0.1)
+    [failed] = await first_dead_letters(redis, 1)
     task.cancel()
-    [failed] = await dead_letters(redis)
     assert failed.upload_id == poison
     assert sorted(map(str, handled)) == sorted(
         str(e.upload_id) for e in events if e.upload_id != poison
