@@ -51,6 +51,19 @@ Handler = Callable[[Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop, for a loop to call each round.
+
+    Python 3.11's ``asyncio.wait_for``, which redis-py wraps around every socket write, loses
+    a cancel that lands just as the write completes (CPython gh-86296, fixed in 3.12): the
+    command returns and the loop would go on forever. The task still counts the request, so
+    a loop that checks here stops anyway.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -178,6 +191,7 @@ class Bus:
         next_trim = time.monotonic() + self.trim_every_s
         failures = 0
         while True:
+            stop_if_cancelled()
             try:
                 now = time.monotonic()
                 if now >= next_claim:
@@ -335,6 +349,7 @@ class Bus:
         """Reset the entry's idle time while we work on it, so nobody takes it over."""
         while True:
             await asyncio.sleep(self.claim_idle_ms / 3000)
+            stop_if_cancelled()
             with contextlib.suppress(*REDIS_DOWN):
                 await self.redis.xclaim(
                     delivery.stream,

@@ -18,7 +18,7 @@ import structlog
 
 from api_gateway import intake
 from shared import redis_names as names
-from shared.bus import REDIS_DOWN
+from shared.bus import REDIS_DOWN, stop_if_cancelled
 from shared.files import sha256_of
 from shared.jobs import JobStore
 
@@ -54,6 +54,7 @@ async def keep_recovering(
 ) -> None:
     """Run ``recover`` now and every ``every_s`` seconds, riding out Redis outages."""
     while True:
+        stop_if_cancelled()
         try:
             await recover(store, folder, older_than_s)
         except REDIS_DOWN:

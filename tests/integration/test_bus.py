@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import redis_names as names
-from shared.bus import Bus, Delivery
+from shared.bus import Bus, Delivery, stop_if_cancelled
 from shared.errors import PermanentError
 from shared.events import FileReceived, FileRef, FileRejected, JobFailed, Reason, parse_event
 from tests.support import RedisServer
@@ -345,3 +347,41 @@ def test_back_off_doubles_and_is_capped() -> None:
     assert 1600 <= b.backoff_ms(2) <= 2400
     assert 3200 <= b.backoff_ms(3) <= 4800
     assert 4000 <= b.backoff_ms(9) <= 6000
+
+
+async def test_a_cancelled_consumer_always_stops(redis: Redis) -> None:
+    # Python 3.11's wait_for, under every redis-py socket write, can eat a cancel; the bus's
+    # loops must stop anyway. Cancel at random moments of a busy retry loop, many times.
+    async def fail(delivery: Delivery) -> None:
+        raise RuntimeError("still failing")
+
+    rng = random.Random(7)
+    b = bus(redis, claim_idle_ms=100, max_deliveries=1000)
+    await b.ensure_groups()
+    for _ in range(40):
+        await b.publish(received())
+        task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, fail))
+        await asyncio.sleep(rng.uniform(0, 0.15))
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the consumer went on after it was cancelled"
+        assert task.cancelled()
+
+
+async def test_a_loop_stops_even_when_a_library_swallowed_its_cancel() -> None:
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            stop_if_cancelled()
+            rounds += 1
+            with contextlib.suppress(asyncio.CancelledError):  # what 3.11's wait_for can do
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert rounds == 1
