@@ -127,9 +127,16 @@ def main() -> None:
     else:
         say(f"using REDIS_URL={env['REDIS_URL']}")
     services = []
+    host = env.get("HOST", "127.0.0.1")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
     for name, package, port_var, default in SERVICES:
         port = int(env.get(port_var, default))
         services.append(Service(name, package, port, env))
+        if name != "gateway":  # the gateway asks each of them for /ready (GET /system)
+            env.setdefault(f"{name.upper()}_URL", f"http://{host}:{port}")
 
     stopping = False
 

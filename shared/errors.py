@@ -26,6 +26,18 @@ class UploadNotFound(AppError):
     status, code = 404, "upload-not-found"
 
 
+class StudyNotFound(AppError):
+    status, code = 404, "study-not-found"
+
+
+class LabelNotFound(AppError):
+    status, code = 404, "label-not-found"
+
+
+class BatchNotFound(AppError):
+    status, code = 404, "batch-not-found"
+
+
 class JobNotFailed(AppError):
     status, code = 409, "job-not-failed"
 

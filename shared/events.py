@@ -2,7 +2,8 @@
 
 A stream entry holds one field, ``data``, with the event's JSON. ``parse_event`` reads any of
 them back through one discriminated union. Events carry ids, paths, hashes and DICOM UIDs,
-never patient data. To evolve an event, add fields with defaults; never rename one.
+never patient data, except ``StudyKeys`` for the search indexes. To evolve an event, add
+fields with defaults; never rename one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,36 @@ class FileRef(Frozen):
     size: int
 
 
+class Origin(Frozen):
+    """Who sent an upload and how the client files it: labels for people, never paths."""
+
+    filename: str | None = None  # the client's name for the file, shown, never used as a path
+    label: str | None = None  # seed 004's "study" folder name
+    user_id: str | None = None
+    batch_id: str | None = None
+    source: str | None = None  # multipart, raw, batch, image, presigned, wado
+
+
+class StudyKeys(Frozen):
+    """The attributes studies are searched by, read by the descriptor for the status service.
+
+    The one event field that carries patient data: the status service needs it to keep the
+    search indexes, and it is never logged.
+    """
+
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None  # YYYYMMDD
+    patient_sex: str | None = None
+    study_date: str | None = None  # YYYYMMDD
+    study_time: str | None = None
+    accession_number: str | None = None
+    institution_name: str | None = None
+    study_description: str | None = None
+    referring_physician_name: str | None = None
+    study_id: str | None = None  # the DICOM Study ID (0020,0010), not our upload id
+
+
 class Event(Frozen):
     """Base for everything that travels on a Redis stream."""
 
@@ -61,6 +92,7 @@ class FileReceived(Event):
 
     type: Literal["file.received"] = "file.received"
     file: FileRef
+    origin: Origin | None = None
 
 
 Stage = Literal["validating", "describing", "uploading"]
@@ -99,6 +131,7 @@ class FileDescribed(Event):
     preview_file: str | None
     preview_note: str | None = None
     duplicate_of: UUID | None = None
+    study: StudyKeys | None = None  # for the search indexes
     only_targets: list[str] | None = None  # a push to chosen targets, not the configured set
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from shared import catalog, search
 from shared import redis_names as names
 from shared.events import (
     AnyEvent,
@@ -32,6 +33,7 @@ from shared.events import (
     StageStarted,
     UploadAttempted,
     parse_event,
+    utcnow,
 )
 
 State = Literal[
@@ -60,14 +62,16 @@ RANK: dict[str, int] = {
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
 
-# Atomic, forward-only transition. KEYS: job hash, channel.
-# ARGV: event id, state, rank, at, fields (JSON object of strings), history max, upload id.
+# Atomic, forward-only transition, counted and announced. KEYS: job hash, channel, feed
+# stream, state counts, modality counts. ARGV: event id, state, rank, at, fields (JSON object
+# of strings), history max, upload id, feed max.
 _APPLY = """
 local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
 for _, h in ipairs(history) do
   if h.event_id == ARGV[1] then return 0 end
 end
 local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
+local before = redis.call('HMGET', KEYS[1], 'state', 'modality')
 for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
 local moved = 0
@@ -75,34 +79,62 @@ if tonumber(ARGV[3]) >= 0 then  -- a negative rank is a note in the history, not
   redis.call('HSETNX', KEYS[1], 'at:' .. ARGV[2], ARGV[4])
   if tonumber(ARGV[3]) > rank then
     redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
+    if before[1] then redis.call('HINCRBY', KEYS[4], before[1], -1) end
+    redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
     moved = 1
   end
 end
+local modality = redis.call('HGET', KEYS[1], 'modality')
+if modality and not before[2] then redis.call('HINCRBY', KEYS[5], modality, 1) end
 table.insert(history, {event_id = ARGV[1], state = ARGV[2], at = ARGV[4]})
 while #history > tonumber(ARGV[6]) do table.remove(history, 1) end
 redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
-redis.call('PUBLISH', KEYS[2], cjson.encode({
-  upload_id = ARGV[7], status = redis.call('HGET', KEYS[1], 'state'),
-  event = ARGV[2], at = ARGV[4]}))
+local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
+local change = {upload_id = ARGV[7], status = redis.call('HGET', KEYS[1], 'state'),
+  event = ARGV[2], at = ARGV[4], label = filed[1] or nil, batch_id = filed[2] or nil}
+change.id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'data', cjson.encode(change))
+redis.call('PUBLISH', KEYS[2], cjson.encode(change))
 return moved
+"""
+
+# Forget a job: its hash, its copies' record, its place in time, its counts; announced.
+# KEYS: job hash, targets hash, jobs by time, channel, feed, state counts, modality counts.
+# ARGV: upload id, at, feed max.
+_FORGET = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'modality', 'label', 'batch_id')
+if not h[1] then return 0 end
+redis.call('HINCRBY', KEYS[6], h[1], -1)
+if h[2] then redis.call('HINCRBY', KEYS[7], h[2], -1) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local change = {upload_id = ARGV[1], status = 'deleted', event = 'deleted', at = ARGV[2],
+  label = h[3] or nil, batch_id = h[4] or nil}
+change.id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'data', cjson.encode(change))
+redis.call('PUBLISH', KEYS[4], cjson.encode(change))
+return 1
 """
 
 
 # Retry of a failed job: back to where its failed stage starts, and its entry queued again,
 # in one step, so the worker it wakes can never overtake the reset.
-# KEYS: job hash, stream, channel. ARGV: event id, state, rank, at, upload id, entry JSON,
-# state-time fields to forget (JSON list).
+# KEYS: job hash, stream, channel, feed, state counts. ARGV: event id, state, rank, at,
+# upload id, entry JSON, state-time fields to forget (JSON list), feed max.
 _RETRY = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
 redis.call('HDEL', KEYS[1], 'error', 'failed_stage', 'failed_event', 'deliveries', 'at:failed')
 for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', KEYS[1], f) end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'failed', -1)
+redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
 local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
 table.insert(history, {event_id = ARGV[1], state = 'retried', at = ARGV[4]})
 redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[6])
-redis.call('PUBLISH', KEYS[3], cjson.encode({
-  upload_id = ARGV[5], status = ARGV[2], event = 'retried', at = ARGV[4]}))
+local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
+local change = {upload_id = ARGV[5], status = ARGV[2], event = 'retried', at = ARGV[4],
+  label = filed[1] or nil, batch_id = filed[2] or nil}
+change.id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'data', cjson.encode(change))
+redis.call('PUBLISH', KEYS[3], cjson.encode(change))
 return 1
 """
 # a failed stage (its consumer group) -> the state its work starts from
@@ -111,7 +143,7 @@ RETRY_FROM: dict[str, State] = {
     "descriptor": "validated",
     "uploader": "described",
 }
-_FORGET = {
+_RESET = {
     "validator": ["at:validating", "at:validated", "at:rejected"],
     "descriptor": ["at:describing", "at:described"],
     "uploader": ["at:uploading", "at:archived", "targets"],
@@ -125,8 +157,11 @@ def _json(value: Any) -> str:
 def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
     """The state an event moves a job to, and the fields it records (all as strings)."""
     match event:
-        case FileReceived(file=f):
-            return "accepted", {"sha256": f.sha256, "size": str(f.size)}
+        case FileReceived(file=f, origin=origin):
+            fields = {"sha256": f.sha256, "size": str(f.size)}
+            if origin is not None:
+                fields.update({k: v for k, v in origin.model_dump().items() if v is not None})
+            return "accepted", fields
         case StageStarted(stage=stage, delivery=n):
             return stage, {f"deliveries:{stage}": str(n)}
         case FileValidated(ids=ids, has_pixels=has_pixels, warnings=warnings):
@@ -167,18 +202,14 @@ class JobStore:
         self.redis = redis
         self._apply = redis.register_script(_APPLY)
         self._retry = redis.register_script(_RETRY)
+        self._forget = redis.register_script(_FORGET)
 
     async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
-        """Add the transition for ``event`` to a pipeline."""
-        if isinstance(event, CopiesDeleted):  # the copies are gone: forget the job
-            upload_id = str(event.upload_id)
-            pipe.delete(names.status_key(upload_id), names.targets_key(upload_id))
-            pipe.zrem(names.JOBS_BY_TIME, upload_id)
-            change = {"upload_id": upload_id, "status": "deleted", "event": "deleted",
-                      "at": event.occurred_at.isoformat()}  # fmt: skip
-            pipe.publish(names.STATUS_CHANNEL, _json(change))
-            return
+        """Add the transition for ``event`` to a pipeline (``CopiesDeleted``: see ``forget``);
+        an instance newly archived goes into the study search indexes in the same step."""
         await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
+        if isinstance(event, FileDescribed) and event.study and event.duplicate_of is None:
+            await search.queue_index(pipe, event.upload_id, event.ids, event.study)
 
     async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add a job's creation to a transaction: its first state, and its place in time."""
@@ -189,6 +220,8 @@ class JobStore:
 
     async def apply(self, event: AnyEvent) -> bool:
         """Apply one event to its job; True when the state moved forward."""
+        if isinstance(event, CopiesDeleted):  # the copies are gone: forget the job
+            return bool(await self.forget(event.upload_id))
         async with self.redis.pipeline(transaction=True) as pipe:
             await self.queue_apply(pipe, event)
             return bool((await pipe.execute())[0])
@@ -197,8 +230,40 @@ class JobStore:
         """Apply several events in one round trip; raises if any of them failed."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for event in events:
-                await self.queue_apply(pipe, event)
+                if not isinstance(event, CopiesDeleted):
+                    await self.queue_apply(pipe, event)
             await pipe.execute()
+        for event in events:
+            if isinstance(event, CopiesDeleted):
+                await self.forget(event.upload_id)
+
+    async def forget(self, upload_id: UUID) -> list[str]:
+        """Forget an upload everywhere: its record and counts, its label entry, its user's and
+        batch's lists, its search entry. Says what it removed; safe to run twice."""
+        wanted = ("state", "sha256", "label", "filename", "user_id", "batch_id", "study_uid",
+                  "series_uid", "duplicate_of")  # fmt: skip
+        values = await self.redis.hmget(names.status_key(upload_id), wanted)
+        job = {k: names.text(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        if "state" not in job:
+            return await search.unindex(self.redis, upload_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self._forget(
+                keys=[
+                    names.status_key(upload_id),
+                    names.targets_key(upload_id),
+                    names.JOBS_BY_TIME,
+                    names.STATUS_CHANNEL,
+                    names.STATUS_FEED,
+                    names.STATE_COUNTS,
+                    names.MODALITY_COUNTS,
+                ],
+                args=[str(upload_id), utcnow().isoformat(), names.STATUS_FEED_MAX],
+                client=pipe,
+            )
+            removed = catalog.queue_unfile(pipe, upload_id, job)
+            await search.queue_unindex(pipe, upload_id)
+            unindexed = (await pipe.execute())[-1]
+        return ["job record", *removed, *(names.text(r) for r in unindexed)]
 
     async def retry(self, upload_id: UUID) -> State | None:
         """Queue a failed job's failed stage again; the state it went back to, or None when
@@ -206,14 +271,20 @@ class JobStore:
         fields = await self.redis.hmget(
             names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
         )
-        state, stage, entry = (_s(v) if v is not None else None for v in fields)
+        state, stage, entry = (names.text(v) if v is not None else None for v in fields)
         if state != "failed" or stage not in RETRY_FROM or not entry:
             return None
         back_to = RETRY_FROM[stage]
         retried = JobRetried(upload_id=upload_id, stage=stage)
         stream = names.STREAM_OF_TYPE[parse_event(entry).type]
         done = await self._retry(
-            keys=[names.status_key(upload_id), stream, names.STATUS_CHANNEL],
+            keys=[
+                names.status_key(upload_id),
+                stream,
+                names.STATUS_CHANNEL,
+                names.STATUS_FEED,
+                names.STATE_COUNTS,
+            ],
             args=[
                 str(retried.event_id),
                 back_to,
@@ -221,20 +292,42 @@ class JobStore:
                 retried.occurred_at.isoformat(),
                 str(upload_id),
                 entry,
-                _json(_FORGET[stage]),
+                _json(_RESET[stage]),
+                names.STATUS_FEED_MAX,
             ],
         )
         return back_to if done else None
+
+    async def read_many(self, upload_ids: list[UUID]) -> list[JobStatus | None]:
+        """Several jobs in one round trip, in order; None for those that do not exist."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for upload_id in upload_ids:
+                pipe.hgetall(names.status_key(upload_id))
+            found = await pipe.execute()
+        return [
+            JobStatus.from_hash(u, {names.text(k): names.text(v) for k, v in raw.items()})
+            if raw
+            else None
+            for u, raw in zip(upload_ids, found, strict=True)
+        ]
 
     async def read(self, upload_id: UUID) -> JobStatus | None:
         raw = await self.redis.hgetall(names.status_key(upload_id))
         if not raw:
             return None
-        return JobStatus.from_hash(upload_id, {_s(k): _s(v) for k, v in raw.items()})
+        return JobStatus.from_hash(
+            upload_id, {names.text(k): names.text(v) for k, v in raw.items()}
+        )
 
     @staticmethod
     def _keys(event: AnyEvent) -> list[str]:
-        return [names.status_key(event.upload_id), names.STATUS_CHANNEL]
+        return [
+            names.status_key(event.upload_id),
+            names.STATUS_CHANNEL,
+            names.STATUS_FEED,
+            names.STATE_COUNTS,
+            names.MODALITY_COUNTS,
+        ]
 
     @staticmethod
     def _args(event: AnyEvent) -> list[str | int]:
@@ -247,11 +340,8 @@ class JobStore:
             _json(fields),
             HISTORY_MAX,
             str(event.upload_id),
+            names.STATUS_FEED_MAX,
         ]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 _ID_FIELDS = {
@@ -263,6 +353,11 @@ _ID_FIELDS = {
     "modality": "modality",
 }
 _PLAIN_FIELDS = (
+    "filename",
+    "label",
+    "user_id",
+    "batch_id",
+    "source",
     "sha256",
     "archive_path",
     "metadata_file",

@@ -57,6 +57,14 @@ STREAM_OF_TYPE: Final[dict[str, str]] = {
 }
 
 STATUS_CHANNEL: Final = "dcm:notify:status"
+STATUS_FEED: Final = "dcm:feeds:status"
+"""Stream of the recent status changes (capped): live feeds resume from it after a gap."""
+STATUS_FEED_MAX: Final = 100_000
+
+
+def text(value: bytes | str) -> str:
+    """A key, member or value read back from Redis (bytes) as the text we stored."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def status_key(upload_id: UUID | str) -> str:
@@ -82,5 +90,104 @@ def instance_key(sop_uid: str) -> str:
 JOBS_BY_TIME: Final = "dcm:indexes:jobs-by-time"
 """Sorted set of upload ids scored by acceptance time (newest jobs, counts)."""
 
+STATE_COUNTS: Final = "dcm:counts:states"
+"""Hash state -> number of jobs in it, kept by the same script that moves a job."""
+MODALITY_COUNTS: Final = "dcm:counts:modalities"
+"""Hash modality -> number of jobs whose file has it."""
+
+LABELS: Final = "dcm:indexes:labels"
+"""Set of the study labels in use (seed 004's study folders)."""
+USERS: Final = "dcm:indexes:users"
+"""Set of the user ids that sent or saved an upload."""
+
+
+def label_key(label: str) -> str:
+    """Hash filename -> upload id of the files filed under one label."""
+    return f"dcm:labels:{label}"
+
+
+def user_uploads_key(user_id: str) -> str:
+    """Sorted set of a user's upload ids, scored by time."""
+    return f"dcm:users:{user_id}:uploads"
+
+
+def user_batches_key(user_id: str) -> str:
+    """Sorted set of a user's batch ids, scored by time."""
+    return f"dcm:users:{user_id}:batches"
+
+
+def sha256_key(sha256: str) -> str:
+    """Set of the upload ids whose bytes have this SHA-256 (what the server already has)."""
+    return f"dcm:indexes:sha256:{sha256}"
+
+
+def batch_key(batch_id: str) -> str:
+    """Hash of one batch: its user, creation time, number of files."""
+    return f"dcm:batches:{batch_id}"
+
+
+def batch_uploads_key(batch_id: str) -> str:
+    """List of the upload ids of one batch, in the order of its files."""
+    return f"dcm:batches:{batch_id}:uploads"
+
+
+DEID_SECRET: Final = "dcm:config:deid-secret"
+"""The secret that keys de-identified UIDs when DEID_SECRET is not set (made once)."""
+
 DEAD_LETTER_RAW: Final = "dcm:events:dead-letter.unreadable"
 """Entries no service could even parse: kept for a person, outside the job lifecycle."""
+
+
+# Study search (shared/search.py owns these; the status service writes, the gateway reads).
+# Per-value sets are named by a digest of the normalised value, so no patient data is in a key.
+STUDY_PREFIX: Final = "dcm:studies:"
+STUDY_UPLOADS_PREFIX: Final = "dcm:study-uploads:"
+STUDY_SERIES_PREFIX: Final = "dcm:study-series:"
+STUDY_INSTANCES_PREFIX: Final = "dcm:study-instances:"
+STUDY_MODALITIES_PREFIX: Final = "dcm:study-modalities:"
+STUDIES_BY_MODALITY_PREFIX: Final = "dcm:indexes:studies-by-modality:"
+STUDIES_BY_PATIENT_ID_PREFIX: Final = "dcm:indexes:studies-by-patient-id:"
+STUDIES_BY_ACCESSION_PREFIX: Final = "dcm:indexes:studies-by-accession:"
+STUDIES_BY_INSTITUTION_PREFIX: Final = "dcm:indexes:studies-by-institution:"
+
+STUDIES_BY_DATE: Final = "dcm:indexes:studies-by-date"
+"""Sorted set of study UIDs scored YYYYMMDDhhmmss (0 when the study has no date)."""
+
+STUDIES_BY_PATIENT_NAME: Final = "dcm:indexes:studies-by-patient-name"
+"""Sorted set, all scores 0, of ``NORMALISED NAME \\0 study uid``: prefix ranges by ZRANGEBYLEX."""
+
+STUDIES_BY_UPDATE: Final = "dcm:indexes:studies-by-update"
+"""Sorted set of study UIDs scored by their last index change (Unix seconds)."""
+
+STUDY_OF_UPLOAD: Final = "dcm:indexes:study-of-upload"
+"""Hash upload id -> the study UID it is indexed under (what makes indexing idempotent)."""
+
+
+def study_key(study_uid: str) -> str:
+    """Hash of one study's searchable attributes and counts (QIDO-RS study level)."""
+    return f"{STUDY_PREFIX}{study_uid}"
+
+
+def study_uploads_key(study_uid: str) -> str:
+    """Hash upload id -> "series uid TAB sop uid TAB modality" of a study's indexed uploads."""
+    return f"{STUDY_UPLOADS_PREFIX}{study_uid}"
+
+
+def study_series_key(study_uid: str) -> str:
+    """Hash series uid -> how many of the study's uploads are in it (series count: HLEN)."""
+    return f"{STUDY_SERIES_PREFIX}{study_uid}"
+
+
+def study_instances_key(study_uid: str) -> str:
+    """Hash SOP instance uid -> how many uploads hold it (instance count: HLEN)."""
+    return f"{STUDY_INSTANCES_PREFIX}{study_uid}"
+
+
+def study_modalities_key(study_uid: str) -> str:
+    """Hash modality -> how many of the study's uploads have it (modalities in study)."""
+    return f"{STUDY_MODALITIES_PREFIX}{study_uid}"
+
+
+def studies_by_modality_key(modality: str) -> str:
+    """Set of the study UIDs with an instance of this (upper-case) modality."""
+    return f"{STUDIES_BY_MODALITY_PREFIX}{modality}"

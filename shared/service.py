@@ -157,10 +157,12 @@ async def run(app: FastAPI, host: str, port: int, *work: Coroutine[Any, Any, Non
             timeout_graceful_shutdown=5,
         )
     )
+    app.state.stopping = asyncio.Event()  # open streams (SSE, long-polls) end when it is set
     tasks = [asyncio.create_task(coro) for coro in work]
     serving = asyncio.create_task(server.serve())
 
     def stop() -> None:
+        app.state.stopping.set()
         server.should_exit = True
         for task in tasks:
             task.cancel()
@@ -169,6 +171,7 @@ async def run(app: FastAPI, host: str, port: int, *work: Coroutine[Any, Any, Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     done, _ = await asyncio.wait([serving, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    app.state.stopping.set()
     for task in tasks:
         task.cancel()
     server.should_exit = True

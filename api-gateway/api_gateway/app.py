@@ -9,7 +9,22 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from api_gateway import audit, cloud, files, jobs, seed_files, seed_jobs
+from api_gateway import (
+    audit,
+    batches,
+    cloud,
+    dashboard,
+    feed,
+    files,
+    jobs,
+    seed_files,
+    seed_jobs,
+    seed_labels,
+    seed_uploads,
+    studies,
+    system,
+    uploads,
+)
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import router
 from api_gateway.settings import GatewaySettings
@@ -55,6 +70,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.store = JobStore(redis)
     problems.install(app)
     app.include_router(router)
+    app.include_router(seed_uploads.router)  # before ours: /upload/batch is not an upload id
+    app.include_router(uploads.router)
+    app.include_router(batches.router)
+    app.include_router(seed_labels.router)
+    app.include_router(studies.router)
+    app.include_router(feed.router)
+    app.include_router(system.router)
+    app.include_router(dashboard.router)
     app.include_router(jobs.router)
     app.include_router(audit.router)
     app.include_router(seed_jobs.router)

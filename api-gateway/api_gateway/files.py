@@ -31,7 +31,7 @@ WINDOW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-async def _archive(request: Request, study_id: str) -> Path:
+async def archive_folder(request: Request, study_id: str) -> Path:
     """The archive folder of an upload that has one."""
     upload_id, job = await job_of(request, study_id)
     folder = Path(job.details["archive_path"]) if "archive_path" in job.details else None
@@ -47,7 +47,7 @@ async def _archive(request: Request, study_id: str) -> Path:
 )
 async def original(study_id: str, request: Request) -> FileResponse:
     """The original DICOM file, byte-identical to the upload; ``Range`` requests work."""
-    folder = await _archive(request, study_id)
+    folder = await archive_folder(request, study_id)
     return FileResponse(
         folder / "original.dcm", media_type="application/dicom", filename=f"{study_id}.dcm"
     )
@@ -70,7 +70,7 @@ async def image(
     the file's first window or VOI LUT, else min-max; MONOCHROME1 inverted; colour as RGB.
     ``size`` fits the image in a square viewport of that side, never enlarging it."""
     center_width = _window(window)
-    folder = await _archive(request, study_id)
+    folder = await archive_folder(request, study_id)
     shown = f"{center_width[0]:g}_{center_width[1]:g}" if center_width else "file"
     name = f"{frame}_{shown}_{size or 'full'}.{format}"  # one file per parameter set
     cached = folder / "renders" / name
@@ -117,6 +117,18 @@ def _render(
     write_atomic(dest, out.getvalue(), durable=False)
 
 
+@router.get(
+    "/uploads/{study_id}/metadata",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/json": {}}}},
+)
+async def metadata(study_id: str, request: Request) -> FileResponse:
+    """The archived ``metadata.json``: every attribute as the DICOM JSON model, plus a summary
+    (see descriptor_service.metadata for its shape)."""
+    folder = await archive_folder(request, study_id)
+    return FileResponse(folder / "metadata.json", media_type="application/json")
+
+
 @router.get("/uploads/{study_id}/tags")
 async def tags(
     study_id: str,
@@ -135,7 +147,7 @@ async def tags(
         raise BadRequest(str(exc)) from None
     if invalid:
         raise BadRequest(f"{len(invalid)} tag(s) are not DICOM tags", invalidTags=invalid)
-    folder = await _archive(request, study_id)
+    folder = await archive_folder(request, study_id)
     try:
         answers = await asyncio.to_thread(read_tags, folder / "original.dcm", wanted)
     except Unreadable as exc:

@@ -1,4 +1,4 @@
-"""Stream a multipart/form-data body to disk, one file per ``file`` part, hashing as it goes.
+"""Stream an upload body to disk, one file per ``file`` part (or the raw body), hashing as it goes.
 
 Bytes go straight from the socket to ``UPLOADS_PATH/{upload_id}.part`` in the chunks the
 server hands over; the SHA-256 and size are computed on the way. A complete part is flushed,
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from uuid import UUID, uuid4
 
 from python_multipart.exceptions import MultipartParseError
@@ -19,8 +21,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from shared.errors import BadRequest, FileTooLarge, UnsupportedMediaType
 
-FIELD = b"file"
-MAX_OTHER_FIELDS = 1024 * 1024  # bytes of non-file form fields we are willing to skip
+FILE_FIELDS = frozenset({b"file", b"files"})  # seed 001 and 004 spellings
+TEXT_FIELDS = frozenset({b"label", b"study"})  # kept; other fields are skipped
+MAX_OTHER_FIELDS = 1024 * 1024  # bytes of non-file form fields we are willing to read
+HEAD = 132  # the preamble and "DICM": enough to tell DICOM, JPEG and PNG apart
 
 
 @dataclass
@@ -30,6 +34,80 @@ class ReceivedFile:
     sha256: str
     size: int
     filename: str | None
+    head: bytes = b""
+    converted_from: Literal["jpeg", "png"] | None = None
+
+
+@dataclass
+class RefusedFile:
+    """A file of a request that was not taken, with seed 004's reason code and our words."""
+
+    name: str | None
+    reason: str  # too_large, invalid_type, invalid_image, duplicate, invalid_base64
+    message: str
+
+
+class Sink:
+    """One file on its way to ``{upload_id}.part``: written, hashed and measured as it comes."""
+
+    def __init__(self, folder: Path, max_size: int, fsync: bool, filename: str | None = None):
+        self.folder, self.max_size, self.fsync, self.filename = folder, max_size, fsync, filename
+        self.upload_id = uuid4()
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()
+        self.too_large = False
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self.fd: int | None = os.open(self.part, flags, 0o640)
+
+    @property
+    def part(self) -> Path:
+        return self.folder / f"{self.upload_id}.part"
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes; past ``max_size`` the file is dropped and the rest ignored."""
+        self.size += len(data)
+        if self.too_large or self.size > self.max_size:
+            if not self.too_large:
+                self.too_large = True
+                self.abort()
+            return
+        view = memoryview(data)
+        if len(self.head) < HEAD:
+            self.head.extend(view[: HEAD - len(self.head)])
+        self.digest.update(view)
+        while view:
+            written = os.write(self.fd, view)  # type: ignore[arg-type]
+            view = view[written:]
+
+    def close(self) -> ReceivedFile:
+        """Make the file durable and give it its final name ``{upload_id}.dcm``."""
+        assert self.fd is not None
+        try:
+            if self.fsync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+        final = self.folder / f"{self.upload_id}.dcm"
+        os.replace(self.part, final)
+        return ReceivedFile(
+            self.upload_id, final, self.digest.hexdigest(), self.size, self.filename,
+            bytes(self.head),
+        )  # fmt: skip
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.part.unlink(missing_ok=True)
+
+    def refusal(self) -> RefusedFile:
+        return RefusedFile(
+            self.filename,
+            "too_large",
+            f"the file exceeds MAX_FILE_SIZE ({self.max_size} bytes); nothing of it was kept",
+        )
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -46,26 +124,24 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary
 
 
-@dataclass
-class _Part:
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    name: bytes | None = None
-    filename: str | None = None
-    upload_id: UUID | None = None
-    fd: int | None = None
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-    size: int = 0
-
-
 class MultipartReceiver:
-    """Feed it the body chunk by chunk; ``finish`` gives the files, ``abort`` removes them."""
+    """Feed it the body chunk by chunk; ``finish`` gives the files, ``abort`` removes them.
+
+    A file over ``max_file_size`` is dropped as its bytes pass and reported in ``refused``;
+    the other files of the request are kept.
+    """
 
     def __init__(self, boundary: bytes, folder: Path, max_file_size: int, fsync: bool = True):
         self.folder = folder
         self.max_file_size = max_file_size
         self.fsync = fsync
         self.files: list[ReceivedFile] = []
-        self._part = _Part()
+        self.refused: list[RefusedFile] = []
+        self.fields: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
+        self._sink: Sink | None = None
+        self._field: bytes | None = None
+        self._text = bytearray()
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._other_bytes = 0
@@ -98,11 +174,8 @@ class MultipartReceiver:
 
     def abort(self) -> None:
         """Remove everything this request wrote: partial and completed files alike."""
-        part = self._part
-        if part.fd is not None:
-            os.close(part.fd)
-            part.fd = None
-            self._part_path(part.upload_id).unlink(missing_ok=True)  # type: ignore[arg-type]
+        if self._sink is not None:
+            self._sink.abort()
         for received in self.files:
             received.path.unlink(missing_ok=True)
         self.files.clear()
@@ -110,61 +183,59 @@ class MultipartReceiver:
     # -- parser callbacks ----------------------------------------------------------------------
 
     def _begin(self) -> None:
-        self._part = _Part()
+        self._headers, self._sink, self._field = {}, None, None
+        self._text.clear()
 
     def _header_end(self) -> None:
-        self._part.headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field.clear()
         self._header_value.clear()
 
     def _headers_finished(self) -> None:
-        part = self._part
-        _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
-        part.name = options.get(b"name")
-        if part.name != FIELD:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._field = options.get(b"name")
+        if self._field not in FILE_FIELDS:
             return
         raw_name = options.get(b"filename")
-        part.filename = raw_name.decode("utf-8", "replace") if raw_name else None
-        part.upload_id = uuid4()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        part.fd = os.open(self._part_path(part.upload_id), flags, 0o640)
+        filename = raw_name.decode("utf-8", "replace") if raw_name else None
+        self._sink = Sink(self.folder, self.max_file_size, self.fsync, filename)
 
     def _data(self, data: bytes, start: int, end: int) -> None:
-        part = self._part
-        if part.fd is None:
-            self._other_bytes += end - start
-            if self._other_bytes > MAX_OTHER_FIELDS:
-                raise BadRequest("form fields other than 'file' exceed 1 MiB")
+        if self._sink is not None:
+            self._sink.write(memoryview(data)[start:end])
             return
-        part.size += end - start
-        if part.size > self.max_file_size:
-            raise FileTooLarge(
-                f"the file exceeds MAX_FILE_SIZE ({self.max_file_size} bytes); nothing was kept"
-            )
-        view = memoryview(data)[start:end]
-        part.digest.update(view)
-        while view:
-            written = os.write(part.fd, view)
-            view = view[written:]
+        self._other_bytes += end - start
+        if self._other_bytes > MAX_OTHER_FIELDS:
+            raise BadRequest("form fields other than 'file' exceed 1 MiB")
+        if self._field in TEXT_FIELDS:
+            self._text.extend(data[start:end])
 
     def _part_end(self) -> None:
-        part = self._part
-        if part.fd is None or part.upload_id is None:
+        sink, self._sink = self._sink, None
+        if sink is None:
+            if self._field in TEXT_FIELDS:
+                self.fields[self._field.decode()] = self._text.decode("utf-8", "replace")
             return
-        try:
-            if self.fsync:
-                os.fsync(part.fd)
-        finally:
-            os.close(part.fd)
-            part.fd = None
-        final = self.folder / f"{part.upload_id}.dcm"
-        os.replace(self._part_path(part.upload_id), final)
-        self.files.append(
-            ReceivedFile(part.upload_id, final, part.digest.hexdigest(), part.size, part.filename)
-        )
+        if sink.too_large:
+            self.refused.append(sink.refusal())
+            return
+        self.files.append(sink.close())
 
     def _end(self) -> None:
         self._ended = True
 
-    def _part_path(self, upload_id: UUID) -> Path:
-        return self.folder / f"{upload_id}.part"
+
+async def receive_raw(
+    chunks: AsyncIterator[bytes], folder: Path, max_file_size: int, fsync: bool, filename: str
+) -> ReceivedFile:
+    """Stream a raw request body (seed 002's upload) to disk as one file."""
+    sink = Sink(folder, max_file_size, fsync, filename)
+    try:
+        async for chunk in chunks:
+            sink.write(chunk)
+            if sink.too_large:
+                raise FileTooLarge(sink.refusal().message)
+        return sink.close()
+    except BaseException:
+        sink.abort()
+        raise

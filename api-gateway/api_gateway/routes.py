@@ -1,4 +1,4 @@
-"""The gateway's own routes: ``POST /upload`` and the service description at ``GET /``."""
+"""The gateway's upload route: ``POST /upload`` in each of its seeds' forms."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from api_gateway import intake
-from api_gateway.receive import MultipartReceiver, boundary_of
+from api_gateway.receive import (
+    MultipartReceiver,
+    ReceivedFile,
+    RefusedFile,
+    boundary_of,
+    receive_raw,
+)
 from api_gateway.settings import GatewaySettings
-from shared import metrics
+from shared import catalog, metrics
 from shared.errors import AppError, BadRequest, InsufficientStorage, NoFilePart, ServiceUnavailable
+from shared.events import Origin
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -27,17 +34,41 @@ class UploadAccepted(BaseModel):
     """One accepted file: the seed's fields first, then what we know of the bytes."""
 
     study_id: UUID
+    upload_id: UUID = Field(description="the same id, under seed 002's name")
     status: Literal["accepted"] = "accepted"
     message: str = ACCEPTED_MESSAGE
     filename: str | None
     size: int
     sha256: str
+    converted_from: Literal["jpeg", "png"] | None = Field(
+        None, description="the upload was an image, stored as a Secondary Capture instance"
+    )
+
+    @classmethod
+    def of(cls, f: ReceivedFile) -> UploadAccepted:
+        return cls(
+            study_id=f.upload_id, upload_id=f.upload_id, filename=f.filename, size=f.size,
+            sha256=f.sha256, converted_from=f.converted_from,
+        )  # fmt: skip
+
+
+class FileRefused(BaseModel):
+    """A file of the request that was not taken (seed 004's ``files[]``)."""
+
+    name: str | None
+    reason: str = Field(description="too_large, invalid_type, invalid_image or duplicate")
+    message: str
 
 
 class UploadsAccepted(UploadAccepted):
-    """The seed's answer for the first file, and every file of the request in ``uploads``."""
+    """Seed 001's answer for the first file, every accepted file in ``uploads``, and seed
+    004's per-file report of the refused ones."""
 
     uploads: list[UploadAccepted]
+    label: str | None = None
+    success: bool = Field(description="seed 004: false when any file was refused")
+    failedFiles: int  # noqa: N815 (seed 004's name)
+    files: list[FileRefused] = Field(description="the refused files, each with its reason")
 
 
 @router.post(
@@ -45,13 +76,24 @@ class UploadsAccepted(UploadAccepted):
     status_code=202,
     response_model=UploadsAccepted,
     responses={
-        400: {"description": "No 'file' part, or a malformed multipart body"},
-        413: {"description": "A file is larger than MAX_FILE_SIZE"},
-        415: {"description": "The body is not multipart/form-data"},
+        400: {"description": "No file, a malformed body, or every file refused"},
+        409: {"description": "Every file's name is taken under its label"},
+        413: {"description": "Every file is larger than MAX_FILE_SIZE"},
+        415: {"description": "Every file of a labelled upload is not DICOM"},
         503: {"description": "Redis is unreachable; nothing was accepted"},
         507: {"description": "The uploads folder is full; nothing was accepted"},
     },
     openapi_extra={
+        "parameters": [
+            {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "X-File-Name",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+            {"name": "X-User-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
         "requestBody": {
             "required": True,
             "content": {
@@ -62,82 +104,120 @@ class UploadsAccepted(UploadAccepted):
                             "file": {
                                 "type": "array",
                                 "items": {"type": "string", "format": "binary"},
-                            }
+                            },
+                            "label": {"type": "string"},
                         },
                         "required": ["file"],
                     }
-                }
+                },
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
     },
 )
 async def upload(request: Request) -> UploadsAccepted:
-    """Accept one or more DICOM files (multipart field ``file``, repeatable): one job each.
+    """Accept DICOM files (or JPEG/PNG images, stored as Secondary Capture): one job each.
 
-    The bytes are streamed to disk and hashed as they arrive; the answer comes once every file
-    is safely on disk and queued. Validation happens next, asynchronously: poll
-    ``GET /status/{study_id}``.
+    Multipart: field ``file`` (or ``files``), repeatable, and an optional ``label`` (or
+    ``study``) field or query parameter filing them under a study label. Raw body: the file
+    itself with an ``X-File-Name`` header. ``X-User-ID`` names the user either way. The bytes
+    are streamed to disk and hashed as they arrive; the answer comes once every file is safely
+    on disk and queued. A file over MAX_FILE_SIZE is refused and the others kept; a labelled
+    upload also refuses non-DICOM files and names already filed under its label. Validation
+    happens next, asynchronously: poll ``GET /status/{study_id}``.
     """
-    accepted = await accept_uploads(request)
-    return UploadsAccepted(**accepted[0].model_dump(), uploads=accepted)
-
-
-async def accept_uploads(request: Request) -> list[UploadAccepted]:
-    """Stream every ``file`` part of a multipart request to disk and queue each as a job."""
-    settings: GatewaySettings = request.app.state.settings
-    receiver = MultipartReceiver(
-        boundary_of(request.headers.get("content-type")),
-        settings.uploads_path,
-        settings.max_file_size,
-        fsync=settings.fsync_uploads,
+    accepted, refused, label = await accept_uploads(request)
+    if not accepted:
+        raise intake.refusal(refused)
+    return UploadsAccepted(
+        **accepted[0].model_dump(),
+        uploads=accepted,
+        label=label,
+        success=not refused,
+        failedFiles=len(refused),
+        files=[FileRefused(**vars(r)) for r in refused],
     )
+
+
+async def accept_uploads(
+    request: Request,
+) -> tuple[list[UploadAccepted], list[RefusedFile], str | None]:
+    """Stream the files of an upload request to disk, screen them, and queue each as a job."""
+    settings: GatewaySettings = request.app.state.settings
+    content_type = request.headers.get("content-type", "")
+    user_id = catalog.clean_name(request.headers.get("x-user-id"), "X-User-ID header")
+    label = catalog.clean_name(request.query_params.get("label"), "label")
+    source = "multipart"
+    receiver: MultipartReceiver | None = None
+    files: list[ReceivedFile] = []
+    refused: list[RefusedFile] = []
     try:
-        async for chunk in request.stream():
-            receiver.feed(chunk)
-        files = receiver.finish()
-        if not files:
+        if content_type.lower().startswith("multipart/"):
+            receiver = MultipartReceiver(
+                boundary_of(content_type),
+                settings.uploads_path,
+                settings.max_file_size,
+                fsync=settings.fsync_uploads,
+            )
+            async for chunk in request.stream():
+                receiver.feed(chunk)
+            files, refused = receiver.finish(), receiver.refused
+            label = label or catalog.clean_name(
+                receiver.fields.get("label") or receiver.fields.get("study"), "label"
+            )
+        else:
+            filename = request.headers.get("x-file-name")
+            if not filename:
+                raise NoFilePart(
+                    "send the file as multipart/form-data with a 'file' field, or as the raw "
+                    "body with an X-File-Name header"
+                )
+            source = "raw"
+            files = [await receive_raw(
+                request.stream(), settings.uploads_path, settings.max_file_size,
+                settings.fsync_uploads, filename,
+            )]  # fmt: skip
+        if not files and not refused:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
-        await intake.queue(
-            request.app.state.store,
-            [intake.received(f.upload_id, f.path, f.sha256, f.size) for f in files],
-        )
+        files, screened = await intake.screen(files, settings.uploads_path, dicom_only=bool(label))
+        refused += screened
+        events = [
+            intake.received(f.upload_id, f.path, f.sha256, f.size, Origin(
+                filename=catalog.clean_filename(f.filename), label=label, user_id=user_id,
+                source="image" if f.converted_from else source,
+            ))
+            for f in files
+        ]  # fmt: skip
+        taken = await intake.queue(request.app.state.store, events)
+        files, refused = intake.drop_taken(files, taken, refused)
     except ClientDisconnect:
-        receiver.abort()
+        _abort(receiver, files)
         metrics.UPLOADS.labels("aborted").inc()
         raise BadRequest("the client went away before the upload was complete") from None
     except AppError as exc:
-        receiver.abort()
+        _abort(receiver, files)
         metrics.UPLOADS.labels(exc.code).inc()
         raise
     except OSError as exc:
-        receiver.abort()
+        _abort(receiver, files)
         metrics.UPLOADS.labels("storage-error").inc()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage("the uploads folder is full; nothing was kept") from None
         raise ServiceUnavailable("the uploads folder cannot be written; nothing was kept") from None
-    accepted = [
-        UploadAccepted(study_id=f.upload_id, filename=f.filename, size=f.size, sha256=f.sha256)
-        for f in files
-    ]
+    accepted = [UploadAccepted.of(f) for f in files]
     for f in files:
         metrics.UPLOADS.labels("accepted").inc()
         metrics.UPLOAD_BYTES.inc(f.size)
         log.info("upload.accepted", upload_id=str(f.upload_id), size=f.size)
-    return accepted
+    for r in refused:
+        metrics.UPLOADS.labels(r.reason).inc()
+    return accepted, refused, label
 
 
-@router.get("/", include_in_schema=False)
-async def index() -> dict[str, object]:
-    return {
-        "service": "api-gateway",
-        "description": "dicomflow: upload DICOM, follow it through validation, description "
-        "and archiving",
-        "endpoints": {
-            "POST /upload": "multipart field 'file' (repeatable)",
-            "GET /status/{study_id}": "where an upload stands",
-            "GET /health": "liveness",
-            "GET /ready": "readiness",
-            "GET /metrics": "Prometheus",
-            "GET /docs": "OpenAPI",
-        },
-    }
+def _abort(receiver: MultipartReceiver | None, files: list[ReceivedFile]) -> None:
+    if receiver is not None:
+        receiver.abort()
+    for f in files:
+        f.path.unlink(missing_ok=True)

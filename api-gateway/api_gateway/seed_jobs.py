@@ -7,7 +7,6 @@ IN_PROGRESS; ``archived`` is COMPLETED; ``rejected`` and ``failed`` are FAILED. 
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -15,11 +14,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from shared import redis_names as names
-from shared.bus import add_event
-from shared.errors import JobStateConflict
-from shared.events import CopiesDeletionRequested, DicomIds
-from shared.jobs import FINAL, JobStatus, JobStore
+from api_gateway import removal
 from shared.status_api import job_of
 
 router = APIRouter(prefix="/dicom", tags=["seed 000: job API"])
@@ -85,51 +80,7 @@ async def delete(
     deleted (409): its stages would write to it again.
     """
     upload_id, job = await job_of(request, job_id)
-    if job.status not in FINAL:
-        raise JobStateConflict(
-            f"the job is {job.status}; wait until it is archived, rejected or failed"
-        )
-    store: JobStore = request.app.state.store
-    removed = await _remove_local(request, upload_id, job)
-    targets = job.details.get("targets", []) if delete_cloud else []
-    cloud = [t["target"] for t in targets if t["ok"] and t["target"] != "local"]
-    if cloud:
-        d = job.details
-        ids = DicomIds(
-            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"], modality=d.get("modality"),
-        )  # fmt: skip
-        event = CopiesDeletionRequested(upload_id=upload_id, ids=ids, targets=cloud)
-        async with store.redis.pipeline(transaction=True) as pipe:
-            await store.queue_apply(pipe, event)
-            add_event(pipe, event)
-            await pipe.execute()
+    done = await removal.remove(request, upload_id, job, delete_cloud)
+    if done.status == "deleting":
         response.status_code = 202
-        return SeedJobDeleted(job_id=upload_id, status="deleting", removed=removed, cloud=cloud)
-    async with store.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(names.status_key(upload_id), names.targets_key(upload_id))
-        pipe.zrem(names.JOBS_BY_TIME, str(upload_id))
-        await pipe.execute()
-    return SeedJobDeleted(job_id=upload_id, removed=[*removed, "job record"])
-
-
-async def _remove_local(request: Request, upload_id: UUID, job: JobStatus) -> list[str]:
-    """The job's archive folder and upload file, and its claim on its SOP Instance UID."""
-    settings = request.app.state.settings
-    redis = request.app.state.store.redis
-    removed: list[str] = []
-    folder = settings.archive_path / str(upload_id)
-    if folder.is_dir():
-        shutil.rmtree(folder)
-        removed.append(str(folder))
-    upload = settings.uploads_path / f"{upload_id}.dcm"
-    if upload.exists():
-        upload.unlink()
-        removed.append(str(upload))
-    sop = job.details.get("sop_instance_uid")
-    if sop and job.details.get("duplicate_of") is None:
-        holder = await redis.get(names.instance_key(sop))
-        if holder and holder.decode().split(" ")[0] == str(upload_id):
-            await redis.delete(names.instance_key(sop))
-    return removed
+    return SeedJobDeleted(job_id=upload_id, **done.model_dump(exclude={"upload_id"}))

@@ -1,10 +1,10 @@
-"""The gateway's settings: the shared ones plus its port and upload durability."""
+"""The gateway's settings: the shared ones plus its port, upload durability and peers' URLs."""
 
 from __future__ import annotations
 
 import functools
 
-from pydantic import Field
+from pydantic import AnyHttpUrl, Field
 
 from shared.settings import ServiceSettings, load
 
@@ -15,6 +15,13 @@ class GatewaySettings(ServiceSettings):
     recovery_interval_s: float = Field(60.0, gt=0, alias="RECOVERY_INTERVAL_S")
     recovery_grace_s: float = Field(30.0, ge=0, alias="RECOVERY_GRACE_S")
     s3_incoming_prefix: str = Field("incoming", min_length=1, alias="S3_INCOMING_PREFIX")
+    # the other services' HTTP roots, asked for /ready by GET /system (the dashboard's Health)
+    validator_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8001"), alias="VALIDATOR_URL")
+    descriptor_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8002"), alias="DESCRIPTOR_URL")
+    status_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8003"), alias="STATUS_URL")
+    uploader_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8004"), alias="UPLOADER_URL")
+    max_batch_size: int = Field(512 * 1024 * 1024, gt=0, alias="MAX_BATCH_SIZE")
+    deid_secret: str | None = Field(None, min_length=16, alias="DEID_SECRET")
 
 
 @functools.cache

@@ -28,6 +28,10 @@
   ``{"vr": "UN", "InlineBinary": ...}`` (bulk rules apply), and listed in ``problems`` with its
   path, its own VR and the exception class, never the value.
 - Non-finite floats (FL/FD NaN or infinity) become ``null`` so the file is strict JSON.
+
+``study_keys(ds)`` gives the study-level attributes the search indexes need, in their DICOM
+string forms (``Doe^Jane``, dates ``YYYYMMDD``, times ``HHMMSS[.FFFFFF]``), None where absent
+or unreadable.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
+
+from shared.events import StudyKeys
 
 FORMAT = "dicomflow-metadata/1"
 
@@ -145,6 +151,45 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "sop_class_name",
     *(key for key, _, _ in _SUMMARY[8:]),
     "transfer_syntax_name",
+)
+
+
+def study_keys(ds: Dataset) -> StudyKeys:
+    """The attributes studies are searched by; never raises, an unreadable value is None."""
+    out: dict[str, str | None] = {}
+    for key, keyword, convert in _STUDY_KEYS:
+        try:
+            value = _lookup(ds, keyword)
+            out[key] = None if value is None else convert(value)
+        except Exception:  # a malformed value is unknown, not fatal
+            out[key] = None
+    return StudyKeys(**out)
+
+
+def _dicom_date(value: Any) -> str | None:
+    day = DA(value)  # also reads the old ACR-NEMA 2020.01.31
+    return None if day is None else day.strftime("%Y%m%d")
+
+
+def _dicom_time(value: Any) -> str | None:
+    time = TM(value)
+    if time is None:
+        return None
+    return time.strftime("%H%M%S") + (f".{time.microsecond:06d}" if time.microsecond else "")
+
+
+_STUDY_KEYS: tuple[tuple[str, str, Callable[[Any], str | None]], ...] = (
+    ("patient_name", "PatientName", _text),
+    ("patient_id", "PatientID", _text),
+    ("patient_birth_date", "PatientBirthDate", _dicom_date),
+    ("patient_sex", "PatientSex", _text),
+    ("study_date", "StudyDate", _dicom_date),
+    ("study_time", "StudyTime", _dicom_time),
+    ("accession_number", "AccessionNumber", _text),
+    ("institution_name", "InstitutionName", _text),
+    ("study_description", "StudyDescription", _text),
+    ("referring_physician_name", "ReferringPhysicianName", _text),
+    ("study_id", "StudyID", _text),
 )
 
 

@@ -19,13 +19,13 @@ import pydicom
 import structlog
 from redis.asyncio import Redis
 
-from descriptor_service.metadata import describe
+from descriptor_service.metadata import describe, study_keys
 from descriptor_service.settings import DescriptorSettings
 from shared import metrics
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import PermanentError
-from shared.events import FileDescribed, FileValidated
+from shared.events import FileDescribed, FileValidated, StudyKeys
 from shared.files import place, write_atomic
 from shared.render import RenderError, has_pixels, render_png
 
@@ -80,18 +80,24 @@ def archive(event: FileValidated, settings: DescriptorSettings) -> FileDescribed
     # metadata and preview are made from original.dcm (durable already): no fsync needed
     metadata = json.dumps(describe(ds), separators=(",", ":")).encode()
     write_atomic(folder / METADATA, metadata, durable=False)
+    study = study_keys(ds)
     if not has_pixels(ds):
-        return _described(event, folder, None, "no preview: the instance has no pixel data")
+        note = "no preview: the instance has no pixel data"
+        return _described(event, folder, None, note, study)
     try:
         png = render_png(ds, compress_level=settings.png_compress_level)
     except RenderError as exc:
-        return _described(event, folder, None, f"no preview: {exc}")
+        return _described(event, folder, None, f"no preview: {exc}", study)
     write_atomic(folder / PREVIEW, png, durable=False)
-    return _described(event, folder, folder / PREVIEW, None)
+    return _described(event, folder, folder / PREVIEW, None, study)
 
 
 def _described(
-    event: FileValidated, folder: Path, preview: Path | None, note: str | None
+    event: FileValidated,
+    folder: Path,
+    preview: Path | None,
+    note: str | None,
+    study: StudyKeys | None = None,
 ) -> FileDescribed:
     return FileDescribed(
         upload_id=event.upload_id,
@@ -101,6 +107,7 @@ def _described(
         metadata_file=str(folder / METADATA),
         preview_file=str(preview) if preview else None,
         preview_note=note,
+        study=study,  # for the search indexes; a duplicate has none (it is not indexed)
     )
 
 

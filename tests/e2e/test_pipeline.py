@@ -142,10 +142,9 @@ def test_http_errors_are_json_problems(system: System) -> None:
         no_file = c.post("/upload", files={"other": ("a.txt", b"x")})
         assert no_file.status_code == 400
         assert no_file.json()["type"] == "/problems/no-file"
-        not_multipart = c.post(
-            "/upload", content=b"DICM", headers={"content-type": "application/dicom"}
-        )
-        assert not_multipart.status_code == 415
+        no_name = c.post("/upload", content=b"DICM", headers={"content-type": "application/dicom"})
+        assert no_name.status_code == 400
+        assert "X-File-Name" in no_name.json()["detail"]
         broken = c.post(
             "/upload",
             content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',

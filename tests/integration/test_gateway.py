@@ -49,16 +49,22 @@ async def test_accepted_file_is_on_disk_under_its_id_and_queued(
     await redis.aclose()
 
 
-async def test_one_file_too_large_refuses_the_request_and_keeps_nothing(
+async def test_a_file_too_large_is_refused_and_nothing_of_it_kept(
     client: httpx.AsyncClient, uploads: Path, flushed_redis: str
 ) -> None:
     files = [("file", ("small.dcm", b"x" * 100)), ("file", ("big.dcm", b"x" * 2000))]
     answer = await client.post("/upload", files=files)
-    assert answer.status_code == 413
-    assert answer.headers["content-type"] == "application/problem+json"
-    assert list(uploads.iterdir()) == []
+    assert answer.status_code == 202
+    body = answer.json()
+    assert [u["filename"] for u in body["uploads"]] == ["small.dcm"]
+    assert [(f["name"], f["reason"]) for f in body["files"]] == [("big.dcm", "too_large")]
+    assert sorted(p.name for p in uploads.iterdir()) == [f"{body['study_id']}.dcm"]
+    alone = await client.post("/upload", files={"file": ("big.dcm", b"x" * 2000)})
+    assert alone.status_code == 413
+    assert alone.headers["content-type"] == "application/problem+json"
+    assert len(list(uploads.iterdir())) == 1
     redis = Redis.from_url(flushed_redis)
-    assert await redis.xlen(names.FILE_RECEIVED) == 0
+    assert await redis.xlen(names.FILE_RECEIVED) == 1
     await redis.aclose()
 
 

@@ -1,0 +1,114 @@
+"""The web dashboard: ``GET /`` (the page to browsers, a JSON welcome to others) and ``/ui/``.
+
+The page is plain HTML, CSS and ES modules from ``static/``: no build step, nothing fetched
+from anywhere but this gateway (its Content-Security-Policy says so to the browser too).
+Assets are served with ``Cache-Control: no-cache``: their names carry no version, so a browser
+keeps them but asks each time whether they changed (ETag / Last-Modified, a 304 when not).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+from pydicom.datadict import DicomDictionary, RepeatersDictionary
+from starlette.staticfiles import StaticFiles
+
+router = APIRouter(tags=["dashboard"])
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+WELCOME = "dicomflow gateway: upload DICOM files and follow each one through the pipeline"
+ENDPOINTS = {
+    "upload": "POST /upload",
+    "status": "GET /status/{study_id}",
+    "events": "GET /events?upload_id={id},{id}",
+    "uploads": "GET /uploads?limit=100&state=",
+    "studies": "GET /studies?patient_name=&modality=&study_date_from=",
+    "image": "GET /uploads/{study_id}/image?frame=1&window=40,400&size=512&format=png",
+    "metadata": "GET /uploads/{study_id}/metadata",
+    "original": "GET /uploads/{study_id}/original",
+    "retry": "POST /jobs/{study_id}/retry",
+    "system": "GET /system",
+    "health": "GET /health",
+    "ready": "GET /ready",
+    "metrics": "GET /metrics",
+    "docs": "GET /docs",
+}
+
+# The page talks to this origin only; images may also be blob: (none today) or data: (icon).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Vary": "Accept",
+}
+ASSET_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+_assets = StaticFiles(directory=STATIC, check_dir=False)
+
+
+@router.get(
+    "/",
+    response_model=None,
+    responses={200: {"content": {"text/html": {}, "application/json": {}}}},
+)
+async def root(request: Request, response: Response) -> Response | dict[str, Any]:
+    """The dashboard to a browser (``Accept`` names text/html); to anything else, a welcome
+    that says where the API is."""
+    response.headers["Vary"] = "Accept"
+    if "text/html" in request.headers.get("accept", ""):
+        return FileResponse(STATIC / "index.html", media_type=ASSET_TYPES[".html"],
+                            headers=PAGE_HEADERS)  # fmt: skip
+    return {"service": "api-gateway", "message": WELCOME, "endpoints": ENDPOINTS, "dashboard": "/"}
+
+
+@router.get("/ui/dictionary.json", include_in_schema=False)
+async def dictionary(request: Request) -> Response:
+    """Every tag's keyword from pydicom's data dictionary, for the viewer's tag table:
+    ``{"tags": {"00100010": "PatientName", ...}, "repeaters": {"60xx3000": "OverlayData"}}``."""
+    plain, packed = _dictionary()
+    headers = {"Cache-Control": "max-age=86400", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(packed, media_type="application/json", headers=headers)
+    return Response(plain, media_type="application/json", headers=headers)
+
+
+@functools.cache
+def _dictionary() -> tuple[bytes, bytes]:
+    """The keyword map as JSON (190 kB), and gzipped (45 kB); built once."""
+    tags = {f"{tag:08X}": entry[4] for tag, entry in DicomDictionary.items() if entry[4]}
+    repeaters = {mask.upper().replace("X", "x"): e[4] for mask, e in RepeatersDictionary.items()}
+    body = json.dumps({"tags": tags, "repeaters": repeaters}, separators=(",", ":")).encode()
+    return body, gzip.compress(body, mtime=0)
+
+
+@router.api_route("/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+async def asset(path: str, request: Request) -> Response:
+    """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page."""
+    clean = os.path.normpath(os.path.join(*path.split("/"))) if path.strip("/") else "index.html"
+    response = await _assets.get_response(clean, request.scope)  # 404 outside static/
+    media = ASSET_TYPES.get(Path(clean).suffix)
+    if media and response.status_code == 200:
+        response.headers["Content-Type"] = media
+    response.headers.update(PAGE_HEADERS if clean == "index.html" else {
+        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    })  # fmt: skip
+    return response

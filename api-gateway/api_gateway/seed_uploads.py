@@ -1,0 +1,107 @@
+"""Seed 002's upload service, a thin layer over our own routes: its paths and JSON shapes.
+
+Its ``POST /upload`` (raw body, ``X-File-Name``, ``X-User-ID``) is our ``POST /upload``; the
+answer has its ``upload_id`` and ``message``. Its mocked ``diagnosis`` and ``confidence`` are
+left out: nothing here is fake. Batches, users, details, the de-identified ("preprocessed")
+copy, ``/save-upload`` and ``/stats`` map onto ``batches`` and ``uploads``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from api_gateway import batches, uploads
+from shared import catalog
+from shared.errors import BadRequest
+from shared.status_api import job_of
+
+router = APIRouter(tags=["seed 002: upload service"])
+
+
+@router.post("/upload/batch", status_code=202, response_model=batches.BatchAccepted)
+async def upload_batch(request: Request) -> batches.BatchAccepted:
+    """Queue a batch of base64 files: ``{"files": [{"filename", "content"}]}``."""
+    return await batches.accept_batch(request)
+
+
+@router.get("/upload/batch/{batch_id}/status", response_model=batches.BatchStatus)
+async def batch_status(batch_id: str, request: Request) -> batches.BatchStatus:
+    return await batches.status(batch_id, request)
+
+
+@router.get("/upload/batch/{batch_id}/files", response_model=batches.BatchFiles)
+async def batch_files(batch_id: str, request: Request) -> batches.BatchFiles:
+    return await batches.batch_files(batch_id, request)
+
+
+@router.get("/user/{user_id}/batches")
+async def user_batches(user_id: str, request: Request) -> dict[str, object]:
+    return await batches.list_user_batches(user_id, request)
+
+
+@router.get("/user/{user_id}/uploads")
+async def user_uploads(user_id: str, request: Request) -> dict[str, object]:
+    found = await uploads.user_uploads(user_id, request)
+    return {"user_id": user_id, "uploads": found.uploads, "count": found.count}
+
+
+class UploadDetails(BaseModel):
+    """The upload record, flat as seed 002's table row, with our status details."""
+
+    upload_id: UUID
+    filename: str | None
+    user_id: str | None
+    batch_id: str | None
+    label: str | None
+    status: str
+    created_at: datetime | None
+    updated_at: datetime
+    details: dict[str, Any]
+
+
+@router.get("/upload/{upload_id}/details", response_model=UploadDetails)
+async def details(upload_id: str, request: Request) -> UploadDetails:
+    _, job = await job_of(request, upload_id)
+    d = job.details
+    return UploadDetails(
+        upload_id=job.study_id,
+        filename=d.get("filename"),
+        user_id=d.get("user_id"),
+        batch_id=d.get("batch_id"),
+        label=d.get("label"),
+        status=job.status,
+        created_at=d.get("created_at"),
+        updated_at=job.timestamp,
+        details=d,
+    )
+
+
+@router.get(
+    "/upload/{upload_id}/preprocessed-dicom",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/dicom": {}}}},
+)
+async def preprocessed(upload_id: str, request: Request) -> FileResponse:
+    """The de-identified copy (PS3.15 Annex E basic profile)."""
+    return await uploads.deidentified(upload_id, request)
+
+
+@router.post("/save-upload")
+async def save_upload(
+    request: Request,
+    user_id: Annotated[str, Query()],
+    upload_id: Annotated[str, Query()],
+) -> dict[str, str]:
+    """List an existing upload among a user's uploads."""
+    user = catalog.clean_name(user_id, "user_id")
+    if user is None:
+        raise BadRequest("the user_id query parameter is empty")
+    found, _ = await job_of(request, upload_id)
+    await catalog.save_upload(request.app.state.store.redis, user, found)
+    return {"message": "Upload saved to user uploads", "user_id": user, "upload_id": str(found)}

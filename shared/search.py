@@ -1,0 +1,649 @@
+"""Study search: the study index in Redis, and the one query function over it.
+
+The status service indexes each archived instance that is not a duplicate (``queue_index``)
+and un-indexes an upload when it is deleted (``unindex``); ``search`` answers study-level
+queries (QIDO-RS study level) from the indexes alone, never from files.
+
+Per study (key names in ``redis_names``): a hash of its attributes and counts, and hashes
+counting its uploads by series, by SOP Instance UID and by modality, so series, instance and
+modality counts stay right as uploads come and go. Indexes: exact-match sets per modality,
+patient id, accession number and institution (values trimmed and case-folded, keys named by a
+digest so no patient data is in a key name); a sorted set by study date and time (score
+``YYYYMMDDhhmmss``, 0 for a study without a date: a date filter never matches it, and it sorts
+as the oldest); a lexicographic sorted set of ``NAME \\0 uid`` (names trimmed, upper-cased,
+trailing empty components dropped) for name prefixes; a sorted set by last change.
+
+Both writers are Lua scripts, so a search never sees a half-written study, and both are
+idempotent: an upload is indexed once (a second run changes nothing) and un-indexed once.
+Study-level attributes come from the instances: each newly indexed instance's non-empty values
+replace the stored ones (a correction sent later wins; a missing value never erases one), and
+removing an instance does not bring back older values.
+
+Matching, as DICOM PS3.4 C.2.2.2 says, except for case: patient name, patient id, accession
+number and institution accept ``*`` (any run of characters, also none) and ``?`` (one
+character), and a value without them must match whole. All matching ignores case, as most PACS
+do for names (PS3.4 lets PN matching ignore case; for the others DICOM would not). A filter of
+only ``*`` matches everything, also studies without the attribute.
+
+The scripts name per-study and per-value keys from prefixes, so they need a single Redis (not a
+cluster), as the rest of dicomflow does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, cast
+from uuid import UUID
+
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import redis_names as names
+from shared.events import DicomIds, StudyKeys
+
+# hash field -> the set prefix of an exact-match index on it
+_EXACT: dict[str, str] = {
+    "patient_id": names.STUDIES_BY_PATIENT_ID_PREFIX,
+    "accession_number": names.STUDIES_BY_ACCESSION_PREFIX,
+    "institution_name": names.STUDIES_BY_INSTITUTION_PREFIX,
+}
+_ATTRIBUTES = tuple(StudyKeys.model_fields)
+
+# Index one upload. KEYS: study-of-upload, by-date, by-name, by-update, study, uploads, series,
+# instances, modalities. ARGV: upload id, study uid, series uid, sop uid, modality ('' if none),
+# now, modality set prefix, date score ('' if none), name key ('' if none), the number n of
+# exact indexes, then n times its hash field, set prefix and value digest ('' if none), then
+# attribute name/value pairs.
+_INDEX = r"""
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local study = ARGV[2]
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. ARGV[5])
+redis.call('HINCRBY', KEYS[7], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[8], ARGV[4], 1)
+if ARGV[5] ~= '' and redis.call('HINCRBY', KEYS[9], ARGV[5], 1) == 1 then
+  redis.call('SADD', ARGV[7] .. ARGV[5], study)
+end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  local field, prefix, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if new ~= '' then
+    local old = redis.call('HGET', KEYS[5], field)
+    if old ~= new then
+      if old then redis.call('SREM', prefix .. old, study) end
+      redis.call('SADD', prefix .. new, study)
+      redis.call('HSET', KEYS[5], field, new)
+    end
+  end
+  i = i + 3
+end
+while i + 1 <= #ARGV do
+  redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[9] ~= '' then
+  local old = redis.call('HGET', KEYS[5], 'ix:patient_name')
+  if old ~= ARGV[9] then
+    if old then redis.call('ZREM', KEYS[3], old .. '\0' .. study) end
+    redis.call('ZADD', KEYS[3], 0, ARGV[9] .. '\0' .. study)
+    redis.call('HSET', KEYS[5], 'ix:patient_name', ARGV[9])
+  end
+end
+if ARGV[8] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[8], study)
+  redis.call('HSET', KEYS[5], 'ix:date', ARGV[8])
+elseif redis.call('ZADD', KEYS[2], 'NX', 0, study) == 1 then
+  redis.call('HSET', KEYS[5], 'ix:date', '0')
+end
+local modalities = redis.call('HKEYS', KEYS[9])
+table.sort(modalities)
+redis.call('HSET', KEYS[5], 'study_uid', study, 'modalities', table.concat(modalities, ','),
+  'series_count', redis.call('HLEN', KEYS[7]), 'instance_count', redis.call('HLEN', KEYS[8]),
+  'updated_at', ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[6], study)
+return 1
+"""
+
+# Un-index one upload. KEYS: study-of-upload, by-date, by-name, by-update. ARGV: upload id,
+# now, the prefixes of study, uploads, series, instances, modalities keys and of modality sets,
+# then for each exact index its hash field and set prefix. Returns what it removed.
+_UNINDEX = r"""
+local study = redis.call('HGET', KEYS[1], ARGV[1])
+if not study then return {} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local h, uploads = ARGV[3] .. study, ARGV[4] .. study
+local series, sops, mods = ARGV[5] .. study, ARGV[6] .. study, ARGV[7] .. study
+local entry = redis.call('HGET', uploads, ARGV[1])
+if entry then
+  redis.call('HDEL', uploads, ARGV[1])
+  local s, i, m = string.match(entry, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  if redis.call('HINCRBY', series, s, -1) <= 0 then redis.call('HDEL', series, s) end
+  if redis.call('HINCRBY', sops, i, -1) <= 0 then redis.call('HDEL', sops, i) end
+  if m ~= '' and redis.call('HINCRBY', mods, m, -1) <= 0 then
+    redis.call('HDEL', mods, m)
+    redis.call('SREM', ARGV[8] .. m, study)
+  end
+end
+if redis.call('HLEN', uploads) > 0 then
+  local modalities = redis.call('HKEYS', mods)
+  table.sort(modalities)
+  redis.call('HSET', h, 'modalities', table.concat(modalities, ','),
+    'series_count', redis.call('HLEN', series), 'instance_count', redis.call('HLEN', sops),
+    'updated_at', ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[2], study)
+  return {'search index entry'}
+end
+for j = 9, #ARGV - 1, 2 do
+  local v = redis.call('HGET', h, ARGV[j])
+  if v then redis.call('SREM', ARGV[j + 1] .. v, study) end
+end
+local name = redis.call('HGET', h, 'ix:patient_name')
+if name then redis.call('ZREM', KEYS[3], name .. '\0' .. study) end
+for _, m in ipairs(redis.call('HKEYS', mods)) do redis.call('SREM', ARGV[8] .. m, study) end
+redis.call('ZREM', KEYS[2], study)
+redis.call('ZREM', KEYS[4], study)
+redis.call('DEL', h, uploads, series, sops, mods)
+return {'search index entry', 'study search record'}
+"""
+
+
+# ---- normalising values, the same way for indexing and for queries ----
+
+
+def name_key(value: str) -> str:
+    """A patient name as indexed: trimmed, upper-case, ``^`` and spaces kept, trailing empty
+    components dropped (``Doe^Jane^^`` is ``DOE^JANE``)."""
+    groups = value.replace("\x00", "").strip().upper().split("=")
+    return "=".join(g.rstrip("^ ") for g in groups).rstrip("=")
+
+
+def exact_key(value: str) -> str:
+    """A patient id, accession number or institution as matched: trimmed and case-folded."""
+    return value.replace("\x00", "").strip().casefold()
+
+
+def _digest(value: str) -> str:
+    return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
+def modality_key(value: str) -> str:
+    return value.replace("\x00", "").strip().upper()
+
+
+def date_score(study_date: str | None, study_time: str | None = None) -> int:
+    """``YYYYMMDDhhmmss`` as an int, 0 when the date is missing or not a date; an unreadable
+    time counts as midnight."""
+    day = _yyyymmdd(study_date)
+    if day is None:
+        return 0
+    clock = (study_time or "").split(".")[0].replace(":", "").strip()
+    if not (clock.isdigit() and len(clock) <= 6):
+        clock = ""
+    return int(day) * 1_000_000 + int(clock.ljust(6, "0") or 0)
+
+
+def _yyyymmdd(value: str | None) -> str | None:
+    """YYYYMMDD for a valid date given as YYYYMMDD or YYYY-MM-DD, else None."""
+    text = (value or "").strip()
+    if len(text) == 10 and text[4] == text[7] == "-":
+        text = text.replace("-", "")
+    if not (len(text) == 8 and text.isdigit()):
+        return None
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+    return text
+
+
+def is_universal(pattern: str) -> bool:
+    """A filter that matches everything (PS3.4 C.2.2.2.3): empty, or only ``*``."""
+    return not pattern.strip().strip("*")
+
+
+def has_wildcards(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+def wildcard_match(pattern: str, value: str) -> bool:
+    """PS3.4 C.2.2.2.4: ``*`` matches any run of characters (also none), ``?`` one character.
+    Linear backtracking to the last ``*``, so no pattern can make it slow (unlike a regex)."""
+    p = v = 0
+    star, mark = -1, 0
+    while v < len(value):
+        if p < len(pattern) and pattern[p] in ("?", value[v]):
+            p, v = p + 1, v + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, v, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            v = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+# ---- writing ----
+
+
+async def queue_index(
+    client: Redis | Pipeline,
+    upload_id: UUID | str,
+    ids: DicomIds,
+    study: StudyKeys,
+    *,
+    now: float | None = None,
+) -> None:
+    """Index one archived instance (not a duplicate) under its study; with a pipeline, the
+    script is queued and runs when the pipeline does. Indexing the same upload again changes
+    nothing."""
+    uid = ids.study_uid
+    attributes = {k: v for k, v in _clean(study).items() if v}
+    score = date_score(attributes.get("study_date"), attributes.get("study_time"))
+    if score == 0:
+        attributes.pop("study_date", None)  # not a date: neither shown nor searched
+    args: list[str | float] = [
+        str(upload_id), uid, ids.series_uid, ids.sop_uid, modality_key(ids.modality or ""),
+        now if now is not None else datetime.now(UTC).timestamp(),
+        names.STUDIES_BY_MODALITY_PREFIX, str(score) if score else "",
+        name_key(attributes.get("patient_name", "")), len(_EXACT),
+    ]  # fmt: skip
+    for field, prefix in _EXACT.items():
+        value = exact_key(attributes.get(field, ""))
+        args += [f"ix:{field}", prefix, _digest(value) if value else ""]
+    for field, value in attributes.items():
+        args += [field, value]
+    keys = [
+        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
+        names.STUDIES_BY_UPDATE, names.study_key(uid), names.study_uploads_key(uid),
+        names.study_series_key(uid), names.study_instances_key(uid),
+        names.study_modalities_key(uid),
+    ]  # fmt: skip
+    await client.register_script(_INDEX)(keys=keys, args=args, client=client)
+
+
+def _clean(study: StudyKeys) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for field, value in study.model_dump().items():
+        if value is not None:
+            out[field] = str(value).replace("\x00", "").strip()
+    return out
+
+
+async def queue_unindex(
+    client: Redis | Pipeline, upload_id: UUID | str, *, now: float | None = None
+) -> None:
+    """Queue ``unindex`` on a pipeline (or run it), e.g. beside the deletion of a job record."""
+    keys = [
+        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
+        names.STUDIES_BY_UPDATE,
+    ]  # fmt: skip
+    args: list[str | float] = [
+        str(upload_id), now if now is not None else datetime.now(UTC).timestamp(),
+        names.STUDY_PREFIX, names.STUDY_UPLOADS_PREFIX, names.STUDY_SERIES_PREFIX,
+        names.STUDY_INSTANCES_PREFIX, names.STUDY_MODALITIES_PREFIX,
+        names.STUDIES_BY_MODALITY_PREFIX,
+    ]  # fmt: skip
+    for field, prefix in _EXACT.items():
+        args += [f"ix:{field}", prefix]
+    await client.register_script(_UNINDEX)(keys=keys, args=args, client=client)
+
+
+async def unindex(redis: Redis, upload_id: UUID | str) -> list[str]:
+    """Remove one upload from the index; when its study has no upload left, the study goes
+    from every index. What it removed: [] when the upload was not indexed (so it is safe to
+    run again), ``["search index entry"]``, or that and ``"study search record"``."""
+    async with redis.pipeline(transaction=False) as pipe:
+        await queue_unindex(pipe, upload_id)
+        [removed] = await pipe.execute()
+    return [names.text(item) for item in removed]
+
+
+# ---- reading ----
+
+SORT_KEYS = ("study_date", "patient_name", "patient_id", "accession_number", "updated_at")
+
+
+def _listed(value: Any) -> Any:
+    """Repeated parameters and ``CT,MR`` or ``CT\\MR`` lists alike, as one flat list."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [p.strip() for item in items for p in re.split(r"[,\\]", item) if p.strip()]
+
+
+class StudyQuery(BaseModel):
+    """What a study search asks for. Every filter is optional; the ones given must all match.
+
+    ``modality`` and ``study_uid`` are lists (any of them matches). ``study_date`` is a DICOM
+    date or range (``20200101``, ``20200101-20201231``, ``20200101-``, ``-20201231``), or use
+    ``study_date_from``/``study_date_to`` (inclusive, YYYYMMDD or YYYY-MM-DD), not both; once
+    validated, the range is in those two and ``study_date`` is None. ``sort`` is one of
+    ``SORT_KEYS``, ``-`` first for descending; ties go by study UID. A QIDO-RS endpoint maps
+    PatientName, PatientID, ModalitiesInStudy, StudyDate, InstitutionName, AccessionNumber and
+    StudyInstanceUID onto these fields, and limit/offset as they are.
+    """
+
+    patient_name: str | None = Field(default=None, max_length=256)
+    patient_id: str | None = Field(default=None, max_length=256)
+    modality: Annotated[list[str], BeforeValidator(_listed)] = []
+    study_date: str | None = None
+    study_date_from: str | None = None
+    study_date_to: str | None = None
+    institution: str | None = Field(default=None, max_length=256)
+    accession_number: str | None = Field(default=None, max_length=256)
+    study_uid: Annotated[list[str], BeforeValidator(_listed)] = []
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    sort: str = "-study_date"
+
+    @field_validator("patient_name", "patient_id", "institution", "accession_number")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else value
+
+    @field_validator("modality")
+    @classmethod
+    def _modalities(cls, value: list[str]) -> list[str]:
+        if any(not re.fullmatch(r"[A-Za-z0-9_ ]{1,16}", m) for m in value):
+            raise ValueError("a modality is 1 to 16 letters, digits, spaces or _, e.g. CT")
+        return sorted({modality_key(m) for m in value})
+
+    @field_validator("study_uid")
+    @classmethod
+    def _uids(cls, value: list[str]) -> list[str]:
+        if len(value) > 1000 or any(not re.fullmatch(r"[0-9.]{1,64}", u) for u in value):
+            raise ValueError("a study UID is digits and dots, at most 64 characters")
+        return value
+
+    @field_validator("study_date_from", "study_date_to")
+    @classmethod
+    def _date(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        day = _yyyymmdd(value)
+        if day is None:
+            raise ValueError("must be a date as YYYYMMDD or YYYY-MM-DD")
+        return day
+
+    @field_validator("sort")
+    @classmethod
+    def _sort(cls, value: str) -> str:
+        if value.removeprefix("-") not in SORT_KEYS:
+            raise ValueError(f"must be one of {', '.join(SORT_KEYS)}, with - for descending")
+        return value
+
+    @field_validator("study_date")
+    @classmethod
+    def _date_range(cls, value: str | None) -> str | None:
+        """A date or range, as ``start-end`` (either may be empty)."""
+        text = (value or "").strip()
+        if not text:
+            return None
+        if day := _yyyymmdd(text):
+            return f"{day}-{day}"
+        start, dash, end = text.partition("-")
+        if not dash or "-" in end or not (start or end):
+            raise ValueError("must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD, either end open")
+        if any(part and _yyyymmdd(part) is None for part in (start, end)):
+            raise ValueError("must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD, either end open")
+        return text
+
+    @model_validator(mode="after")
+    def _one_date_range(self) -> StudyQuery:
+        if self.study_date:
+            if self.study_date_from or self.study_date_to:
+                raise ValueError("give study_date, or study_date_from and study_date_to, not both")
+            first, _, last = self.study_date.partition("-")
+            self.study_date_from, self.study_date_to = first or None, last or None
+            self.study_date = None
+        start, end = self.study_date_from, self.study_date_to
+        if start and end and start > end:
+            raise ValueError("study_date_from is after study_date_to")
+        return self
+
+
+class StudyRecord(BaseModel):
+    """One study as the index knows it (QIDO-RS study level), and the uploads that hold it."""
+
+    study_uid: str
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    institution_name: str | None = None
+    study_description: str | None = None
+    referring_physician_name: str | None = None
+    study_id: str | None = None
+    modalities: list[str] = []
+    series_count: int = 0
+    instance_count: int = 0
+    upload_ids: list[UUID] = []
+    updated_at: datetime | None = None
+
+
+class StudyPage(BaseModel):
+    """One page of a search: how many studies match in all, and the ones on this page."""
+
+    total: int
+    offset: int
+    limit: int
+    studies: list[StudyRecord]
+
+
+async def search(redis: Redis, query: StudyQuery) -> StudyPage:
+    """The studies matching ``query``, sorted and paged.
+
+    Candidates come from the index that promises the fewest (the intersection of the exact
+    sets, the date range, or the name's literal prefix); they are read in one pipeline and
+    every filter is checked on the record itself. With no filter but a date range, sorted by
+    date (the usual worklist), the page is read straight from the date index.
+    """
+    low, high = _score_range(query)
+    pattern = _name_pattern(query)
+    exact = {f: v for f, v in _exact_filters(query).items() if v is not None}
+    filtered = bool(pattern or exact or query.modality or query.study_uid)
+    sort = query.sort.removeprefix("-")
+    if not filtered and (sort == "study_date" or (sort == "updated_at" and low is None)):
+        return await _page_from_index(redis, query, low, high)
+    candidates = await _candidates(redis, query, low, high, pattern, exact)
+    hashes = await _read_hashes(redis, candidates)
+    matching = [h for h in hashes if h and _matches(h, query, low, high, pattern, exact)]
+    matching.sort(key=_sort_key(sort), reverse=query.sort.startswith("-"))
+    page = matching[query.offset : query.offset + query.limit]
+    return StudyPage(
+        total=len(matching),
+        offset=query.offset,
+        limit=query.limit,
+        studies=await _records(redis, page),
+    )
+
+
+async def get_study(redis: Redis, study_uid: str) -> StudyRecord | None:
+    """One study's record, or None when no indexed upload holds it."""
+    [h] = await _read_hashes(redis, [study_uid])
+    if not h:
+        return None
+    [record] = await _records(redis, [h])
+    return record
+
+
+def _score_range(query: StudyQuery) -> tuple[int | None, int | None]:
+    if not (query.study_date_from or query.study_date_to):
+        return None, None
+    low = int(query.study_date_from) * 1_000_000 if query.study_date_from else 1
+    high = int(query.study_date_to) * 1_000_000 + 999_999 if query.study_date_to else None
+    return low, high
+
+
+def _name_pattern(query: StudyQuery) -> str | None:
+    if query.patient_name is None or is_universal(query.patient_name):
+        return None
+    text = query.patient_name.strip().upper()
+    return text if has_wildcards(text) else name_key(text)
+
+
+def _exact_filters(query: StudyQuery) -> dict[str, str | None]:
+    """hash field -> the filter on it, case-folded; None where absent or universal."""
+    given = {
+        "patient_id": query.patient_id,
+        "accession_number": query.accession_number,
+        "institution_name": query.institution,
+    }
+    return {f: None if v is None or is_universal(v) else exact_key(v) for f, v in given.items()}
+
+
+async def _page_from_index(
+    redis: Redis, query: StudyQuery, low: int | None, high: int | None
+) -> StudyPage:
+    """A page read straight from the date (or update) index: no other filter, sorted by it."""
+    key = names.STUDIES_BY_DATE if query.sort.endswith("study_date") else names.STUDIES_BY_UPDATE
+    lo, hi = (low if low is not None else "-inf"), (high if high is not None else "+inf")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zcount(key, lo, hi)
+        if query.sort.startswith("-"):
+            pipe.zrevrangebyscore(key, hi, lo, start=query.offset, num=query.limit)
+        else:
+            pipe.zrangebyscore(key, lo, hi, start=query.offset, num=query.limit)
+        total, uids = await pipe.execute()
+    hashes = [h for h in await _read_hashes(redis, [names.text(u) for u in uids]) if h]
+    return StudyPage(
+        total=total, offset=query.offset, limit=query.limit, studies=await _records(redis, hashes)
+    )
+
+
+async def _candidates(
+    redis: Redis,
+    query: StudyQuery,
+    low: int | None,
+    high: int | None,
+    pattern: str | None,
+    exact: dict[str, str],
+) -> list[str]:
+    """Study UIDs that may match: those of the index promising the fewest."""
+    if query.study_uid:
+        return query.study_uid
+    by_modality = [names.studies_by_modality_key(m) for m in query.modality]
+    sets = [_EXACT[f] + _digest(v) for f, v in exact.items() if not has_wildcards(v)]
+    sets += by_modality if len(by_modality) == 1 else []
+    # per index that can narrow the search: the commands whose answers add up to how many
+    # studies it holds, and the command that lists them
+    sources: list[tuple[list[tuple[str, tuple[Any, ...]]], str, tuple[Any, ...]]] = []
+    # the intersection is no larger than its smallest set (SINTERCARD would need Redis 7)
+    sources += [([("scard", (k,))], "sinter", tuple(sets)) for k in sets]
+    if len(by_modality) > 1:
+        sources.append(([("scard", (k,)) for k in by_modality], "sunion", tuple(by_modality)))
+    if low is not None:
+        bounds = (names.STUDIES_BY_DATE, low, high if high is not None else "+inf")
+        sources.append(([("zcount", bounds)], "zrangebyscore", bounds))
+    if pattern:
+        literal = re.split(r"[*?]", pattern)[0].encode()
+        whole = not has_wildcards(pattern)  # the name itself ("NAME\0uid"), else a prefix
+        lo, hi = (b"\x00", b"\x01") if whole else (b"", b"\xff")
+        lex = (names.STUDIES_BY_PATIENT_NAME, b"[" + literal + lo, b"(" + literal + hi)
+        if literal:
+            sources.append(([("zlexcount", lex)], "zrangebylex", lex))
+    if not sources:
+        everything = await redis.zrange(names.STUDIES_BY_UPDATE, 0, -1)
+        return [names.text(u) for u in cast(list[bytes | str], everything)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for estimates, _, _ in sources:
+            for command, args in estimates:
+                getattr(pipe, command)(*args)
+        answers: list[int] = await pipe.execute()
+    counts = []
+    for estimates, _, _ in sources:
+        counts.append(sum(answers[: len(estimates)]))
+        answers = answers[len(estimates) :]
+    if min(counts) == 0:
+        return []
+    _, fetch, args = sources[counts.index(min(counts))]
+    found = await getattr(redis, fetch)(*args)
+    if fetch == "zrangebylex":
+        return [names.text(member).rsplit("\x00", 1)[-1] for member in found]
+    return [names.text(u) for u in found]
+
+
+async def _read_hashes(redis: Redis, uids: Iterable[str]) -> list[dict[str, str]]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for uid in uids:
+            pipe.hgetall(names.study_key(uid))
+        raw: list[dict[bytes | str, bytes | str]] = await pipe.execute()
+    return [{names.text(k): names.text(v) for k, v in h.items()} for h in raw]
+
+
+def _matches(
+    h: dict[str, str],
+    query: StudyQuery,
+    low: int | None,
+    high: int | None,
+    pattern: str | None,
+    exact: dict[str, str],
+) -> bool:
+    if query.study_uid and h.get("study_uid") not in query.study_uid:
+        return False
+    if query.modality and not set(query.modality) & set(_split(h.get("modalities"))):
+        return False
+    for field, wanted in exact.items():
+        if has_wildcards(wanted):
+            if not wildcard_match(wanted, exact_key(h.get(field, ""))):
+                return False
+        elif h.get(f"ix:{field}") != _digest(wanted):
+            return False
+    score = int(h.get("ix:date") or 0)
+    if low is not None and not (low <= score and (high is None or score <= high)):
+        return False
+    if pattern is not None:
+        name = h.get("ix:patient_name", "")
+        return wildcard_match(pattern, name) if has_wildcards(pattern) else name == pattern
+    return True
+
+
+def _sort_key(sort: str) -> Any:
+    def key(h: dict[str, str]) -> tuple[Any, str]:
+        uid = h.get("study_uid", "")
+        if sort == "study_date":
+            return int(h.get("ix:date") or 0), uid
+        if sort == "updated_at":
+            return float(h.get("updated_at") or 0), uid
+        if sort == "patient_name":
+            return h.get("ix:patient_name", ""), uid
+        return exact_key(h.get(sort, "")), uid
+
+    return key
+
+
+async def _records(redis: Redis, hashes: list[dict[str, str]]) -> list[StudyRecord]:
+    """Records of these study hashes, with their upload ids (read for this page only)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for h in hashes:
+            pipe.hkeys(names.study_uploads_key(h["study_uid"]))
+        uploads: list[list[bytes | str]] = await pipe.execute()
+    return [_record(h, ids) for h, ids in zip(hashes, uploads, strict=True)]
+
+
+def _record(h: dict[str, str], upload_ids: list[bytes | str]) -> StudyRecord:
+    updated = h.get("updated_at")
+    return StudyRecord.model_validate(
+        {k: h[k] for k in _ATTRIBUTES if h.get(k)}
+        | {
+            "study_uid": h["study_uid"],
+            "modalities": _split(h.get("modalities")),
+            "series_count": int(h.get("series_count") or 0),
+            "instance_count": int(h.get("instance_count") or 0),
+            "upload_ids": sorted(UUID(names.text(u)) for u in upload_ids),
+            "updated_at": datetime.fromtimestamp(float(updated), UTC) if updated else None,
+        }
+    )
+
+
+def _split(value: str | None) -> list[str]:
+    return [m for m in (value or "").split(",") if m]
