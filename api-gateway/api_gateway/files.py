@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import pydicom
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -22,7 +23,7 @@ from PIL import Image
 from api_gateway.tags import Unreadable, parse_tags, read_tags
 from shared.errors import BadRequest, JobStateConflict, NotRenderable
 from shared.files import write_atomic
-from shared.render import RenderError, to_display
+from shared.render import RenderError, encode_png, to_display
 from shared.status_api import job_of
 
 router = APIRouter(tags=["files"])
@@ -108,13 +109,14 @@ def _render(
     picture = Image.fromarray(pixels)
     if size is not None:
         picture.thumbnail((size, size), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
     if format == "jpeg":
+        out = io.BytesIO()
         picture.save(out, format="JPEG", quality=90)
+        image = out.getvalue()
     else:
-        picture.save(out, format="PNG", compress_level=1)
+        image = encode_png(np.asarray(picture))
     dest.parent.mkdir(exist_ok=True)
-    write_atomic(dest, out.getvalue(), durable=False)
+    write_atomic(dest, image, durable=False)
 
 
 @router.get(

@@ -436,3 +436,53 @@ def test_lookup_table_path_gives_the_same_image_as_the_direct_pipeline(
     via_table = render._grayscale(arr, attrs, window)
     direct = render._shade(arr, attrs, window)
     np.testing.assert_array_equal(via_table, direct)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (3, 5), (64, 33, 3), (1, 1, 3)])
+def test_png_encoder_round_trips_every_shape_and_value(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image.flat[0], image.flat[-1] = 255, 0  # differences that wrap modulo 256
+    data = render.encode_png(image)
+    np.testing.assert_array_equal(png_pixels(data), image)
+    with Image.open(io.BytesIO(data)) as decoded:
+        decoded.verify()  # chunk CRCs
+    assert data.count(b"IDAT") == 1
+
+
+def test_png_encoder_writes_the_chunks_other_decoders_read() -> None:
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    data = render.encode_png(image)
+    decoded = png_by_the_spec(data)  # a second, independent decoder: zlib + the spec's Up filter
+    np.testing.assert_array_equal(decoded, image)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8), np.zeros((0, 4), np.uint8)],
+)
+def test_png_encoder_refuses_what_it_cannot_encode(image: NDArray[np.generic]) -> None:
+    with pytest.raises(ValueError, match="cannot encode"):
+        render.encode_png(image)  # type: ignore[arg-type]
+
+
+def png_by_the_spec(data: bytes) -> NDArray[np.uint8]:
+    """Read a single-IDAT 8-bit grayscale PNG by the spec, undoing the Up filter."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = {}, 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length : at + 12 + length])[0] == zlib.crc32(
+            kind + body
+        )
+        chunks[kind] = body
+        at += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 0)
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, width + 1)
+    assert set(raw[:, 0]) == {2}
+    return np.cumsum(raw[:, 1:], axis=0, dtype=np.uint8)
