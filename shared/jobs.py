@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared import catalog, search
+from shared import catalog, study_index
 from shared import redis_names as names
 from shared.events import (
     AnyEvent,
@@ -209,7 +209,7 @@ class JobStore:
         an instance newly archived goes into the study search indexes in the same step."""
         await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
         if isinstance(event, FileDescribed) and event.study and event.duplicate_of is None:
-            await search.queue_index(pipe, event.upload_id, event.ids, event.study)
+            await study_index.queue_index(pipe, event.upload_id, event.ids, event.study)
 
     async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add a job's creation to a transaction: its first state, and its place in time."""
@@ -245,7 +245,7 @@ class JobStore:
         values = await self.redis.hmget(names.status_key(upload_id), wanted)
         job = {k: names.text(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         if "state" not in job:
-            return await search.unindex(self.redis, upload_id)
+            return await study_index.unindex(self.redis, upload_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await self._forget(
                 keys=[
@@ -261,7 +261,7 @@ class JobStore:
                 client=pipe,
             )
             removed = catalog.queue_unfile(pipe, upload_id, job)
-            await search.queue_unindex(pipe, upload_id)
+            await study_index.queue_unindex(pipe, upload_id)
             unindexed = (await pipe.execute())[-1]
         return ["job record", *removed, *(names.text(r) for r in unindexed)]
 

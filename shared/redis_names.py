@@ -138,7 +138,8 @@ DEAD_LETTER_RAW: Final = "dcm:events:dead-letter.unreadable"
 """Entries no service could even parse: kept for a person, outside the job lifecycle."""
 
 
-# Study search (shared/search.py owns these; the status service writes, the gateway reads).
+# Study search: shared/study_index.py writes these (in the status service), shared/search.py
+# reads them (in the gateway).
 # Per-value sets are named by a digest of the normalised value, so no patient data is in a key.
 STUDY_PREFIX: Final = "dcm:studies:"
 STUDY_UPLOADS_PREFIX: Final = "dcm:study-uploads:"

@@ -106,7 +106,7 @@ def encode_png(image: Image8, compress_level: int = 1) -> bytes:
     filtered[0, 1:] = lines[0]
     np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])  # modulo 256, as the spec says
     deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = deflate.compress(filtered) + deflate.flush()
+    data = deflate.compress(filtered.data) + deflate.flush()
     header = struct.pack(">IIBBBBB", cols, rows, 8, 0 if channels == 1 else 2, 0, 0, 0)
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 

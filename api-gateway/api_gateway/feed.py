@@ -10,7 +10,7 @@ statuses again, and is followed from now. The cursor is set before the answer's 
 so a client that reads the statuses once the stream is open (a browser's ``open`` event)
 misses no change between that read and the stream.
 
-Connections: the process's one ``StatusFeed`` (``shared.status_api``) reads the stream with a
+Connections: the process's one ``StatusFeed`` (``shared.status_feed``) reads the stream with a
 single ``XREAD BLOCK`` and every client reads from it by cursor, so a thousand watchers hold one
 blocking Redis connection, not a thousand; catch-ups use short ``XRANGE`` calls.
 
@@ -37,7 +37,7 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
 from shared.errors import BadRequest, safe_error
-from shared.status_api import Change, FeedClosed, FeedUnavailable, StatusFeed, entry_key, feed_of
+from shared.status_feed import Change, FeedClosed, FeedUnavailable, StatusFeed, entry_key, feed_of
 
 log = structlog.get_logger()
 router = APIRouter(tags=["status"])

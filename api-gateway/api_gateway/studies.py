@@ -1,6 +1,7 @@
 """Study search over HTTP: ``GET /studies`` (filtered, sorted, paged) and ``GET /studies/{uid}``.
 
-Both read the study index that the status service keeps (``shared.search``), never the files.
+Both read the study index that the status service keeps (``shared.study_index``) through
+``shared.search``, never the files.
 A filter that is not valid is a 400 naming the parameter and never quoting its value, since
 values may be patient data.
 """

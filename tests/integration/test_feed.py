@@ -38,7 +38,7 @@ from shared.events import (
     StageStarted,
 )
 from shared.jobs import JobStore
-from shared.status_api import StatusFeed
+from shared.status_feed import StatusFeed
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,0 +1,265 @@
+"""The study index in Redis: what the status service writes so that ``search`` never reads files.
+
+The status service indexes each archived instance that is not a duplicate (``queue_index``)
+and un-indexes an upload when it is deleted (``unindex``); ``shared.search`` answers queries
+from these keys alone.
+
+Per study (key names in ``redis_names``): a hash of its attributes and counts, and hashes
+counting its uploads by series, by SOP Instance UID and by modality, so series, instance and
+modality counts stay right as uploads come and go. Indexes: exact-match sets per modality,
+patient id, accession number and institution (values trimmed and case-folded, keys named by a
+digest so no patient data is in a key name); a sorted set by study date and time (score
+``YYYYMMDDhhmmss``, 0 for a study without a date: a date filter never matches it, and it sorts
+as the oldest); a lexicographic sorted set of ``NAME \\0 uid`` (names trimmed, upper-cased,
+trailing empty components dropped) for name prefixes; a sorted set by last change.
+
+Both writers are Lua scripts, so a search never sees a half-written study, and both are
+idempotent: an upload is indexed once (a second run changes nothing) and un-indexed once.
+Study-level attributes come from the instances: each newly indexed instance's non-empty values
+replace the stored ones (a correction sent later wins; a missing value never erases one), and
+removing an instance does not bring back older values.
+
+The scripts name per-study and per-value keys from prefixes, so they need a single Redis (not a
+cluster), as the rest of dicomflow does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, date, datetime
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import redis_names as names
+from shared.events import DicomIds, StudyKeys
+
+# hash field -> the set prefix of an exact-match index on it
+EXACT_INDEXES: dict[str, str] = {
+    "patient_id": names.STUDIES_BY_PATIENT_ID_PREFIX,
+    "accession_number": names.STUDIES_BY_ACCESSION_PREFIX,
+    "institution_name": names.STUDIES_BY_INSTITUTION_PREFIX,
+}
+ATTRIBUTES = tuple(StudyKeys.model_fields)
+
+# Index one upload. KEYS: study-of-upload, by-date, by-name, by-update, study, uploads, series,
+# instances, modalities. ARGV: upload id, study uid, series uid, sop uid, modality ('' if none),
+# now, modality set prefix, date score ('' if none), name key ('' if none), the number n of
+# exact indexes, then n times its hash field, set prefix and value digest ('' if none), then
+# attribute name/value pairs.
+_INDEX = r"""
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local study = ARGV[2]
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. ARGV[5])
+redis.call('HINCRBY', KEYS[7], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[8], ARGV[4], 1)
+if ARGV[5] ~= '' and redis.call('HINCRBY', KEYS[9], ARGV[5], 1) == 1 then
+  redis.call('SADD', ARGV[7] .. ARGV[5], study)
+end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  local field, prefix, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if new ~= '' then
+    local old = redis.call('HGET', KEYS[5], field)
+    if old ~= new then
+      if old then redis.call('SREM', prefix .. old, study) end
+      redis.call('SADD', prefix .. new, study)
+      redis.call('HSET', KEYS[5], field, new)
+    end
+  end
+  i = i + 3
+end
+while i + 1 <= #ARGV do
+  redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[9] ~= '' then
+  local old = redis.call('HGET', KEYS[5], 'ix:patient_name')
+  if old ~= ARGV[9] then
+    if old then redis.call('ZREM', KEYS[3], old .. '\0' .. study) end
+    redis.call('ZADD', KEYS[3], 0, ARGV[9] .. '\0' .. study)
+    redis.call('HSET', KEYS[5], 'ix:patient_name', ARGV[9])
+  end
+end
+if ARGV[8] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[8], study)
+  redis.call('HSET', KEYS[5], 'ix:date', ARGV[8])
+elseif redis.call('ZADD', KEYS[2], 'NX', 0, study) == 1 then
+  redis.call('HSET', KEYS[5], 'ix:date', '0')
+end
+local modalities = redis.call('HKEYS', KEYS[9])
+table.sort(modalities)
+redis.call('HSET', KEYS[5], 'study_uid', study, 'modalities', table.concat(modalities, ','),
+  'series_count', redis.call('HLEN', KEYS[7]), 'instance_count', redis.call('HLEN', KEYS[8]),
+  'updated_at', ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[6], study)
+return 1
+"""
+
+# Un-index one upload. KEYS: study-of-upload, by-date, by-name, by-update. ARGV: upload id,
+# now, the prefixes of study, uploads, series, instances, modalities keys and of modality sets,
+# then for each exact index its hash field and set prefix. Returns what it removed.
+_UNINDEX = r"""
+local study = redis.call('HGET', KEYS[1], ARGV[1])
+if not study then return {} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local h, uploads = ARGV[3] .. study, ARGV[4] .. study
+local series, sops, mods = ARGV[5] .. study, ARGV[6] .. study, ARGV[7] .. study
+local entry = redis.call('HGET', uploads, ARGV[1])
+if entry then
+  redis.call('HDEL', uploads, ARGV[1])
+  local s, i, m = string.match(entry, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  if redis.call('HINCRBY', series, s, -1) <= 0 then redis.call('HDEL', series, s) end
+  if redis.call('HINCRBY', sops, i, -1) <= 0 then redis.call('HDEL', sops, i) end
+  if m ~= '' and redis.call('HINCRBY', mods, m, -1) <= 0 then
+    redis.call('HDEL', mods, m)
+    redis.call('SREM', ARGV[8] .. m, study)
+  end
+end
+if redis.call('HLEN', uploads) > 0 then
+  local modalities = redis.call('HKEYS', mods)
+  table.sort(modalities)
+  redis.call('HSET', h, 'modalities', table.concat(modalities, ','),
+    'series_count', redis.call('HLEN', series), 'instance_count', redis.call('HLEN', sops),
+    'updated_at', ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[2], study)
+  return {'search index entry'}
+end
+for j = 9, #ARGV - 1, 2 do
+  local v = redis.call('HGET', h, ARGV[j])
+  if v then redis.call('SREM', ARGV[j + 1] .. v, study) end
+end
+local name = redis.call('HGET', h, 'ix:patient_name')
+if name then redis.call('ZREM', KEYS[3], name .. '\0' .. study) end
+for _, m in ipairs(redis.call('HKEYS', mods)) do redis.call('SREM', ARGV[8] .. m, study) end
+redis.call('ZREM', KEYS[2], study)
+redis.call('ZREM', KEYS[4], study)
+redis.call('DEL', h, uploads, series, sops, mods)
+return {'search index entry', 'study search record'}
+"""
+
+
+# ---- normalising values, the same way for indexing and for queries ----
+
+
+def name_key(value: str) -> str:
+    """A patient name as indexed: trimmed, upper-case, ``^`` and spaces kept, trailing empty
+    components dropped (``Doe^Jane^^`` is ``DOE^JANE``)."""
+    groups = value.replace("\x00", "").strip().upper().split("=")
+    return "=".join(g.rstrip("^ ") for g in groups).rstrip("=")
+
+
+def exact_key(value: str) -> str:
+    """A patient id, accession number or institution as matched: trimmed and case-folded."""
+    return value.replace("\x00", "").strip().casefold()
+
+
+def value_digest(value: str) -> str:
+    return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
+def modality_key(value: str) -> str:
+    return value.replace("\x00", "").strip().upper()
+
+
+def date_score(study_date: str | None, study_time: str | None = None) -> int:
+    """``YYYYMMDDhhmmss`` as an int, 0 when the date is missing or not a date; an unreadable
+    time counts as midnight."""
+    day = yyyymmdd(study_date)
+    if day is None:
+        return 0
+    clock = (study_time or "").split(".")[0].replace(":", "").strip()
+    if not (clock.isdigit() and len(clock) <= 6):
+        clock = ""
+    return int(day) * 1_000_000 + int(clock.ljust(6, "0") or 0)
+
+
+def yyyymmdd(value: str | None) -> str | None:
+    """YYYYMMDD for a valid date given as YYYYMMDD or YYYY-MM-DD, else None."""
+    text = (value or "").strip()
+    if len(text) == 10 and text[4] == text[7] == "-":
+        text = text.replace("-", "")
+    if not (len(text) == 8 and text.isdigit()):
+        return None
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+    return text
+
+
+# ---- writing ----
+
+
+async def queue_index(
+    client: Redis | Pipeline,
+    upload_id: UUID | str,
+    ids: DicomIds,
+    study: StudyKeys,
+    *,
+    now: float | None = None,
+) -> None:
+    """Index one archived instance (not a duplicate) under its study; with a pipeline, the
+    script is queued and runs when the pipeline does. Indexing the same upload again changes
+    nothing."""
+    uid = ids.study_uid
+    attributes = {k: v for k, v in _clean(study).items() if v}
+    score = date_score(attributes.get("study_date"), attributes.get("study_time"))
+    if score == 0:
+        attributes.pop("study_date", None)  # not a date: neither shown nor searched
+    args: list[str | float] = [
+        str(upload_id), uid, ids.series_uid, ids.sop_uid, modality_key(ids.modality or ""),
+        now if now is not None else datetime.now(UTC).timestamp(),
+        names.STUDIES_BY_MODALITY_PREFIX, str(score) if score else "",
+        name_key(attributes.get("patient_name", "")), len(EXACT_INDEXES),
+    ]  # fmt: skip
+    for field, prefix in EXACT_INDEXES.items():
+        value = exact_key(attributes.get(field, ""))
+        args += [f"ix:{field}", prefix, value_digest(value) if value else ""]
+    for field, value in attributes.items():
+        args += [field, value]
+    keys = [
+        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
+        names.STUDIES_BY_UPDATE, names.study_key(uid), names.study_uploads_key(uid),
+        names.study_series_key(uid), names.study_instances_key(uid),
+        names.study_modalities_key(uid),
+    ]  # fmt: skip
+    await client.register_script(_INDEX)(keys=keys, args=args, client=client)
+
+
+def _clean(study: StudyKeys) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for field, value in study.model_dump().items():
+        if value is not None:
+            out[field] = str(value).replace("\x00", "").strip()
+    return out
+
+
+async def queue_unindex(
+    client: Redis | Pipeline, upload_id: UUID | str, *, now: float | None = None
+) -> None:
+    """Queue ``unindex`` on a pipeline (or run it), e.g. beside the deletion of a job record."""
+    keys = [
+        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
+        names.STUDIES_BY_UPDATE,
+    ]  # fmt: skip
+    args: list[str | float] = [
+        str(upload_id), now if now is not None else datetime.now(UTC).timestamp(),
+        names.STUDY_PREFIX, names.STUDY_UPLOADS_PREFIX, names.STUDY_SERIES_PREFIX,
+        names.STUDY_INSTANCES_PREFIX, names.STUDY_MODALITIES_PREFIX,
+        names.STUDIES_BY_MODALITY_PREFIX,
+    ]  # fmt: skip
+    for field, prefix in EXACT_INDEXES.items():
+        args += [f"ix:{field}", prefix]
+    await client.register_script(_UNINDEX)(keys=keys, args=args, client=client)
+
+
+async def unindex(redis: Redis, upload_id: UUID | str) -> list[str]:
+    """Remove one upload from the index; when its study has no upload left, the study goes
+    from every index. What it removed: [] when the upload was not indexed (so it is safe to
+    run again), ``["search index entry"]``, or that and ``"study search record"``."""
+    async with redis.pipeline(transaction=False) as pipe:
+        await queue_unindex(pipe, upload_id)
+        [removed] = await pipe.execute()
+    return [names.text(item) for item in removed]
