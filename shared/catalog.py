@@ -61,6 +61,8 @@ def queue_file(pipe: Pipeline, event: FileReceived) -> None:
     origin = event.origin
     if origin is None:
         return
+    if origin.source_sha256:
+        pipe.sadd(names.sha256_key(origin.source_sha256), uid)
     if origin.label:
         pipe.hset(names.label_key(origin.label), origin.filename or uid, uid)
         pipe.sadd(names.LABELS, origin.label)
@@ -90,8 +92,9 @@ def queue_batch(
 def queue_unfile(pipe: Pipeline, upload_id: UUID, job: dict[str, str]) -> list[str]:
     """Add the removal of an upload's entries to a transaction; what they were."""
     uid, removed = str(upload_id), []
-    if sha256 := job.get("sha256"):
-        pipe.srem(names.sha256_key(sha256), uid)
+    for field in ("sha256", "source_sha256"):
+        if sha256 := job.get(field):
+            pipe.srem(names.sha256_key(sha256), uid)
     if label := job.get("label"):
         keys = [names.label_key(label), names.LABELS]
         pipe.eval(_UNLABEL, 2, *keys, job.get("filename") or uid, uid, label)

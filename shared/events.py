@@ -57,6 +57,7 @@ class Origin(Frozen):
     user_id: str | None = None
     batch_id: str | None = None
     source: str | None = None  # multipart, raw, batch, image, presigned, wado
+    source_sha256: str | None = None  # of the image an upload was converted from
 
 
 class StudyKeys(Frozen):

@@ -240,8 +240,8 @@ class JobStore:
     async def forget(self, upload_id: UUID) -> list[str]:
         """Forget an upload everywhere: its record and counts, its label entry, its user's and
         batch's lists, its search entry. Says what it removed; safe to run twice."""
-        wanted = ("state", "sha256", "label", "filename", "user_id", "batch_id", "study_uid",
-                  "series_uid", "duplicate_of")  # fmt: skip
+        wanted = ("state", "sha256", "source_sha256", "label", "filename", "user_id", "batch_id",
+                  "study_uid", "series_uid", "duplicate_of")  # fmt: skip
         values = await self.redis.hmget(names.status_key(upload_id), wanted)
         job = {k: names.text(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         if "state" not in job:
@@ -359,6 +359,7 @@ _PLAIN_FIELDS = (
     "batch_id",
     "source",
     "sha256",
+    "source_sha256",
     "archive_path",
     "metadata_file",
     "preview_file",

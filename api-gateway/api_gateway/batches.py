@@ -29,7 +29,6 @@ from api_gateway.settings import GatewaySettings
 from api_gateway.uploads import UploadRecord
 from shared import catalog
 from shared.errors import AppError, BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
-from shared.events import Origin
 from shared.jobs import FINAL, JobStatus, JobStore
 
 router = APIRouter(tags=["batches"])
@@ -107,12 +106,8 @@ async def accept_batch(request: Request) -> BatchAccepted:
         if not files:
             raise intake.refusal(refused) if refused else BadRequest("the batch has no files")
         events = [
-            intake.received(f.upload_id, f.path, f.sha256, f.size, Origin(
-                filename=catalog.clean_filename(f.filename), user_id=user_id, batch_id=batch_id,
-                source="image" if f.converted_from else "batch",
-            ))
-            for f in files
-        ]  # fmt: skip
+            intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
+        ]
         await intake.queue(request.app.state.store, events, batch=(batch_id, user_id))
     except (AppError, OSError):
         spool.unlink(missing_ok=True)

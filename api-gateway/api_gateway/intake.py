@@ -89,7 +89,7 @@ def _convert(f: ReceivedFile, kind: str, uploads: Path) -> ReceivedFile:
         dicom.unlink(missing_ok=True)
     return ReceivedFile(
         f.upload_id, f.path, sha256_of(f.path), f.path.stat().st_size, f.filename,
-        converted_from=kind,  # type: ignore[arg-type]
+        converted_from=kind, source_sha256=f.sha256,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -177,6 +177,15 @@ def drop_taken(
         else:
             kept.append(f)
     return kept, refused
+
+
+def received_file(f: ReceivedFile, source: str, **origin: str | None) -> FileReceived:
+    """The FileReceived of a file a client sent; an image converted to DICOM is filed under
+    its own hash too, so a client that looks the image up finds it."""
+    return received(f.upload_id, f.path, f.sha256, f.size, Origin(
+        filename=catalog.clean_filename(f.filename), source="image" if f.converted_from else source,
+        source_sha256=f.source_sha256, **origin,
+    ))  # fmt: skip
 
 
 def received(

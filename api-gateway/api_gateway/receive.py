@@ -36,6 +36,7 @@ class ReceivedFile:
     filename: str | None
     head: bytes = b""
     converted_from: Literal["jpeg", "png"] | None = None
+    source_sha256: str | None = None  # of the image a converted file was made from
 
 
 @dataclass

@@ -22,7 +22,6 @@ from api_gateway.receive import (
 from api_gateway.settings import GatewaySettings
 from shared import catalog, metrics
 from shared.errors import AppError, BadRequest, InsufficientStorage, NoFilePart, ServiceUnavailable
-from shared.events import Origin
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -183,13 +182,7 @@ async def accept_uploads(
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
         files, screened = await intake.screen(files, settings.uploads_path, dicom_only=bool(label))
         refused += screened
-        events = [
-            intake.received(f.upload_id, f.path, f.sha256, f.size, Origin(
-                filename=catalog.clean_filename(f.filename), label=label, user_id=user_id,
-                source="image" if f.converted_from else source,
-            ))
-            for f in files
-        ]  # fmt: skip
+        events = [intake.received_file(f, source, label=label, user_id=user_id) for f in files]
         taken = await intake.queue(request.app.state.store, events)
         files, refused = intake.drop_taken(files, taken, refused)
     except ClientDisconnect:

@@ -135,6 +135,11 @@ def test_an_image_is_sent_and_archived_as_dicom(system: System, tmp_path: Path) 
     assert done.returncode == 0, done.stdout + done.stderr
     (only,) = _json(done)["files"]
     assert (only["kind"], only["outcome"]) == ("png", "archived")
+    again = cli(system, "upload", str(tmp_path / "photo.png"), "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    (same,) = _json(again)["files"]
+    assert same["already_there"] is True  # found by the image's own hash: not sent twice
+    assert same["upload_id"] == only["upload_id"]
 
 
 def test_status_shows_a_job_and_watch_follows_it_to_the_end(

@@ -4,6 +4,7 @@ listing, lookup and delete, with the seeds' shapes (002 and 004) and their error
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -245,6 +246,24 @@ async def test_an_image_becomes_a_secondary_capture_instance(
     status = (await client.get(f"/status/{body['upload_id']}")).json()
     assert status["details"]["source"] == "image"
     assert status["details"]["sha256"] == body["sha256"]
+    image_sha256 = hashlib.sha256(png_bytes()).hexdigest()
+    assert status["details"]["source_sha256"] == image_sha256
+
+
+async def test_an_image_is_found_by_its_own_hash_until_it_is_deleted(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    # a client that resumes (dicomflow upload) looks files up by the hash of what it has
+    image_sha256 = hashlib.sha256(png_bytes()).hexdigest()
+    headers = {"X-File-Name": "photo.png", "content-type": "image/png"}
+    body = (await client.post("/upload", content=png_bytes(), headers=headers)).json()
+    lookup = {"sha256": [image_sha256, body["sha256"]]}
+    known = (await client.post("/uploads/lookup", json=lookup)).json()["known"]
+    assert known == {image_sha256: body["upload_id"], body["sha256"]: body["upload_id"]}
+    await reject(redis, body["upload_id"])
+    removed = await client.delete(f"/uploads/{body['upload_id']}")
+    assert removed.status_code == 200, removed.text
+    assert (await client.post("/uploads/lookup", json=lookup)).json() == {"known": {}}
 
 
 async def test_a_batch_with_its_progress_files_and_user(
