@@ -335,10 +335,11 @@ async def test_redeliveries_back_off_exponentially(redis: Redis) -> None:
     task.cancel()
     gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
     assert len(gaps) >= 3, seen
-    # 200 ms, then 400, then 800 (each +-20 %, plus up to a reclaim period of 100 ms)
-    assert 0.15 < gaps[0] < 0.45
-    assert gaps[1] > 1.4 * gaps[0] * 0.8
-    assert gaps[2] > 0.6
+    # 200 ms, then 400, then 800, each -20 % at worst; lower bounds only, since a loaded
+    # machine can delay a delivery but never bring it forward
+    assert gaps[0] > 0.16
+    assert gaps[1] > 0.32
+    assert gaps[2] > 0.64
 
 
 def test_back_off_doubles_and_is_capped() -> None:
