@@ -100,7 +100,8 @@ def probe_router(service: str, checks: dict[str, Check]) -> APIRouter:
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
-                await asyncio.wait_for(check(), timeout=3)
+                async with asyncio.timeout(3):
+                    await check()
                 results[name] = "ok"
             except Exception as exc:
                 results[name] = safe_error(exc) if not str(exc) else str(exc)

@@ -133,7 +133,8 @@ class StatusFeed:
             if remaining <= 0:
                 return []
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # unlike wait_for on 3.11: keeps a cancel
+                    await changed.wait()
             except TimeoutError:
                 return []
 
