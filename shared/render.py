@@ -59,6 +59,7 @@ _FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 Image8 = NDArray[np.uint8]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IDAT_MAX = 1 << 20  # bytes of compressed data per IDAT chunk (a chunk may hold up to 2 GiB)
 
 
 class RenderError(Exception):
@@ -108,7 +109,10 @@ def encode_png(image: Image8, compress_level: int = 1) -> bytes:
     deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     data = deflate.compress(filtered.data) + deflate.flush()
     header = struct.pack(">IIBBBBB", cols, rows, 8, 0 if channels == 1 else 2, 0, 0, 0)
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    idat = b"".join(
+        _chunk(b"IDAT", data[at : at + IDAT_MAX]) for at in range(0, len(data), IDAT_MAX)
+    )
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + idat + _chunk(b"IEND", b"")
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

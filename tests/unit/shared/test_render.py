@@ -486,3 +486,13 @@ def png_by_the_spec(data: bytes) -> NDArray[np.uint8]:
     raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, width + 1)
     assert set(raw[:, 0]) == {2}
     return np.cumsum(raw[:, 1:], axis=0, dtype=np.uint8)
+
+
+def test_png_encoder_splits_large_data_over_several_idat_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(render, "IDAT_MAX", 100)
+    image = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    data = render.encode_png(image)
+    assert data.count(b"IDAT") > 10
+    np.testing.assert_array_equal(png_pixels(data), image)
