@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.support import RedisServer, docker_answers
 
@@ -43,3 +44,11 @@ def flushed_redis(redis_url: str) -> str:
     client.flushdb()
     client.close()
     return redis_url
+
+
+@pytest.fixture
+async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
+    """An asyncio client of the emptied Redis, closed after the test."""
+    client = Redis.from_url(flushed_redis)
+    yield client
+    await client.aclose()

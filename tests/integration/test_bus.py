@@ -8,7 +8,6 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,6 @@ def received() -> FileReceived:
     return FileReceived(
         upload_id=uuid.uuid4(), file=FileRef(path="/nowhere.dcm", sha256="0" * 64, size=1)
     )
-
-
-@pytest.fixture
-async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(flushed_redis)
-    yield client
-    await client.aclose()
 
 
 def bus(redis: Redis, consumer: str = "c1", **kw: int) -> Bus:

@@ -111,13 +111,6 @@ async def index_all(redis: Redis, studies: dict[str, Study]) -> None:
 
 
 @pytest.fixture
-async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(flushed_redis)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def indexed(redis: Redis) -> Redis:
     await index_all(redis, DATA)
     return redis

@@ -32,13 +32,6 @@ def uploads(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
-    r = Redis.from_url(flushed_redis)
-    yield r
-    await r.aclose()
-
-
-@pytest.fixture
 async def client(flushed_redis: str, uploads: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = GatewaySettings(
         REDIS_URL=flushed_redis,
