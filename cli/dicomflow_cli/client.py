@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -102,10 +103,22 @@ class Gateway:
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """An answer of any status; GatewayUnreachable when nothing answers."""
+        return self._send(self.http.build_request(method, path, **kw))
+
+    def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
         try:
-            return self.http.request(method, path, **kw)
+            return self.http.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise self.unreachable(exc) from None
+
+    def _open(self, request: httpx.Request) -> httpx.Response:
+        """A streamed answer below 400 (close it when done), else the Problem it is."""
+        response = self._send(request, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise problem_of(response)
+        return response
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
         """The JSON of a successful answer, or the Problem it is."""
@@ -141,35 +154,32 @@ class Gateway:
             headers=headers,
             timeout=httpx.Timeout(5.0, read=45.0),  # a ping comes every 15 s
         )
-        try:
-            response = self.http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise self.unreachable(exc) from None
-        if response.status_code >= 400:
-            response.read()
-            response.close()
-            raise problem_of(response)
-        return EventStream(response)
+        return EventStream(self._open(request))
 
     def download(self, path: str, dest: str) -> tuple[int, str]:
         """Stream an answer to ``dest`` ("-": standard output), written whole or not at all;
         its size and content type."""
-        with self.http.stream("GET", path, timeout=httpx.Timeout(30.0, connect=5.0)) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise problem_of(response)
+        request = self.http.build_request("GET", path, timeout=httpx.Timeout(30.0, connect=5.0))
+        with contextlib.closing(self._open(request)) as response:
             kind = response.headers.get("content-type", "")
             if dest == "-":
                 return _copy(response, os.fdopen(os.dup(1), "wb")), kind
             target = Path(dest)
-            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
             try:
                 size = _copy(response, os.fdopen(fd, "wb"))
+                os.chmod(temp, 0o666 & ~_umask())  # as a file the user creates, not mkstemp's 0600
                 os.replace(temp, target)
             except BaseException:
                 Path(temp).unlink(missing_ok=True)
                 raise
             return size, kind
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _copy(response: httpx.Response, out: IO[bytes]) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote
 from uuid import UUID
 
-from dicomflow_cli.client import Gateway
+from dicomflow_cli.client import FINAL, Gateway
 from dicomflow_cli.follow import Follower
 from dicomflow_cli.output import Output
 
@@ -48,9 +48,11 @@ def status(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
             shown.append(state)
             out.note(f"{time.strftime('%H:%M:%S')}  {state}")
 
-    gw.status(upload_id)  # a 404 for an unknown id, before waiting on anything
-    answers = Follower(gw, changed).follow([upload_id], args.timeout or WATCH_DEFAULT_S)
-    answer = answers.get(upload_id) or gw.status(upload_id)
+    answer = gw.status(upload_id)  # a 404 for an unknown id, before waiting on anything
+    changed({upload_id: answer["status"]})
+    if answer["status"] not in FINAL:
+        answers = Follower(gw, changed).follow([upload_id], args.timeout or WATCH_DEFAULT_S)
+        answer = answers.get(upload_id) or gw.status(upload_id)
     _show_status(answer, out)
     return 0 if answer.get("status") == "archived" else 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ from dicomflow_cli.client import UsageError
 
 Kind = Literal["dicom", "jpeg", "png"]
 MEDIA: dict[str, str] = {"dicom": "application/dicom", "jpeg": "image/jpeg", "png": "image/png"}
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -106,11 +104,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -161,20 +161,16 @@ class Follower:
             wait = max(1, min(30, int(left)))
             started = time.monotonic()
             try:
-                response = self.gw.request(
-                    "GET",
-                    f"/status/{upload_id}",
-                    params={"wait": "final", "timeout": wait},
-                    timeout=httpx.Timeout(wait + 30, connect=5.0),
-                )
+                answer = self.gw.status(upload_id, "final", wait)
+            except Problem as problem:
+                if problem.status == 404:
+                    self._record(upload_id, gone(upload_id))
+                else:
+                    time.sleep(RECONNECT_S)  # 503 while Redis is away: try again
+                continue
             except (httpx.HTTPError, GatewayUnreachable):
                 time.sleep(RECONNECT_S)
                 continue
-            if response.status_code == 404:
-                self._record(upload_id, gone(upload_id))
-            elif response.status_code >= 400:
-                time.sleep(RECONNECT_S)  # 503 while Redis is away: try again
-            else:
-                self._record(upload_id, response.json())
-                if time.monotonic() - started < 1 and upload_id in self.pending:
-                    time.sleep(1)  # a gateway that does not long-poll: poll each second
+            self._record(upload_id, answer)
+            if time.monotonic() - started < 1 and upload_id in self.pending:
+                time.sleep(1)  # a gateway that does not long-poll: poll each second

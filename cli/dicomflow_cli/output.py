@@ -74,7 +74,7 @@ class Reporter:
     def follow_ended(self) -> None: ...
 
 
-def _mb(n: float) -> str:
+def mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
@@ -110,8 +110,8 @@ class PlainReporter(Reporter):
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0
         return (
-            f"uploading: {self.done_files}/{self.files} files, {_mb(self.done)}/{_mb(self.total)}"
-            f", {_mb(rate)}/s, ETA {eta:.0f}s"
+            f"uploading: {self.done_files}/{self.files} files, {mb(self.done)}/{mb(self.total)}"
+            f", {mb(rate)}/s, ETA {eta:.0f}s"
         )
 
     def follow_started(self, total: int) -> None:

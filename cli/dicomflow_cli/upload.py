@@ -25,9 +25,10 @@ from typing import IO, Any
 import httpx
 
 from dicomflow_cli.client import FINAL, Gateway, Problem, problem_of
-from dicomflow_cli.files import MEDIA, Item, find, sha256_of
+from dicomflow_cli.files import MEDIA, Item, find
 from dicomflow_cli.follow import Follower
-from dicomflow_cli.output import Output, Reporter
+from dicomflow_cli.output import Output, Reporter, mb
+from shared.files import sha256_of
 
 LOOKUP_CHUNK = 1000
 ON_SERVER = frozenset({"archived", "already_there", "duplicate"})
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
         summarise(items, out, gw.url, ok=False)
         return 1
     gw.json("GET", "/health")  # an unreachable gateway stops here, before any work
-    out.note(f"hashing {len(wanted)} files ({sum(i.size for i in wanted) / 1e6:.1f} MB)")
+    out.note(f"hashing {len(wanted)} files ({mb(sum(i.size for i in wanted))})")
     with ThreadPoolExecutor(args.concurrency) as pool:
         for item, digest in zip(wanted, pool.map(lambda i: sha256_of(i.path), wanted), strict=True):
             item.sha256 = digest
@@ -163,7 +164,7 @@ def _follow(gw: Gateway, items: list[Item], args: argparse.Namespace, reporter: 
 
     def changed(states: dict[str, str]) -> None:
         counts = Counter(states.values())
-        reporter.followed(sum(counts[s] for s in ("archived", "rejected", "failed")), counts)
+        reporter.followed(sum(counts[s] for s in FINAL), counts)
 
     reporter.follow_started(len(ids))
     try:

@@ -175,6 +175,7 @@ def test_get_saves_the_png_and_the_original(
     png = tmp_path / "slice.png"
     assert cli(system, "get", upload_id, "--png", "-o", str(png)).returncode == 0
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert png.stat().st_mode & 0o777 == 0o666 & ~umask()  # as any file the user writes
     original = tmp_path / "slice.dcm"
     done = cli(system, "get", upload_id, "--original", "-o", str(original), "--json")
     assert done.returncode == 0, done.stderr
@@ -218,6 +219,7 @@ def test_usage_errors_and_an_unreachable_gateway_exit_2(tmp_path: Path) -> None:
         ["upload", str(tmp_path / "a.dcm")],
         ["status", "00000000-0000-0000-0000-000000000000"],
         ["search"],
+        ["get", "00000000-0000-0000-0000-000000000000", "--png", "-o", str(tmp_path / "x.png")],
     ):
         done = cli(None, *args, url=nowhere)
         assert done.returncode == 2, args
@@ -227,3 +229,9 @@ def test_usage_errors_and_an_unreachable_gateway_exit_2(tmp_path: Path) -> None:
     missing = cli(None, "upload", str(tmp_path / "nothing-here"))
     assert missing.returncode == 2
     assert "no such file or folder" in missing.stderr
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
