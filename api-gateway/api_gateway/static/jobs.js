@@ -48,7 +48,7 @@ export function hide() {
 
 async function load(cursor = null) {
   if (loading) {
-    again = cursor === null;
+    again ||= cursor === null; // a reload asked for while loading is not lost to a "more"
     return;
   }
   loading = true;

@@ -15,6 +15,7 @@ let nextKey = 1;
 let feed;
 let rows;
 let summaryQueued = false;
+let unreadable = 0; // items of the last drop that could not be read
 
 export function init() {
   rows = $("upload-rows");
@@ -94,7 +95,7 @@ async function dropped(transfer) {
   }
   if (!entries.length && transfer.files?.length) entries.push(...transfer.files);
   const found = [];
-  let unreadable = 0;
+  unreadable = 0;
   for (const entry of entries) {
     try {
       await walk(entry, found);
@@ -103,7 +104,7 @@ async function dropped(transfer) {
     }
   }
   add(found);
-  if (unreadable) $("upload-summary").textContent += ` ${unreadable} dropped item(s) could not be read.`;
+  update();
 }
 
 async function walk(entry, out) {
@@ -343,7 +344,8 @@ function update() {
     const ready = count.ready ?? 0;
     const parts = [`${items.length} file${items.length === 1 ? "" : "s"} (${fmtBytes(bytes)})`];
     for (const [state, n] of Object.entries(count)) parts.push(`${n} ${state}`);
-    $("upload-summary").textContent = items.length ? parts.join(" · ") : "No files chosen yet.";
+    const unread = unreadable ? ` ${unreadable} dropped item(s) could not be read.` : "";
+    $("upload-summary").textContent = (items.length ? parts.join(" · ") : "No files chosen yet.") + unread;
     $("upload-table").hidden = !items.length;
     const start = $("upload-start");
     start.disabled = sending || !ready;

@@ -1,7 +1,7 @@
 // The viewer of one archived instance: a frame rendered by the gateway (window presets, a
 // frame slider for multi-frame objects), its attributes, and its files to download.
 
-import { $, api, clear, fmtDate, fmtName, h, nav, notice } from "./dom.js";
+import { $, api, clear, fmtDate, fmtName, h, nav, notice, problemText } from "./dom.js";
 import { TagTable, loadDictionary } from "./tags.js";
 
 const PRESETS = [
@@ -40,6 +40,7 @@ export function init() {
   img.addEventListener("load", () => {
     $("viewer-loading").hidden = true;
     img.classList.remove("stale");
+    notice($("viewer-notice"), null); // a frame that failed before does not stay reported
   });
   img.addEventListener("error", () => imageFailed(img.src));
   $("viewer-back").addEventListener("click", () => {
@@ -202,11 +203,14 @@ async function imageFailed(url) {
   if (!url || !shown) return;
   $("viewer-loading").hidden = true;
   $("viewer-img").hidden = true; // no broken-image icon
+  let status = 0;
+  let problem = null;
   try {
     const res = await fetch(url, { headers: { Accept: "application/json" } });
-    const problem = await res.json().catch(() => null);
-    notice($("viewer-notice"), `No image: ${problem?.detail ?? `the gateway answered ${res.status}`}`);
+    status = res.status;
+    problem = await res.json().catch(() => null);
   } catch {
-    notice($("viewer-notice"), "No image: the gateway did not answer");
+    // no answer at all: problemText says so
   }
+  notice($("viewer-notice"), `No image: ${problemText(status, problem)}`);
 }
