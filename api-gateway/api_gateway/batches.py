@@ -28,7 +28,7 @@ from api_gateway.routes import FileRefused, UploadAccepted
 from api_gateway.settings import GatewaySettings
 from api_gateway.uploads import UploadRecord
 from shared import catalog
-from shared.errors import AppError, BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
+from shared.errors import BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
 from shared.jobs import FINAL, JobStatus, JobStore
 
 router = APIRouter(tags=["batches"])
@@ -91,7 +91,13 @@ async def accept_batch(request: Request) -> BatchAccepted:
     batch_id = str(uuid4())
     spool = settings.uploads_path / f"{batch_id}.batch.part"
     files: list[ReceivedFile] = []
-    try:
+
+    def undo() -> None:
+        spool.unlink(missing_ok=True)
+        for f in files:
+            f.path.unlink(missing_ok=True)
+
+    with intake.undone_on_failure(undo):
         size = 0
         with spool.open("wb") as out:
             async for chunk in request.stream():
@@ -109,11 +115,6 @@ async def accept_batch(request: Request) -> BatchAccepted:
             intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
         ]
         await intake.queue(request.app.state.store, events, batch=(batch_id, user_id))
-    except (AppError, OSError):
-        spool.unlink(missing_ok=True)
-        for f in files:
-            f.path.unlink(missing_ok=True)
-        raise
     accepted = [UploadAccepted.of(f) for f in files]
     return BatchAccepted(
         batch_id=batch_id,

@@ -10,18 +10,27 @@ upload takes DICOM only, under names not yet filed under its label (seed 004's r
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID, uuid4
 
 from redis.exceptions import WatchError
+from starlette.requests import ClientDisconnect
 
 from api_gateway.receive import ReceivedFile, RefusedFile
-from shared import catalog
+from shared import catalog, metrics
 from shared import redis_names as names
 from shared.bus import REDIS_DOWN, add_event
-from shared.errors import AppError, FileTooLarge, ServiceUnavailable
+from shared.errors import (
+    AppError,
+    BadRequest,
+    FileTooLarge,
+    InsufficientStorage,
+    ServiceUnavailable,
+)
 from shared.events import AnyEvent, FileReceived, FileRef, Origin
 from shared.files import sha256_of
 from shared.jobs import JobStore
@@ -77,6 +86,29 @@ async def screen(
         else:
             kept.append(f)
     return kept, refused
+
+
+@contextmanager
+def undone_on_failure(undo: Callable[[], None]) -> Iterator[None]:
+    """Run the taking in of a request's files; if it fails, ``undo`` (drop what was written)
+    and answer as every upload route does, counted: a client that went away is a 400, a full
+    disk a 507, another storage error a 503, and an AppError as it is."""
+    try:
+        yield
+    except ClientDisconnect:
+        undo()
+        metrics.UPLOADS.labels("aborted").inc()
+        raise BadRequest("the client went away before the upload was complete") from None
+    except AppError as exc:
+        undo()
+        metrics.UPLOADS.labels(exc.code).inc()
+        raise
+    except OSError as exc:
+        undo()
+        metrics.UPLOADS.labels("storage-error").inc()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("the uploads folder is full; nothing was kept") from None
+        raise ServiceUnavailable("the uploads folder cannot be written; nothing was kept") from None
 
 
 def _convert(f: ReceivedFile, kind: str, uploads: Path) -> ReceivedFile:

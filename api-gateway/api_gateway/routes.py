@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 from typing import Literal
 from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 
 from api_gateway import intake
 from api_gateway.receive import (
@@ -21,7 +19,7 @@ from api_gateway.receive import (
 )
 from api_gateway.settings import GatewaySettings
 from shared import catalog, metrics
-from shared.errors import AppError, BadRequest, InsufficientStorage, NoFilePart, ServiceUnavailable
+from shared.errors import NoFilePart
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -152,7 +150,7 @@ async def accept_uploads(
     receiver: MultipartReceiver | None = None
     files: list[ReceivedFile] = []
     refused: list[RefusedFile] = []
-    try:
+    with intake.undone_on_failure(lambda: _abort(receiver, files)):
         if content_type.lower().startswith("multipart/"):
             receiver = MultipartReceiver(
                 boundary_of(content_type),
@@ -185,20 +183,6 @@ async def accept_uploads(
         events = [intake.received_file(f, source, label=label, user_id=user_id) for f in files]
         taken = await intake.queue(request.app.state.store, events)
         files, refused = intake.drop_taken(files, taken, refused)
-    except ClientDisconnect:
-        _abort(receiver, files)
-        metrics.UPLOADS.labels("aborted").inc()
-        raise BadRequest("the client went away before the upload was complete") from None
-    except AppError as exc:
-        _abort(receiver, files)
-        metrics.UPLOADS.labels(exc.code).inc()
-        raise
-    except OSError as exc:
-        _abort(receiver, files)
-        metrics.UPLOADS.labels("storage-error").inc()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage("the uploads folder is full; nothing was kept") from None
-        raise ServiceUnavailable("the uploads folder cannot be written; nothing was kept") from None
     accepted = [UploadAccepted.of(f) for f in files]
     for f in files:
         metrics.UPLOADS.labels("accepted").inc()

@@ -4,8 +4,10 @@ listing, lookup and delete, with the seeds' shapes (002 and 004) and their error
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from uuid import UUID
@@ -296,6 +298,22 @@ async def test_a_batch_with_its_progress_files_and_user(
     assert batches["count"] == 1
     assert batches["batches"][0]["batch_id"] == batch_id
     assert (await client.get("/upload/batch/nope/status")).status_code == 404
+
+
+async def test_a_full_disk_during_a_batch_answers_507_and_keeps_nothing(
+    client: httpx.AsyncClient, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api_gateway import receive
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(receive.os, "write", full)
+    files = [{"filename": "a.dcm", "content": base64.b64encode(small_ct()).decode()}]
+    answer = await client.post("/upload/batch", json={"files": files})
+    assert answer.status_code == 507
+    assert answer.json()["type"] == "/problems/insufficient-storage"
+    assert list(uploads.iterdir()) == []  # neither the spooled batch nor a decoded file
 
 
 async def test_batches_over_the_limit_or_malformed_are_refused_before_decoding(
