@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +65,7 @@ from pydicom.uid import (
 
 from shared.dicom import quiet_pydicom
 from shared.errors import PermanentError
+from shared.files import atomic_file
 
 TABLE: Final = "dicomfields_2026c"  # the newest edition dicom-anonymizer 2.1 ships
 PREFIX: Final = PYDICOM_ROOT_UID  # root for the new UIDs ("1.2.826.0.1.3680043.8.498.")
@@ -293,17 +293,10 @@ def _write_atomic(ds: Dataset, dest: Path) -> None:
         else:
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            try:
-                ds.save_as(f, enforce_file_format=True)
-            except Exception as exc:
-                raise DeidentificationError(
-                    f"could not write the de-identified data set ({type(exc).__name__})"
-                ) from None
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(dest) as f:
+        try:
+            ds.save_as(f, enforce_file_format=True)
+        except Exception as exc:
+            raise DeidentificationError(
+                f"could not write the de-identified data set ({type(exc).__name__})"
+            ) from None

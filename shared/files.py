@@ -6,7 +6,10 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 
@@ -17,13 +20,25 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     ``durable`` also fsyncs it, so it survives a power loss; files derived from ones that are
     durable already (metadata, previews) can skip that, since they can be made again.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, durable=durable) as f:
         f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write that appears at path whole when the block ends, or not at all if it
+    fails: written under a temporary name, fsynced when ``durable``, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def place(source: Path, dest: Path) -> None:

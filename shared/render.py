@@ -42,6 +42,8 @@ from pydicom.pixels.processing import (
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
+from shared.secondary_capture import PNG_SIGNATURE
+
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422")
@@ -58,7 +60,7 @@ _VALUE_KEYWORDS = (
 _FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 Image8 = NDArray[np.uint8]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 IDAT_MAX = 1 << 20  # bytes of compressed data per IDAT chunk (a chunk may hold up to 2 GiB)
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -54,6 +53,7 @@ from pydicom.uid import (
 )
 
 from shared.errors import PermanentError
+from shared.files import atomic_file
 
 Kind = Literal["jpeg", "png"]
 MAX_PIXELS: Final = 2**26  # 67 million: 8192 x 8192; under Pillow's own warning level (89 M)
@@ -395,13 +395,6 @@ def _put_file_meta(ds: Dataset, transfer_syntax: UID) -> None:
 
 
 def _write_atomic(ds: Dataset, dest: Path) -> None:
-    """A Part 10 file (preamble, DICM, file meta): temporary name, fsync, rename."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A Part 10 file (preamble, DICM, file meta), whole or not at all."""
+    with atomic_file(dest) as f:
+        ds.save_as(f, enforce_file_format=True)
