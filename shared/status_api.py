@@ -49,8 +49,8 @@ async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
 # --- the route -------------------------------------------------------------------------------
 
 
-def wanted_states(values: list[str]) -> frozenset[str]:
-    """The states ``wait`` names (repeated or comma-separated; ``final``), or a 400."""
+def wanted_states(values: list[str], param: str = "wait") -> frozenset[str]:
+    """The states a parameter names (repeated or comma-separated; ``final``), or a 400."""
     wanted: set[str] = set()
     for value in (v.strip().lower() for text in values for v in text.split(",")):
         if value == "final":
@@ -59,12 +59,12 @@ def wanted_states(values: list[str]) -> frozenset[str]:
             wanted.add(value)
         elif value:
             raise BadRequest(
-                f"the wait parameter names an unknown state; use any of "
+                f"the {param} parameter names an unknown state; use any of "
                 f"{', '.join(STATES)} or final",
-                invalidParams=[{"param": "wait", "msg": "unknown state"}],
+                invalidParams=[{"param": param, "msg": "unknown state"}],
             )
     if not wanted:
-        raise BadRequest("the wait parameter is empty: name a state, e.g. wait=final")
+        raise BadRequest(f"the {param} parameter is empty: name a state, e.g. {param}=final")
     return frozenset(wanted)
 
 

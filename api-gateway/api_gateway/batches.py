@@ -107,7 +107,7 @@ async def accept_batch(request: Request) -> BatchAccepted:
                 out.write(chunk)
         files, refused = await asyncio.to_thread(_unpack, spool, settings)
         spool.unlink()
-        files, screened = await intake.screen(files, settings.uploads_path, dicom_only=False)
+        files, screened = await intake.screen(files, dicom_only=False)
         refused += screened
         if not files:
             raise intake.refusal(refused) if refused else BadRequest("the batch has no files")

@@ -66,7 +66,7 @@ def refusal(refused: list[RefusedFile]) -> FilesRefused:
 
 
 async def screen(
-    files: list[ReceivedFile], uploads: Path, *, dicom_only: bool
+    files: list[ReceivedFile], *, dicom_only: bool
 ) -> tuple[list[ReceivedFile], list[RefusedFile]]:
     """Convert images to DICOM; with ``dicom_only``, refuse anything else that is not DICOM."""
     kept: list[ReceivedFile] = []
@@ -75,7 +75,7 @@ async def screen(
         kind = sniff(f.head)
         if kind in ("jpeg", "png"):
             try:
-                kept.append(await asyncio.to_thread(_convert, f, kind, uploads))
+                kept.append(await asyncio.to_thread(_convert, f, kind))
             except ImageConversionError as exc:
                 f.path.unlink(missing_ok=True)
                 refused.append(RefusedFile(f.filename, "invalid_image", str(exc)))
@@ -111,14 +111,10 @@ def undone_on_failure(undo: Callable[[], None]) -> Iterator[None]:
         raise ServiceUnavailable("the uploads folder cannot be written; nothing was kept") from None
 
 
-def _convert(f: ReceivedFile, kind: str, uploads: Path) -> ReceivedFile:
-    """The image as a Secondary Capture instance, in place of the image; blocking."""
-    dicom = uploads / f"{f.upload_id}.sc.part"
-    try:
-        image_to_dicom(f.path, dicom, kind=kind, filename=f.filename)  # type: ignore[arg-type]
-        os.replace(dicom, f.path)
-    finally:
-        dicom.unlink(missing_ok=True)
+def _convert(f: ReceivedFile, kind: str) -> ReceivedFile:
+    """The image as a Secondary Capture instance, in place of the image (the image is read
+    whole before the instance replaces it, atomically); blocking."""
+    image_to_dicom(f.path, f.path, kind=kind, filename=f.filename)  # type: ignore[arg-type]
     return ReceivedFile(
         f.upload_id, f.path, sha256_of(f.path), f.path.stat().st_size, f.filename,
         converted_from=kind, source_sha256=f.sha256,  # type: ignore[arg-type]

@@ -126,8 +126,6 @@ async def upload(request: Request) -> UploadsAccepted:
     happens next, asynchronously: poll ``GET /status/{study_id}``.
     """
     accepted, refused, label = await accept_uploads(request)
-    if not accepted:
-        raise intake.refusal(refused)
     return UploadsAccepted(
         **accepted[0].model_dump(),
         uploads=accepted,
@@ -141,7 +139,8 @@ async def upload(request: Request) -> UploadsAccepted:
 async def accept_uploads(
     request: Request,
 ) -> tuple[list[UploadAccepted], list[RefusedFile], str | None]:
-    """Stream the files of an upload request to disk, screen them, and queue each as a job."""
+    """Stream the files of an upload request to disk, screen them, and queue each as a job;
+    when every file was refused, the refusal (``intake.refusal``)."""
     settings: GatewaySettings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
     user_id = catalog.clean_name(request.headers.get("x-user-id"), "X-User-ID header")
@@ -178,7 +177,7 @@ async def accept_uploads(
             )]  # fmt: skip
         if not files and not refused:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
-        files, screened = await intake.screen(files, settings.uploads_path, dicom_only=bool(label))
+        files, screened = await intake.screen(files, dicom_only=bool(label))
         refused += screened
         events = [intake.received_file(f, source, label=label, user_id=user_id) for f in files]
         taken = await intake.queue(request.app.state.store, events)
@@ -190,6 +189,8 @@ async def accept_uploads(
         log.info("upload.accepted", upload_id=str(f.upload_id), size=f.size)
     for r in refused:
         metrics.UPLOADS.labels(r.reason).inc()
+    if not accepted:
+        raise intake.refusal(refused)
     return accepted, refused, label
 
 

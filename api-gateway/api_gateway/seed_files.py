@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway import files, intake
+from api_gateway import files
 from api_gateway.routes import accept_uploads
 
 router = APIRouter(prefix="/dicom-image", tags=["seed 003: file service"])
@@ -27,9 +27,7 @@ class FileStored(BaseModel):
 @router.post("", status_code=201, response_model=FileStored)
 async def store(request: Request) -> FileStored:
     """Store one DICOM file; its ``file_id`` is our upload id."""
-    accepted, refused, _ = await accept_uploads(request)
-    if not accepted:
-        raise intake.refusal(refused)
+    accepted, _, _ = await accept_uploads(request)
     return FileStored(file_id=str(accepted[0].study_id))
 
 

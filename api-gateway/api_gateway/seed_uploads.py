@@ -17,8 +17,6 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from api_gateway import batches, uploads
-from shared import catalog
-from shared.errors import BadRequest
 from shared.status_api import job_of
 
 router = APIRouter(tags=["seed 002: upload service"])
@@ -99,9 +97,5 @@ async def save_upload(
     upload_id: Annotated[str, Query()],
 ) -> dict[str, str]:
     """List an existing upload among a user's uploads."""
-    user = catalog.clean_name(user_id, "user_id")
-    if user is None:
-        raise BadRequest("the user_id query parameter is empty")
-    found, _ = await job_of(request, upload_id)
-    await catalog.save_upload(request.app.state.store.redis, user, found)
+    user, found = await uploads.save_to_user(request, user_id, upload_id, "user_id query parameter")
     return {"message": "Upload saved to user uploads", "user_id": user, "upload_id": str(found)}

@@ -19,8 +19,8 @@ from shared import catalog
 from shared import redis_names as names
 from shared.deid import DeidentificationError, write_deidentified
 from shared.errors import BadRequest, LabelNotFound, NotRenderable, UploadNotFound
-from shared.jobs import RANK, JobStatus, JobStore
-from shared.status_api import job_of
+from shared.jobs import JobStatus, JobStore
+from shared.status_api import job_of, wanted_states
 
 router = APIRouter(tags=["uploads"])
 
@@ -51,14 +51,6 @@ class Known(BaseModel):
     known: dict[str, UUID] = Field(description="SHA-256 -> an upload that holds those bytes")
 
 
-def _states(values: list[str] | None) -> set[str]:
-    wanted = {s.strip() for v in values or [] for s in v.split(",") if s.strip()}
-    unknown = wanted - set(RANK) - {"deletion-requested"}
-    if unknown:
-        raise BadRequest(f"state must be one of {', '.join(r for r in RANK if RANK[r] >= 0)}")
-    return wanted
-
-
 @router.get("/uploads", response_model=UploadList)
 async def list_uploads(
     request: Request,
@@ -72,7 +64,7 @@ async def list_uploads(
     """Uploads, newest first: all of them, or those under a label, of a batch or of a user;
     optionally only those in the given states."""
     store: JobStore = request.app.state.store
-    wanted = _states(state)
+    wanted = wanted_states(state, "state") if state else frozenset()
     if label or batch or user:
         ids = await _filed(store, label, batch, user)
         listed = [j for j in await store.read_many(ids) if j and (not wanted or j.status in wanted)]
@@ -276,8 +268,17 @@ async def user_uploads(user_id: str, request: Request) -> UploadList:
 @router.put("/users/{user_id}/uploads/{study_id}", status_code=204)
 async def save_upload(user_id: str, study_id: str, request: Request) -> Response:
     """List an existing upload among a user's uploads."""
-    user = catalog.clean_name(user_id, "user id")
-    upload_id, _ = await job_of(request, study_id)
-    assert user is not None
-    await catalog.save_upload(request.app.state.store.redis, user, upload_id)
+    await save_to_user(request, user_id, study_id, "user id")
     return Response(status_code=204)
+
+
+async def save_to_user(
+    request: Request, user_id: str, study_id: str, what: str
+) -> tuple[str, UUID]:
+    """File an existing upload under a user; the user and upload, or a 400 or 404 naming why."""
+    user = catalog.clean_name(user_id, what)
+    if user is None:
+        raise BadRequest(f"the {what} is empty")
+    upload_id, _ = await job_of(request, study_id)
+    await catalog.save_upload(request.app.state.store.redis, user, upload_id)
+    return user, upload_id

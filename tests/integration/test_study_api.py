@@ -376,6 +376,14 @@ async def test_save_upload_lists_it_for_the_user(client: httpx.AsyncClient) -> N
     )
     assert unknown.status_code == 404
     assert (await client.post("/save-upload", params={"upload_id": upload_id})).status_code == 400
+    blank = await client.post("/save-upload", params={"user_id": " ", "upload_id": upload_id})
+    assert blank.status_code == 400
+    ours = await client.put(f"/users/u-8/uploads/{upload_id}")
+    assert ours.status_code == 204
+    assert (await client.get("/users/u-8/uploads")).json()["count"] == 1
+    nobody = await client.put(f"/users/%20/uploads/{upload_id}")
+    assert nobody.status_code == 400  # not a 500
+    assert nobody.json()["detail"] == "the user id is empty"
 
 
 # -- our API: listing, lookup, delete -----------------------------------------------------------
