@@ -304,7 +304,9 @@ class Bus:
             deliveries=delivery.count,
             stream=delivery.stream,
             entry_id=delivery.entry_id,
-            event=delivery.event.model_dump_json(),
+            # without the search keys (patient attributes): dead letters outlive a deletion,
+            # and the study index has had them since the event was first applied
+            event=delivery.event.model_dump_json(exclude={"study"}),
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             add_event(pipe, failed)

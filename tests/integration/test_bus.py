@@ -16,7 +16,17 @@ from redis.asyncio import Redis
 from shared import redis_names as names
 from shared.bus import Bus, Delivery, stop_if_cancelled
 from shared.errors import PermanentError
-from shared.events import FileReceived, FileRef, FileRejected, JobFailed, Reason, parse_event
+from shared.events import (
+    DicomIds,
+    FileDescribed,
+    FileReceived,
+    FileRef,
+    FileRejected,
+    JobFailed,
+    Reason,
+    StudyKeys,
+    parse_event,
+)
 from tests.support import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,6 +172,37 @@ async def test_a_permanent_error_fails_the_job_at_once(redis: Redis) -> None:
     [failed] = await dead_letters(redis)
     assert failed.error == "the bucket does not exist"
     assert calls == 1
+
+
+async def test_a_dead_letter_keeps_no_patient_attributes(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    study = StudyKeys(patient_name="Doe^Jane", patient_id="P-1", study_date="20240101")
+    ids = DicomIds(
+        study_uid="1.2", series_uid="1.2.3", sop_uid="1.2.3.4",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )  # fmt: skip
+    described = FileDescribed(
+        upload_id=uuid.uuid4(),
+        file=FileRef(path="/nowhere.dcm", sha256="0" * 64, size=1),
+        ids=ids,
+        archive_path="/a",
+        metadata_file="/a/metadata.json",
+        preview_file=None,
+        study=study,
+    )
+    await b.publish(described)
+
+    async def handle(delivery: Delivery) -> None:
+        raise PermanentError("the bucket does not exist")
+
+    task = asyncio.create_task(b.serve([names.FILE_DESCRIBED], names.GROUP_UPLOADER, handle))
+    [failed] = await first_dead_letters(redis, 1, seconds=5)
+    task.cancel()
+    assert "Doe" not in failed.event
+    assert "P-1" not in failed.event
+    kept = parse_event(failed.event)  # still the event, for a retry of the stage
+    assert kept == described.model_copy(update={"study": None})
 
 
 async def test_an_unreadable_entry_is_set_aside_not_retried(redis: Redis) -> None:
