@@ -64,10 +64,6 @@ def stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Bus:
     """Streams, groups and acks for one consumer (one process) of the pipeline."""
 
@@ -227,7 +223,7 @@ class Bus:
             for stream, entries in cast(list[Any], reply or []):  # RESP2: [stream, entries]
                 for entry_id, fields in entries:
                     delivery = await self._delivery(
-                        _text(stream), group, _text(entry_id), fields, 1
+                        names.text(stream), group, names.text(entry_id), fields, 1
                     )
                     if delivery is not None:
                         batch.append(delivery)
@@ -248,11 +244,13 @@ class Bus:
             wait = self.backoff_ms(count)
             if idle < wait:
                 continue  # still backing off
-            entry_id = _text(entry["message_id"])
+            entry_id = names.text(entry["message_id"])
             # XCLAIM with that minimum idle time: if another consumer took it first, nothing
             claimed = await self.redis.xclaim(stream, group, self.consumer, wait, [entry_id])
             for claimed_id, fields in cast(list[tuple[Any, Any]], claimed):
-                delivery = await self._delivery(stream, group, _text(claimed_id), fields, count + 1)
+                delivery = await self._delivery(
+                    stream, group, names.text(claimed_id), fields, count + 1
+                )
                 if delivery is not None:
                     log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
                     batch.append(delivery)
@@ -290,7 +288,7 @@ class Bus:
         delivery = Delivery(stream, group, entry_id, event, count)
         if count > self.max_deliveries:
             error = await self.redis.hget(names.attempts_key(stream, group), entry_id)
-            reason = _text(error) if error else "the worker stopped while handling it"
+            reason = names.text(error) if error else "the worker stopped while handling it"
             await self.dead_letter(delivery, f"gave up after {count - 1} deliveries: {reason}")
             return None
         return delivery
@@ -367,7 +365,7 @@ class Bus:
     async def trim(self, stream: str) -> int:
         """Drop entries every group of the topology has delivered and acked; never others."""
         try:
-            groups = {_text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
+            groups = {names.text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
         except ResponseError:
             return 0
         if set(names.TOPOLOGY.get(stream, ())) - set(groups):
@@ -376,9 +374,9 @@ class Bus:
         for name, info in groups.items():
             if int(info["pending"]):
                 summary = await self.redis.xpending(stream, name)
-                oldest = _text(summary["min"])
+                oldest = names.text(summary["min"])
             else:
-                oldest = _text(info["last-delivered-id"])
+                oldest = names.text(info["last-delivered-id"])
             if floor is None or _id_key(oldest) < _id_key(floor):
                 floor = oldest
         if floor is None or floor == "0-0":

@@ -39,11 +39,7 @@ def upload_id_of(text: str) -> UUID:
 async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
     """The job a path or body names, or a 404 that says why."""
     upload_id = upload_id_of(text)
-    store: JobStore = request.app.state.store
-    job = await store.read(upload_id)
-    if job is None:
-        raise UploadNotFound(f"no upload has id {upload_id}")
-    return upload_id, job
+    return upload_id, await _read(request.app.state.store, upload_id)
 
 
 # --- the route -------------------------------------------------------------------------------
@@ -74,6 +70,7 @@ def settled(job: JobStatus, wanted: frozenset[str]) -> bool:
 
 
 async def _read(store: JobStore, upload_id: UUID) -> JobStatus:
+    """The job, a 404 when there is none, a 503 when Redis does not answer."""
     try:
         job = await store.read(upload_id)
     except (RedisError, OSError):

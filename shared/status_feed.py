@@ -47,10 +47,6 @@ def entry_key(entry_id: str) -> Key | None:
     return int(match[1]), int(match[2] or 0)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the status feed: its id, and the change with ``id`` added."""
@@ -147,14 +143,14 @@ class StatusFeed:
             info: Any = await self.redis.xinfo_stream(names.STATUS_FEED)
         except ResponseError:  # no such key: nothing was ever kept, or it was all lost
             return key > (0, 0)
-        last = entry_key(_text(info["last-generated-id"])) or (0, 0)
+        last = entry_key(names.text(info["last-generated-id"])) or (0, 0)
         if key > last:  # an id this stream never gave: it was reset since
             return True
-        deleted = entry_key(_text(info.get("max-deleted-entry-id") or b"0-0")) or (0, 0)
+        deleted = entry_key(names.text(info.get("max-deleted-entry-id") or b"0-0")) or (0, 0)
         first = info.get("first-entry")
         if not first:  # empty: everything it ever held is gone
             return key < last or key < deleted
-        return key < deleted or key < (entry_key(_text(first[0])) or (0, 0))
+        return key < deleted or key < (entry_key(names.text(first[0])) or (0, 0))
 
     async def close(self) -> None:
         """Stop the reader and answer every waiter (``FeedClosed``)."""
@@ -186,7 +182,7 @@ class StatusFeed:
             info: Any = await self.redis.xinfo_stream(names.STATUS_FEED)
         except ResponseError:  # the stream does not exist yet
             return "0-0"
-        return _text(info["last-generated-id"])
+        return names.text(info["last-generated-id"])
 
     async def _read(self) -> None:
         idle_since: float | None = None
@@ -198,7 +194,7 @@ class StatusFeed:
                 )
                 for _, entries in reply or []:
                     for entry_id, fields in entries:
-                        self._keep(_text(entry_id), fields)
+                        self._keep(names.text(entry_id), fields)
                 if reply:
                     self._notify()
                 if self._users:
@@ -235,7 +231,7 @@ class StatusFeed:
             )
         except (RedisError, OSError) as exc:
             raise FeedUnavailable(safe_error(exc)) from exc
-        return [c for i, f in entries if (c := _change(_text(i), f)) is not None]
+        return [c for i, f in entries if (c := _change(names.text(i), f)) is not None]
 
     def _notify(self) -> None:
         self._changed.set()
