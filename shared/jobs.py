@@ -240,8 +240,7 @@ class JobStore:
     async def forget(self, upload_id: UUID) -> list[str]:
         """Forget an upload everywhere: its record and counts, its label entry, its user's and
         batch's lists, its search entry. Says what it removed; safe to run twice."""
-        wanted = ("state", "sha256", "source_sha256", "label", "filename", "user_id", "batch_id",
-                  "study_uid", "series_uid", "duplicate_of")  # fmt: skip
+        wanted = ("state", "sha256", "source_sha256", "label", "filename", "user_id", "batch_id")
         values = await self.redis.hmget(names.status_key(upload_id), wanted)
         job = {k: names.text(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         if "state" not in job:
@@ -262,8 +261,9 @@ class JobStore:
             )
             removed = catalog.queue_unfile(pipe, upload_id, job)
             await study_index.queue_unindex(pipe, upload_id)
-            unindexed = (await pipe.execute())[-1]
-        return ["job record", *removed, *(names.text(r) for r in unindexed)]
+            forgotten, *_, unindexed = await pipe.execute()
+        mine = ["job record", *removed] if forgotten else []  # else a twin forgot it first
+        return [*mine, *(names.text(r) for r in unindexed)]
 
     async def retry(self, upload_id: UUID) -> State | None:
         """Queue a failed job's failed stage again; the state it went back to, or None when
