@@ -31,6 +31,7 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
@@ -139,6 +140,11 @@ redis.call('DEL', h, uploads, series, sops, mods)
 return {'search index entry', 'study search record'}
 """
 
+# Made once, not per call (this runs for every archived instance): given bytes, a script
+# needs no client to know its SHA1, and every call below names the client or pipeline.
+_INDEX_SCRIPT = AsyncScript(None, _INDEX.encode())  # type: ignore[arg-type]
+_UNINDEX_SCRIPT = AsyncScript(None, _UNINDEX.encode())  # type: ignore[arg-type]
+
 
 # ---- normalising values, the same way for indexing and for queries ----
 
@@ -225,7 +231,7 @@ async def queue_index(
         names.study_series_key(uid), names.study_instances_key(uid),
         names.study_modalities_key(uid),
     ]  # fmt: skip
-    await client.register_script(_INDEX)(keys=keys, args=args, client=client)
+    await _INDEX_SCRIPT(keys=keys, args=args, client=client)
 
 
 def _clean(study: StudyKeys) -> dict[str, str]:
@@ -252,7 +258,7 @@ async def queue_unindex(
     ]  # fmt: skip
     for field, prefix in EXACT_INDEXES.items():
         args += [f"ix:{field}", prefix]
-    await client.register_script(_UNINDEX)(keys=keys, args=args, client=client)
+    await _UNINDEX_SCRIPT(keys=keys, args=args, client=client)
 
 
 async def unindex(redis: Redis, upload_id: UUID | str) -> list[str]:
