@@ -62,10 +62,21 @@ RANK: dict[str, int] = {
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
 
+# Every status change is announced the same way: appended to the capped feed stream (which
+# gives it its id) and published on the change channel. Prepended to each script below.
+_ANNOUNCE = """
+local function announce(feed, channel, feed_max, change)
+  change.id = redis.call('XADD', feed, 'MAXLEN', '~', feed_max, '*', 'data', cjson.encode(change))
+  redis.call('PUBLISH', channel, cjson.encode(change))
+end
+"""
+
 # Atomic, forward-only transition, counted and announced. KEYS: job hash, channel, feed
 # stream, state counts, modality counts. ARGV: event id, state, rank, at, fields (JSON object
 # of strings), history max, upload id, feed max.
-_APPLY = """
+_APPLY = (
+    _ANNOUNCE
+    + """
 local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
 for _, h in ipairs(history) do
   if h.event_id == ARGV[1] then return 0 end
@@ -84,42 +95,43 @@ if tonumber(ARGV[3]) >= 0 then  -- a negative rank is a note in the history, not
     moved = 1
   end
 end
-local modality = redis.call('HGET', KEYS[1], 'modality')
-if modality and not before[2] then redis.call('HINCRBY', KEYS[5], modality, 1) end
+local after = redis.call('HMGET', KEYS[1], 'state', 'modality', 'label', 'batch_id')
+if after[2] and not before[2] then redis.call('HINCRBY', KEYS[5], after[2], 1) end
 table.insert(history, {event_id = ARGV[1], state = ARGV[2], at = ARGV[4]})
 while #history > tonumber(ARGV[6]) do table.remove(history, 1) end
 redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
-local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
-local change = {upload_id = ARGV[7], status = redis.call('HGET', KEYS[1], 'state'),
-  event = ARGV[2], at = ARGV[4], label = filed[1] or nil, batch_id = filed[2] or nil}
-change.id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'data', cjson.encode(change))
-redis.call('PUBLISH', KEYS[2], cjson.encode(change))
+announce(KEYS[3], KEYS[2], ARGV[8], {upload_id = ARGV[7], status = after[1], event = ARGV[2],
+  at = ARGV[4], label = after[3] or nil, batch_id = after[4] or nil})
 return moved
 """
+)
 
 # Forget a job: its hash, its copies' record, its place in time, its counts; announced.
 # KEYS: job hash, targets hash, jobs by time, channel, feed, state counts, modality counts.
 # ARGV: upload id, at, feed max.
-_FORGET = """
+_FORGET = (
+    _ANNOUNCE
+    + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'modality', 'label', 'batch_id')
 if not h[1] then return 0 end
 redis.call('HINCRBY', KEYS[6], h[1], -1)
 if h[2] then redis.call('HINCRBY', KEYS[7], h[2], -1) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-local change = {upload_id = ARGV[1], status = 'deleted', event = 'deleted', at = ARGV[2],
-  label = h[3] or nil, batch_id = h[4] or nil}
-change.id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'data', cjson.encode(change))
-redis.call('PUBLISH', KEYS[4], cjson.encode(change))
+announce(KEYS[5], KEYS[4], ARGV[3], {upload_id = ARGV[1], status = 'deleted',
+  event = 'deleted', at = ARGV[2], label = h[3] or nil, batch_id = h[4] or nil})
 return 1
 """
+)
 
 
 # Retry of a failed job: back to where its failed stage starts, and its entry queued again,
 # in one step, so the worker it wakes can never overtake the reset.
 # KEYS: job hash, stream, channel, feed, state counts. ARGV: event id, state, rank, at,
 # upload id, entry JSON, state-time fields to forget (JSON list), feed max.
-_RETRY = """
+_RETRY = (
+    _ANNOUNCE
+    + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
 redis.call('HDEL', KEYS[1], 'error', 'failed_stage', 'failed_event', 'deliveries', 'at:failed')
 for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', KEYS[1], f) end
@@ -131,12 +143,11 @@ table.insert(history, {event_id = ARGV[1], state = 'retried', at = ARGV[4]})
 redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[6])
 local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
-local change = {upload_id = ARGV[5], status = ARGV[2], event = 'retried', at = ARGV[4],
-  label = filed[1] or nil, batch_id = filed[2] or nil}
-change.id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'data', cjson.encode(change))
-redis.call('PUBLISH', KEYS[3], cjson.encode(change))
+announce(KEYS[4], KEYS[3], ARGV[8], {upload_id = ARGV[5], status = ARGV[2], event = 'retried',
+  at = ARGV[4], label = filed[1] or nil, batch_id = filed[2] or nil})
 return 1
 """
+)
 # a failed stage (its consumer group) -> the state its work starts from
 RETRY_FROM: dict[str, State] = {
     "validator": "accepted",
