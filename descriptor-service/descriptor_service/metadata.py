@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -77,13 +77,7 @@ def describe(ds: Dataset, *, bulk_threshold: int = 1024) -> dict[str, Any]:
 
 def summarise(ds: Dataset) -> dict[str, Any]:
     """The usual attributes of ds, snake_case keys, each present and null when unknown."""
-    out: dict[str, Any] = {}
-    for key, keyword, convert in _SUMMARY:
-        try:
-            value = _lookup(ds, keyword)
-            out[key] = None if value is None else _finite(convert(value))
-        except Exception:  # a malformed value is unknown, not fatal
-            out[key] = None
+    out = {key: _finite(value) for key, value in _extract(ds, _SUMMARY).items()}
     out["sop_class_name"] = _uid_name(out["sop_class_uid"])
     out["transfer_syntax_name"] = _uid_name(out["transfer_syntax_uid"])
     if "NumberOfFrames" not in ds and any(tag in ds for tag in PIXEL_TAGS):
@@ -156,14 +150,20 @@ SUMMARY_KEYS: tuple[str, ...] = (
 
 def study_keys(ds: Dataset) -> StudyKeys:
     """The attributes studies are searched by; never raises, an unreadable value is None."""
-    out: dict[str, str | None] = {}
-    for key, keyword, convert in _STUDY_KEYS:
+    return StudyKeys(**_extract(ds, _STUDY_KEYS))
+
+
+def _extract(ds: Dataset, table: Sequence[tuple[str, str, Callable[[Any], Any]]]) -> dict[str, Any]:
+    """Each attribute of ``table`` as (key, keyword, convert): its converted value, or None
+    when it is absent or cannot be read (a malformed value is unknown, not fatal)."""
+    out: dict[str, Any] = {}
+    for key, keyword, convert in table:
         try:
             value = _lookup(ds, keyword)
             out[key] = None if value is None else convert(value)
-        except Exception:  # a malformed value is unknown, not fatal
+        except Exception:
             out[key] = None
-    return StudyKeys(**out)
+    return out
 
 
 def _dicom_date(value: Any) -> str | None:
