@@ -32,13 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared import redis_names as names  # noqa: E402
+from shared.jobs import FINAL  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.e2e.conftest import System, start_system, stop_system  # noqa: E402
 from tests.support import write_ct_series  # noqa: E402
 
 SLICES = int(os.environ.get("BENCH_SLICES", "200"))
 BIG = 1024**3
-FINAL_WORDS = (b"archived", b"rejected", b"failed")
+FINAL_WORDS = tuple(state.encode() for state in FINAL)
 SERVICES = ("gateway", "validator", "descriptor", "uploader", "status")
 TARGETS = [t for t in os.environ.get("BENCH_TARGETS", "s3,azure,gcs,dicomweb").split(",") if t]
 
@@ -60,7 +61,7 @@ class Watcher:
                 if message["type"] != "message" or not any(s in data for s in FINAL_WORDS):
                     continue  # most changes are not final: not worth parsing
                 change = json.loads(data)
-                if change["status"] in ("archived", "rejected", "failed"):
+                if change["status"] in FINAL:
                     upload_id = change["upload_id"]
                     self.final.setdefault(upload_id, (change["status"], time.perf_counter()))
                     if (future := self.waiting.pop(upload_id, None)) and not future.done():
