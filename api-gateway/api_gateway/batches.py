@@ -192,8 +192,8 @@ async def status(batch_id: str, request: Request) -> BatchStatus:
     total = len(jobs)
     processed = sum(n for state, n in counts.items() if state in FINAL)
     state: BatchState
-    if total and processed == total:
-        state = "completed" if counts.get("archived") else "failed"
+    if processed == total:  # also when every file was deleted: nothing is left to do
+        state = "completed" if counts.get("archived") or not total else "failed"
     elif counts.get("accepted", 0) == total:
         state = "queued"
     else:

@@ -147,12 +147,10 @@ async def queue(
                         add_event(pipe, event)
                         if isinstance(event, FileReceived):
                             catalog.queue_file(pipe, event)
-                    if batch is not None:
-                        at = events[0].occurred_at if events else None
-                        if at is not None:
-                            catalog.queue_batch(
-                                pipe, batch[0], batch[1], len(events) - len(taken), at
-                            )
+                    if batch is not None and events:
+                        batch_id, user_id = batch
+                        total = len(events) - len(taken)
+                        catalog.queue_batch(pipe, batch_id, user_id, total, events[0].occurred_at)
                     await pipe.execute()
                     return taken
                 except WatchError:

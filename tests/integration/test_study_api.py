@@ -298,6 +298,12 @@ async def test_a_batch_with_its_progress_files_and_user(
     assert batches["count"] == 1
     assert batches["batches"][0]["batch_id"] == batch_id
     assert (await client.get("/upload/batch/nope/status")).status_code == 404
+    await reject(redis, body["uploads"][1]["upload_id"])
+    for upload in body["uploads"]:
+        assert (await client.delete(f"/uploads/{upload['upload_id']}")).status_code == 200
+    emptied = (await client.get(f"/upload/batch/{batch_id}/status")).json()
+    assert (emptied["status"], emptied["total_files"]) == ("completed", 0)  # not "queued"
+    assert emptied["progress_percentage"] == 100
 
 
 async def test_a_full_disk_during_a_batch_answers_507_and_keeps_nothing(
