@@ -35,6 +35,7 @@ from shared.events import (
     parse_event,
     utcnow,
 )
+from shared.lua import Lua
 
 State = Literal[
     "accepted",
@@ -211,9 +212,9 @@ class JobStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._apply = redis.register_script(_APPLY)
-        self._retry = redis.register_script(_RETRY)
-        self._forget = redis.register_script(_FORGET)
+        self._apply = Lua(_APPLY)
+        self._retry = Lua(_RETRY)
+        self._forget = Lua(_FORGET)
 
     async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add the transition for ``event`` to a pipeline (``CopiesDeleted``: see ``forget``);
@@ -306,6 +307,7 @@ class JobStore:
                 _json(_RESET[stage]),
                 names.STATUS_FEED_MAX,
             ],
+            client=self.redis,
         )
         return back_to if done else None
 

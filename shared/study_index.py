@@ -31,10 +31,10 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
+from shared.lua import Lua
 
 # hash field -> the set prefix of an exact-match index on it
 EXACT_INDEXES: dict[str, str] = {
@@ -140,10 +140,8 @@ redis.call('DEL', h, uploads, series, sops, mods)
 return {'search index entry', 'study search record'}
 """
 
-# Made once, not per call (this runs for every archived instance): given bytes, a script
-# needs no client to know its SHA1, and every call below names the client or pipeline.
-_INDEX_SCRIPT = AsyncScript(None, _INDEX.encode())  # type: ignore[arg-type]
-_UNINDEX_SCRIPT = AsyncScript(None, _UNINDEX.encode())  # type: ignore[arg-type]
+_INDEX_SCRIPT = Lua(_INDEX)
+_UNINDEX_SCRIPT = Lua(_UNINDEX)
 
 
 # ---- normalising values, the same way for indexing and for queries ----
