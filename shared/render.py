@@ -27,6 +27,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+from isal import isal_zlib
 from numpy.typing import NDArray
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -83,7 +84,7 @@ def render_png(
     ds: Dataset,
     *,
     frame: int = 0,
-    compress_level: int = 1,
+    compress_level: int = 1,  # ISA-L's 0-3
     window: tuple[float, float] | None = None,
 ) -> bytes:
     """Frame `frame` of ds at full resolution as PNG bytes (8-bit gray or RGB)."""
@@ -96,8 +97,10 @@ def encode_png(image: Image8, compress_level: int = 1) -> bytes:
     Pillow's encoder chooses a filter for every row by trying all five (adaptive filtering,
     which no option turns off); that search is most of its time. One fixed filter over the
     whole image in numpy is 2.5x faster, and Up (PNG spec 9.2: each byte minus the one above)
-    keeps previews of medical images as small, within 10 % on pydicom's test images. zlib's
-    Z_RLE strategy suits the filtered rows: as small as the default strategy, and faster.
+    keeps previews of medical images as small, within 10 % on pydicom's test images. The
+    filtered rows are deflated by ISA-L (``isal``), whose levels are 0-3: at level 1 it is 4x
+    faster than zlib's fastest way (Z_RLE) on a 512x512 CT slice, and as small (+1 %); any
+    inflater reads it, since it is plain zlib format.
     """
     rows, cols = image.shape[:2]
     channels = 1 if image.ndim == 2 else image.shape[2]
@@ -108,8 +111,7 @@ def encode_png(image: Image8, compress_level: int = 1) -> bytes:
     filtered[:, 0] = 2  # filter type Up; above the first row the spec reads zeros
     filtered[0, 1:] = lines[0]
     np.subtract(lines[1:], lines[:-1], out=filtered[1:, 1:])  # modulo 256, as the spec says
-    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = deflate.compress(filtered.data) + deflate.flush()
+    data = isal_zlib.compress(filtered.data, compress_level)
     header = struct.pack(">IIBBBBB", cols, rows, 8, 0 if channels == 1 else 2, 0, 0, 0)
     idat = b"".join(
         _chunk(b"IDAT", data[at : at + IDAT_MAX]) for at in range(0, len(data), IDAT_MAX)
