@@ -101,17 +101,15 @@ class Bus:
                         raise
 
     async def publish(self, *events: Event) -> None:
-        """Append events to their streams, all or none."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        """Append events to their streams, all or none (one XADD needs no transaction)."""
+        async with self.redis.pipeline(transaction=len(events) > 1) as pipe:
             for event in events:
                 add_event(pipe, event)
             await pipe.execute()
 
     async def started(self, delivery: Delivery, stage: Stage) -> None:
         """Say that this stage took the job up, so its status shows where the job is."""
-        await self.publish(
-            StageStarted(upload_id=delivery.event.upload_id, stage=stage, delivery=delivery.count)
-        )
+        await self.publish(started_event(delivery, stage))
 
     async def complete(self, delivery: Delivery, *events: Event) -> None:
         """Publish a handler's outcome and ack its entry in one transaction."""
@@ -382,6 +380,11 @@ class Bus:
         if floor is None or floor == "0-0":
             return 0
         return int(await self.redis.xtrim(stream, minid=floor, approximate=True))
+
+
+def started_event(delivery: Delivery, stage: Stage) -> StageStarted:
+    """The event that says a stage took a delivery's job up."""
+    return StageStarted(upload_id=delivery.event.upload_id, stage=stage, delivery=delivery.count)
 
 
 def add_event(pipe: Redis, event: Event) -> None:

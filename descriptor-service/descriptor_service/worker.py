@@ -23,7 +23,7 @@ from descriptor_service.metadata import describe, study_keys
 from descriptor_service.settings import DescriptorSettings
 from shared import metrics
 from shared import redis_names as names
-from shared.bus import Bus, Delivery
+from shared.bus import Bus, Delivery, add_event, started_event
 from shared.errors import PermanentError
 from shared.events import FileDescribed, FileValidated, StudyKeys
 from shared.files import place, write_atomic
@@ -49,8 +49,11 @@ async def run(bus: Bus, settings: DescriptorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> None:
     event = delivery.event
     assert isinstance(event, FileValidated)
-    await bus.started(delivery, "describing")
-    described = await _existing_copy(bus.redis, event, settings.archive_path)
+    async with bus.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+        add_event(pipe, started_event(delivery, "describing"))
+        pipe.get(names.instance_key(event.ids.sop_uid))
+        _, holder = await pipe.execute()
+    described = _existing_copy(holder, event, settings.archive_path)
     if described is None:
         described = await asyncio.to_thread(archive, event, settings)
         described = await _claim_instance(bus.redis, event, described, settings.archive_path)
@@ -119,9 +122,12 @@ def _holder(value: bytes | str | None) -> tuple[str, str] | None:
     return holder_id, sha256
 
 
-async def _existing_copy(redis: Redis, event: FileValidated, root: Path) -> FileDescribed | None:
-    """The first archived copy of this very instance (same SOP Instance UID, same bytes)."""
-    holder = _holder(await redis.get(names.instance_key(event.ids.sop_uid)))
+def _existing_copy(
+    value: bytes | str | None, event: FileValidated, root: Path
+) -> FileDescribed | None:
+    """The first archived copy of this very instance (same SOP Instance UID, same bytes), from
+    the value of its instance key."""
+    holder = _holder(value)
     if holder is None or holder[0] == str(event.upload_id) or holder[1] != event.file.sha256:
         return None
     folder = root / holder[0]
@@ -139,7 +145,7 @@ async def _claim_instance(
     key, mine = names.instance_key(event.ids.sop_uid), f"{event.upload_id} {event.file.sha256}"
     if await redis.set(key, mine, nx=True):
         return described
-    twin = await _existing_copy(redis, event, root)
+    twin = _existing_copy(await redis.get(key), event, root)
     if twin is None:
         # Ours, from an earlier delivery; or the same UID with other bytes (a new version of
         # the instance): both copies are kept and the newest holds the UID.
