@@ -151,10 +151,14 @@ class Bus:
     async def serve_batches(
         self, streams: Sequence[str], group: str, handle_batch: BatchHandler, handle: Handler
     ) -> None:
-        """Run ``handle_batch`` on each batch the stream gives, for handlers whose cost is round
-        trips. A batch that fails is handled again one delivery at a time with ``handle``, so
-        one bad entry is retried and dead-lettered alone, never its neighbours."""
-        async for batch in self.batches(streams, group):
+        """Run ``handle_batch`` on each batch the stream gives, for idempotent handlers whose
+        cost is round trips. A batch handled is acked in the round trip of the next read (a
+        crash before it means the batch comes back, and is handled again to the same end). A
+        batch that fails is handled again one delivery at a time with ``handle``, which acks
+        with ``complete``, so one bad entry is retried and dead-lettered alone, never its
+        neighbours."""
+        handled: list[Delivery] = []
+        async for batch in self.batches(streams, group, handled):
             try:
                 await handle_batch(batch)
             except asyncio.CancelledError:
@@ -164,14 +168,8 @@ class Bus:
                 for delivery in batch:
                     await self._run(delivery, handle)
             else:
+                handled.extend(batch)
                 metrics.DELIVERIES.labels(group, "done").inc(len(batch))
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack deliveries whose handling is durable, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for delivery in deliveries:
-                _queue_ack(pipe, delivery)
-            await pipe.execute()
 
     async def deliveries(self, streams: Sequence[str], group: str) -> AsyncIterator[Delivery]:
         """Yield new entries, and entries other consumers left pending too long."""
@@ -179,8 +177,14 @@ class Bus:
             for delivery in batch:
                 yield delivery
 
-    async def batches(self, streams: Sequence[str], group: str) -> AsyncIterator[list[Delivery]]:
-        """Yield batches of new entries, and of entries other consumers left pending too long."""
+    async def batches(
+        self, streams: Sequence[str], group: str, handled: list[Delivery] | None = None
+    ) -> AsyncIterator[list[Delivery]]:
+        """Yield batches of new entries, and of entries other consumers left pending too long.
+
+        Deliveries the caller puts in ``handled`` are acked in the round trip of the next read.
+        """
+        handled = [] if handled is None else handled
         next_claim = 0.0
         next_trim = time.monotonic() + self.trim_every_s
         failures = 0
@@ -197,13 +201,18 @@ class Bus:
                     next_trim = now + self.trim_every_s
                     for stream in streams:
                         await self.trim(stream)
-                reply = await self.redis.xreadgroup(
-                    group,
-                    self.consumer,
-                    dict.fromkeys(streams, ">"),
-                    count=self.batch,
-                    block=self.block_ms,
-                )
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for done in handled:
+                        _queue_ack(pipe, done)
+                    pipe.xreadgroup(
+                        group,
+                        self.consumer,
+                        dict.fromkeys(streams, ">"),
+                        count=self.batch,
+                        block=self.block_ms,
+                    )
+                    *_, reply = await pipe.execute()
+                handled.clear()
                 failures = 0
             except REDIS_DOWN as exc:
                 failures += 1

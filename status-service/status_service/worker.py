@@ -28,15 +28,14 @@ async def run(bus: Bus, settings: StatusSettings) -> None:
     await bus.serve_batches(
         streams,
         names.GROUP_STATUS,
-        partial(handle_batch, bus=bus, store=store),
+        partial(handle_batch, store=store),
         partial(handle, bus=bus, store=store),
     )
 
 
-async def handle_batch(batch: list[Delivery], bus: Bus, store: JobStore) -> None:
-    """Apply a batch of events in one round trip, then ack them in a second."""
+async def handle_batch(batch: list[Delivery], store: JobStore) -> None:
+    """Apply a batch of events in one round trip (the bus acks them with its next read)."""
     await store.apply_all([delivery.event for delivery in batch])
-    await bus.ack(batch)
 
 
 async def handle(delivery: Delivery, bus: Bus, store: JobStore) -> None:

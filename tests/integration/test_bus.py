@@ -330,7 +330,6 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
         if any(d.event.upload_id == poison for d in batch):
             raise RuntimeError("one of them is bad")
         handled.extend(d.event.upload_id for d in batch)
-        await b.ack(batch)
 
     async def handle(delivery: Delivery) -> None:
         if delivery.event.upload_id == poison:
@@ -348,6 +347,33 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
         str(e.upload_id) for e in events if e.upload_id != poison
     )
     assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+
+
+async def test_a_handled_batch_is_acked_with_the_next_read(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(*(first := [received() for _ in range(3)]))
+    handled: list[Delivery] = []
+
+    async def handle_batch(batch: list[Delivery]) -> None:
+        handled.extend(batch)
+
+    async def handle(delivery: Delivery) -> None:
+        raise AssertionError("no batch failed")
+
+    task = asyncio.create_task(
+        b.serve_batches([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle_batch, handle)
+    )
+    await b.publish(*(later := [received() for _ in range(2)]))
+    pending = None
+    for _ in range(50):
+        pending = (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"]
+        if len(handled) == 5 and pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    assert [d.event for d in handled] == [*first, *later]  # each once, none redelivered
+    assert pending == 0
 
 
 async def test_redeliveries_back_off_exponentially(redis: Redis) -> None:
