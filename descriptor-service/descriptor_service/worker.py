@@ -9,7 +9,6 @@ SOP Instance UID and the same bytes is not stored again: the job points at the f
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from functools import partial
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 import structlog
+from pydicom.uid import UID
 from redis.asyncio import Redis
 
 from descriptor_service.metadata import describe, study_keys
@@ -26,7 +26,7 @@ from shared import redis_names as names
 from shared.bus import Bus, Delivery, add_event, started_event
 from shared.errors import PermanentError
 from shared.events import FileDescribed, FileValidated, StudyKeys
-from shared.files import place, write_atomic
+from shared.files import is_small, place, run_blocking, write_atomic
 from shared.render import RenderError, has_pixels, render_png
 
 log = structlog.get_logger()
@@ -55,7 +55,9 @@ async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> 
         _, holder = await pipe.execute()
     described = _existing_copy(holder, event, settings.archive_path)
     if described is None:
-        described = await asyncio.to_thread(archive, event, settings)
+        # inline when quick: a small file whose pixels need no decompression
+        quick = is_small(event.file.size) and _native(event.ids.transfer_syntax_uid)
+        described = await run_blocking(partial(archive, event, settings), inline=quick)
         described = await _claim_instance(bus.redis, event, described, settings.archive_path)
     await bus.complete(delivery, described)
     Path(event.file.path).unlink(missing_ok=True)
@@ -93,6 +95,13 @@ def archive(event: FileValidated, settings: DescriptorSettings) -> FileDescribed
         return _described(event, folder, None, f"no preview: {exc}", study)
     write_atomic(folder / PREVIEW, png, durable=False)
     return _described(event, folder, folder / PREVIEW, None, study)
+
+
+def _native(transfer_syntax: str | None) -> bool:
+    """Whether the pixel data of this transfer syntax is stored as it is (not compressed, not
+    deflated): then reading and rendering take time in proportion to the file's size."""
+    uid = UID(transfer_syntax or "")
+    return uid.is_transfer_syntax and not (uid.is_compressed or uid.is_deflated)
 
 
 def _described(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.errors import RetryableError
 from shared.events import FileReceived, FileRejected, FileValidated
+from shared.files import is_small, run_blocking
 from validator_service.rules import Limits, check_file
 from validator_service.settings import ValidatorSettings
 
@@ -43,7 +43,10 @@ async def handle(delivery: Delivery, bus: Bus, limits: Limits) -> None:
     path = Path(event.file.path)
     if not path.is_file():
         raise RetryableError("the uploaded file is not on disk: is UPLOADS_PATH shared?")
-    verdict = await asyncio.to_thread(check_file, path, limits)
+    # a small file is checked inline: at worst, a deflated one inflates to MAX_INFLATED_SIZE
+    verdict = await run_blocking(
+        partial(check_file, path, limits), inline=is_small(event.file.size)
+    )
     outcome: FileValidated | FileRejected
     if verdict.ids is not None and verdict.accepted:
         outcome = FileValidated(

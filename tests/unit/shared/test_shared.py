@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import structlog
 
 from shared.errors import PermanentError, safe_error
 from shared.events import FileReceived, FileRef, FileRejected, Reason, StageStarted, parse_event
+from shared.files import SMALL_FILE, is_small, run_blocking
 from shared.jobs import RANK, JobStatus, changes
 from shared.logging import configure_logging
 
@@ -134,3 +136,35 @@ def test_an_incomplete_target_stops_the_uploader_at_start_naming_the_variable(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("size", "inline"), [(1024, True), (SMALL_FILE, True), (SMALL_FILE + 1, False)]
+)
+async def test_blocking_work_on_a_small_file_runs_inline_and_on_a_large_one_in_a_thread(
+    size: int, inline: bool
+) -> None:
+    loop_thread = threading.get_ident()
+    ran_in = await run_blocking(threading.get_ident, inline=is_small(size))
+    assert (ran_in == loop_thread) is inline
+
+
+@pytest.mark.parametrize(
+    ("syntax", "native"),
+    [
+        ("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
+        ("1.2.840.10008.1.2.1", True),
+        ("1.2.840.10008.1.2.2", True),  # Explicit VR Big Endian
+        ("1.2.840.10008.1.2.1.99", False),  # deflated: may inflate far beyond its size
+        ("1.2.840.10008.1.2.4.90", False),  # JPEG 2000: decoding is slow for its size
+        ("1.2.840.10008.1.2.5", False),  # RLE
+        ("1.2.3.4", False),
+        (None, False),
+    ],
+)
+def test_the_descriptor_works_inline_only_on_pixels_stored_as_they_are(
+    syntax: str | None, native: bool
+) -> None:
+    from descriptor_service.worker import _native
+
+    assert _native(syntax) is native

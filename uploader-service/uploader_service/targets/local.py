@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from functools import partial
 
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds, TargetResult
-from shared.files import sha256_of
+from shared.files import is_small, run_blocking, sha256_of
 from uploader_service.targets import Item
 
 
@@ -24,7 +24,7 @@ class LocalTarget:
             raise RetryableError(
                 "local: the archived original is not on disk: is ARCHIVE_PATH shared?"
             )
-        digest = await asyncio.to_thread(sha256_of, item.original)
+        digest = await run_blocking(partial(sha256_of, item.original), inline=is_small(item.size))
         if digest != item.sha256:
             raise PermanentError("local: the archived original does not match the upload's SHA-256")
         return TargetResult(
