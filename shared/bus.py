@@ -87,6 +87,7 @@ class Bus:
         self.block_ms = block_ms
         self.batch = batch
         self.trim_every_s = trim_every_s
+        self._in_hand: dict[tuple[str, str], set[str]] = {}  # (stream, group) -> entry ids
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Bus:
         """
         slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
+        heartbeat = asyncio.create_task(self._keep_fresh())
         try:
             async for delivery in self.deliveries(streams, group):
                 await slots.acquire()
@@ -147,6 +149,7 @@ class Bus:
                 await asyncio.wait(running, timeout=10)
                 for task in running:
                     task.cancel()
+            heartbeat.cancel()
 
     async def serve_batches(
         self, streams: Sequence[str], group: str, handle_batch: BatchHandler, handle: Handler
@@ -158,18 +161,22 @@ class Bus:
         with ``complete``, so one bad entry is retried and dead-lettered alone, never its
         neighbours."""
         handled: list[Delivery] = []
-        async for batch in self.batches(streams, group, handled):
-            try:
-                await handle_batch(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("batch.failed", size=len(batch), error=safe_error(exc))
-                for delivery in batch:
-                    await self._run(delivery, handle)
-            else:
-                handled.extend(batch)
-                metrics.DELIVERIES.labels(group, "done").inc(len(batch))
+        heartbeat = asyncio.create_task(self._keep_fresh())
+        try:
+            async for batch in self.batches(streams, group, handled):
+                try:
+                    await handle_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("batch.failed", size=len(batch), error=safe_error(exc))
+                    for delivery in batch:
+                        await self._run(delivery, handle)
+                else:
+                    handled.extend(batch)
+                    metrics.DELIVERIES.labels(group, "done").inc(len(batch))
+        finally:
+            heartbeat.cancel()
 
     async def deliveries(self, streams: Sequence[str], group: str) -> AsyncIterator[Delivery]:
         """Yield new entries, and entries other consumers left pending too long."""
@@ -322,7 +329,8 @@ class Bus:
 
     async def _run(self, delivery: Delivery, handle: Handler) -> None:
         with structlog.contextvars.bound_contextvars(upload_id=str(delivery.event.upload_id)):
-            heartbeat = asyncio.create_task(self._keep_fresh(delivery))
+            in_hand = self._in_hand.setdefault((delivery.stream, delivery.group), set())
+            in_hand.add(delivery.entry_id)
             started = time.perf_counter()
             try:
                 await handle(delivery)
@@ -343,7 +351,7 @@ class Bus:
                         error,
                     )
             finally:
-                heartbeat.cancel()
+                in_hand.discard(delivery.entry_id)
                 metrics.HANDLE_SECONDS.labels(delivery.group).observe(time.perf_counter() - started)
 
     async def _give_up(self, delivery: Delivery, error: str) -> None:
@@ -352,20 +360,18 @@ class Bus:
         except REDIS_DOWN:
             log.warning("redis.unavailable", error="dead-letter deferred to the next delivery")
 
-    async def _keep_fresh(self, delivery: Delivery) -> None:
-        """Reset the entry's idle time while we work on it, so nobody takes it over."""
+    async def _keep_fresh(self) -> None:
+        """Every third of ``claim_idle_ms``, reset the idle time of the entries being handled,
+        so nobody takes them over while we work: one loop for all of them, one XCLAIM a stream."""
         while True:
             await asyncio.sleep(self.claim_idle_ms / 3000)
             stop_if_cancelled()
-            with contextlib.suppress(*REDIS_DOWN):
-                await self.redis.xclaim(
-                    delivery.stream,
-                    delivery.group,
-                    self.consumer,
-                    0,
-                    [delivery.entry_id],
-                    justid=True,
-                )
+            for (stream, group), entry_ids in list(self._in_hand.items()):
+                if entry_ids:
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await self.redis.xclaim(
+                            stream, group, self.consumer, 0, list(entry_ids), justid=True
+                        )
 
     # -- housekeeping ------------------------------------------------------------------------
 
