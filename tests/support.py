@@ -47,10 +47,15 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server process on a free port, with its data in a folder of its own."""
 
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
+    def __init__(
+        self, folder: Path, persistent: bool = False, appendfsync: str = "always"
+    ) -> None:
+        """``persistent``: with the append-only file, fsynced on every write (``always``, the
+        strictest) or once a second (``everysec``, as ``make run`` and compose run it)."""
         self.folder = folder
         self.port = free_port()
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +64,7 @@ class RedisServer:
 
     def start(self) -> None:
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
+            ["--appendonly", "yes", "--appendfsync", self.appendfsync]
             if self.persistent
             else ["--appendonly", "no"]
         )

@@ -113,8 +113,8 @@ def _ready(ports: dict[str, int]) -> bool:
     return True
 
 
-def start_system(folder: Path, **env_extra: str) -> System:
-    redis = RedisServer(folder / "redis-data", persistent=True)
+def start_system(folder: Path, redis_fsync: str = "always", **env_extra: str) -> System:
+    redis = RedisServer(folder / "redis-data", persistent=True, appendfsync=redis_fsync)
     redis.folder.mkdir(parents=True)
     redis.start()
     ports = {name: free_port() for name in NAMES}
