@@ -47,9 +47,7 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server process on a free port, with its data in a folder of its own."""
 
-    def __init__(
-        self, folder: Path, persistent: bool = False, appendfsync: str = "always"
-    ) -> None:
+    def __init__(self, folder: Path, persistent: bool = False, appendfsync: str = "always") -> None:
         """``persistent``: with the append-only file, fsynced on every write (``always``, the
         strictest) or once a second (``everysec``, as ``make run`` and compose run it)."""
         self.folder = folder
