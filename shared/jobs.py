@@ -207,6 +207,24 @@ def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
     raise TypeError(f"no transition for {type(event).__name__}")  # JobRetried: see retry()
 
 
+def in_order(events: list[AnyEvent]) -> list[AnyEvent]:
+    """Events as they happened to each job: by the rank of the state each one leads to.
+
+    A batch read from several streams comes stream by stream, so a job's outcome can come
+    before the start of its stage, or its receipt, and would be applied (and announced, and
+    kept in its history) in that order. Each job's states follow their ranks, so a stable sort
+    by rank restores each job's order and keeps every other; notes (a negative rank) go last.
+    """
+
+    def rank(event: AnyEvent) -> int:
+        if isinstance(event, CopiesDeleted):
+            return 99
+        value = RANK[changes(event)[0]]
+        return value if value >= 0 else 99
+
+    return sorted(events, key=rank)
+
+
 class JobStore:
     """Reads and writes job hashes. Writers: the gateway (create) and the status service."""
 
@@ -239,9 +257,10 @@ class JobStore:
             return bool((await pipe.execute())[0])
 
     async def apply_all(self, events: list[AnyEvent]) -> None:
-        """Apply several events in one round trip; raises if any of them failed."""
+        """Apply several events in one round trip, in the order they happened to each job
+        (``in_order``); raises if any of them failed."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
+            for event in in_order(events):
                 if not isinstance(event, CopiesDeleted):
                     await self.queue_apply(pipe, event)
             await pipe.execute()

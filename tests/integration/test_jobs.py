@@ -57,6 +57,28 @@ async def test_a_job_moves_forward_and_gathers_what_each_stage_learned(store: Jo
     assert await store.redis.zscore(names.JOBS_BY_TIME, str(upload_id)) is not None
 
 
+async def test_a_batch_is_applied_in_the_order_things_happened_to_each_job(
+    store: JobStore,
+) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    # as one read of several streams gives them: stream by stream, outcomes before starts
+    batch = [
+        FileReceived(upload_id=first, file=FILE),
+        FileValidated(upload_id=first, file=FILE, ids=IDS, has_pixels=True),
+        FileReceived(upload_id=second, file=FILE),
+        StageStarted(upload_id=first, stage="validating"),
+        StageStarted(upload_id=second, stage="validating"),
+    ]
+    await store.apply_all(batch)
+    one, two = await store.read_many([first, second])
+    assert one is not None
+    assert two is not None
+    assert one.status == "validated"
+    assert two.status == "validating"
+    assert [h["state"] for h in one.details["history"]] == ["accepted", "validating", "validated"]
+    assert [h["state"] for h in two.details["history"]] == ["accepted", "validating"]
+
+
 async def test_an_event_applied_twice_changes_nothing(store: JobStore) -> None:
     upload_id = uuid.uuid4()
     received = FileReceived(upload_id=upload_id, file=FILE)
