@@ -23,7 +23,7 @@ from descriptor_service.metadata import describe, study_keys
 from descriptor_service.settings import DescriptorSettings
 from shared import metrics
 from shared import redis_names as names
-from shared.bus import Bus, Delivery, add_event, started_event
+from shared.bus import Bus, Delivery
 from shared.errors import PermanentError
 from shared.events import FileDescribed, FileValidated, StudyKeys
 from shared.files import is_small, place, run_blocking, write_atomic
@@ -49,14 +49,12 @@ async def run(bus: Bus, settings: DescriptorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> None:
     event = delivery.event
     assert isinstance(event, FileValidated)
-    async with bus.redis.pipeline(transaction=False) as pipe:  # one round trip for both
-        add_event(pipe, started_event(delivery, "describing"))
-        pipe.get(names.instance_key(event.ids.sop_uid))
-        _, holder = await pipe.execute()
+    # quick: a small file whose pixels need no decompression, described in the event loop
+    quick = is_small(event.file.size) and _native(event.ids.transfer_syntax_uid)
+    await bus.started(delivery, "describing", quick=quick)
+    holder = await bus.redis.get(names.instance_key(event.ids.sop_uid))
     described = _existing_copy(holder, event, settings.archive_path)
     if described is None:
-        # inline when quick: a small file whose pixels need no decompression
-        quick = is_small(event.file.size) and _native(event.ids.transfer_syntax_uid)
         described = await run_blocking(partial(archive, event, settings), inline=quick)
         described = await _claim_instance(bus.redis, event, described, settings.archive_path)
     await bus.complete(delivery, described)

@@ -24,6 +24,7 @@ from shared.events import (
     FileRejected,
     JobFailed,
     Reason,
+    StageStarted,
     StudyKeys,
     parse_event,
 )
@@ -347,6 +348,63 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
         str(e.upload_id) for e in events if e.upload_id != poison
     )
     assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+
+
+async def stage_starts(redis: Redis) -> list[StageStarted]:
+    entries = await redis.xrange(names.STAGE_STARTED)
+    return [parse_event(fields[b"data"]) for _, fields in entries]  # type: ignore[misc]
+
+
+async def test_the_start_of_quick_work_is_told_with_its_outcome(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(event := received())
+    [delivery] = await asyncio.wait_for(take(b, 1), 5)
+    await b.started(delivery, "validating", quick=True)
+    assert await stage_starts(redis) == []  # not yet: no round trip of its own
+    outcome = FileRejected(upload_id=event.upload_id, file=event.file, reasons=[])
+    await b.complete(delivery, outcome)
+    [start] = await stage_starts(redis)
+    assert (start.upload_id, start.stage, start.delivery) == (event.upload_id, "validating", 1)
+    assert start.occurred_at <= outcome.occurred_at  # made when the work started
+    assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+
+
+async def test_the_start_of_long_work_is_told_at_once(redis: Redis) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(event := received())
+    [delivery] = await asyncio.wait_for(take(b, 1), 5)
+    await b.started(delivery, "validating")
+    assert [s.upload_id for s in await stage_starts(redis)] == [event.upload_id]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("try again"), PermanentError("never")])
+async def test_the_start_of_quick_work_that_fails_is_told_with_the_failure(
+    redis: Redis, error: Exception
+) -> None:
+    b = bus(redis, max_deliveries=3)
+    await b.ensure_groups()
+    await b.publish(event := received())
+    attempts = 0
+
+    async def handle(delivery: Delivery) -> None:
+        nonlocal attempts
+        attempts += 1
+        await b.started(delivery, "validating", quick=True)
+        raise error
+
+    task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+    for _ in range(50):
+        if attempts and await stage_starts(redis):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    [start, *_] = await stage_starts(redis)
+    assert (start.upload_id, start.delivery) == (event.upload_id, 1)
+    if isinstance(error, PermanentError):
+        [failed] = await dead_letters(redis)
+        assert failed.upload_id == event.upload_id
 
 
 async def test_a_handled_batch_is_acked_with_the_next_read(redis: Redis) -> None:

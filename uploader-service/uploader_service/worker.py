@@ -26,6 +26,7 @@ from shared.events import (
     TargetResult,
     UploadAttempted,
 )
+from shared.files import is_small
 from uploader_service.settings import UploaderSettings
 from uploader_service.targets import Item, Target
 
@@ -49,7 +50,9 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     if isinstance(event, CopiesDeletionRequested):
         return await delete_copies(delivery, event, bus, targets)
     assert isinstance(event, FileDescribed)
-    await bus.started(delivery, "uploading")
+    # quick: a small file for the archive alone (the local target checks it on this disk)
+    quick = is_small(event.file.size) and all(t.name == "local" for t in targets)
+    await bus.started(delivery, "uploading", quick=quick)
     targets = chosen(targets, event.only_targets)
     done_key = names.targets_key(event.upload_id)
     done = {  # with one target there is nothing to remember: it has the file or the job fails

@@ -39,14 +39,14 @@ async def run(bus: Bus, settings: ValidatorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, limits: Limits) -> None:
     event = delivery.event
     assert isinstance(event, FileReceived)
-    await bus.started(delivery, "validating")
+    # a small file is checked in the event loop: at worst, a deflated one inflates to
+    # MAX_INFLATED_SIZE
+    quick = is_small(event.file.size)
+    await bus.started(delivery, "validating", quick=quick)
     path = Path(event.file.path)
     if not path.is_file():
         raise RetryableError("the uploaded file is not on disk: is UPLOADS_PATH shared?")
-    # a small file is checked inline: at worst, a deflated one inflates to MAX_INFLATED_SIZE
-    verdict = await run_blocking(
-        partial(check_file, path, limits), inline=is_small(event.file.size)
-    )
+    verdict = await run_blocking(partial(check_file, path, limits), inline=quick)
     outcome: FileValidated | FileRejected
     if verdict.ids is not None and verdict.accepted:
         outcome = FileValidated(
