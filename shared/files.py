@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 CHUNK = 1024 * 1024
-SMALL_FILE = 2 * 1024 * 1024  # bytes: reading or checking a file this size takes milliseconds
+# bytes: a file this size is read, checked or rendered in milliseconds (a CT slice is 0.5 MB);
+# a hostile one of many tiny elements, in a second or two at worst, well within a heartbeat
+SMALL_FILE = 1024 * 1024
 
 T = TypeVar("T")
 

@@ -39,8 +39,8 @@ async def run(bus: Bus, settings: ValidatorSettings) -> None:
 async def handle(delivery: Delivery, bus: Bus, limits: Limits) -> None:
     event = delivery.event
     assert isinstance(event, FileReceived)
-    # a small file is checked in the event loop: at worst, a deflated one inflates to
-    # MAX_INFLATED_SIZE
+    # a small file is checked in the event loop; at worst (deflated, it inflates to a million
+    # tiny elements, the parser's budget) that takes about a second
     quick = is_small(event.file.size)
     await bus.started(delivery, "validating", quick=quick)
     path = Path(event.file.path)
