@@ -1,7 +1,8 @@
 """The Redis Streams bus: publish events, consume them in a group, ack, reclaim, dead-letter.
 
 Work is never lost to a crash: an entry is acked only together with the events its handler
-publishes (one MULTI/EXEC), an entry left pending by a dead consumer is taken over after
+publishes (one MULTI/EXEC), or, for a batch handler that publishes nothing, in the round trip
+of the read after it was handled; an entry left pending by a dead consumer is taken over after
 ``claim_idle_ms``, one whose handler failed comes back after an exponential back-off with
 jitter, a consumer still working on an entry keeps it fresh (a heartbeat XCLAIM), and an
 entry delivered more than ``max_deliveries`` times goes to the dead-letter stream as a
