@@ -40,7 +40,6 @@ from pydicom.pixels.processing import (
     apply_windowing,
     convert_color_space,
 )
-from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
 from shared.secondary_capture import PNG_SIGNATURE
@@ -167,7 +166,7 @@ def _decode(ds: Dataset, frame: int) -> tuple[NDArray[Any], dict[str, Any]]:
         raise IndexError(f"frame {frame} requested, the dataset has {frames}")
     try:
         decoder = get_decoder(syntax)
-        arr, properties = decoder.as_array(ds, index=frame, **as_pixel_options(ds))
+        arr, properties = decoder.as_array(ds, index=frame)  # options read from ds
     except Exception as exc:  # no plugin, corrupt stream, inconsistent attributes
         raise RenderError(
             f"cannot decode pixel data: {type(exc).__name__} ({syntax.name})"
