@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+from collections.abc import Iterator
+
+import pydicom
+import pydicom.config
 import pytest
+from descriptor_service.metadata import describe
 from descriptor_service.worker import _native
+from pydicom.data import get_testdata_file
+
+from shared.render import RenderError, to_display
 
 
 @pytest.mark.parametrize(
@@ -23,3 +33,35 @@ def test_the_descriptor_works_inline_only_on_pixels_stored_as_they_are(
     syntax: str | None, native: bool
 ) -> None:
     assert _native(syntax) is native
+
+
+@pytest.fixture
+def reading_checks() -> Iterator[None]:
+    mode = pydicom.config.settings.reading_validation_mode
+    yield
+    pydicom.config.settings.reading_validation_mode = mode
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "badVR.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtdose.dcm"]
+)
+def test_skipping_pydicoms_value_checks_changes_neither_metadata_nor_preview(
+    name: str, reading_checks: None
+) -> None:
+    """The descriptor skips pydicom's checks of values as it reads (they only warn)."""
+    made = []
+    for mode in (pydicom.config.WARN, pydicom.config.IGNORE):
+        pydicom.config.settings.reading_validation_mode = mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(get_testdata_file(name))
+            made.append((json.dumps(describe(ds), sort_keys=True), _preview(ds)))
+    assert made[0] == made[1]
+
+
+def _preview(ds: pydicom.Dataset) -> bytes | str:
+    """The display pixels, or why there are none."""
+    try:
+        return to_display(ds).tobytes()
+    except RenderError as exc:
+        return str(exc)
