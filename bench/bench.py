@@ -90,14 +90,14 @@ class Watcher:
         await asyncio.wait_for(future, 600)
 
 
-async def closed_loop(system: System, paths: list[Path], concurrency: int) -> dict[str, float]:
-    """``concurrency`` clients, each uploading a file and waiting until it is archived."""
+async def closed_loop(system: System, requests: list[bytes], concurrency: int) -> dict[str, float]:
+    """``concurrency`` clients, each sending an upload request and waiting until its file is
+    archived."""
     watcher = Watcher(system.redis.url)
     subscribed = asyncio.Event()
     listening = asyncio.create_task(watcher.run(subscribed))
     await subscribed.wait()
-    # requests built before the clock starts: the load, not its encoding, is measured
-    queue = [upload_request(path, system.ports["gateway"]) for path in reversed(paths)]
+    queue = requests[::-1]
     started: dict[str, float] = {}
 
     async def client() -> None:
@@ -161,18 +161,27 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-def cpu_seconds(system: System) -> dict[str, float]:
-    """CPU time used so far by each service process, by Redis and by this client."""
+def processes(system: System) -> dict[str, psutil.Process]:
+    """Each service process (its pid asked over HTTP), Redis and this client."""
     procs = {name: psutil.Process(system.pid(name)) for name in SERVICES}
     procs["redis"] = psutil.Process(system.redis.proc.pid)  # type: ignore[union-attr]
     procs["client"] = psutil.Process()
+    return procs
+
+
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """CPU time used so far by each process."""
     return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
 
 
 def run_load(system: System, paths: list[Path], concurrency: int) -> dict[str, float]:
-    before = cpu_seconds(system)
-    result = uvloop.run(closed_loop(system, paths, concurrency))  # a lighter client
-    after = cpu_seconds(system)
+    # Pids looked up and requests built before the first reading of CPU times: the load, not
+    # the measuring or the encoding, is what the CPU columns show.
+    procs = processes(system)
+    requests = [upload_request(path, system.ports["gateway"]) for path in paths]
+    before = cpu_seconds(procs)
+    result = uvloop.run(closed_loop(system, requests, concurrency))  # a lighter client
+    after = cpu_seconds(procs)
     for name in after:
         result[f"{name} cpu ms"] = (after[name] - before[name]) * 1000 / len(paths)
     return result
