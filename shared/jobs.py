@@ -207,8 +207,11 @@ def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
     raise TypeError(f"no transition for {type(event).__name__}")  # JobRetried: see retry()
 
 
-def in_order(events: list[AnyEvent]) -> list[AnyEvent]:
-    """Events as they happened to each job: by the rank of the state each one leads to.
+Transition = tuple[AnyEvent, tuple[str, dict[str, str]]]  # an event and its ``changes``
+
+
+def in_order(transitions: list[Transition]) -> list[Transition]:
+    """Transitions as they happened to each job: by the rank of the state each one leads to.
 
     A batch read from several streams comes stream by stream, so a job's outcome can come
     before the start of its stage, or its receipt, and would be applied (and announced, and
@@ -216,13 +219,11 @@ def in_order(events: list[AnyEvent]) -> list[AnyEvent]:
     by rank restores each job's order and keeps every other; notes (a negative rank) go last.
     """
 
-    def rank(event: AnyEvent) -> int:
-        if isinstance(event, CopiesDeleted):
-            return 99
-        value = RANK[changes(event)[0]]
+    def rank(transition: Transition) -> int:
+        value = RANK[transition[1][0]]
         return value if value >= 0 else 99
 
-    return sorted(events, key=rank)
+    return sorted(transitions, key=rank)
 
 
 class JobStore:
@@ -234,10 +235,16 @@ class JobStore:
         self._retry = Lua(_RETRY)
         self._forget = Lua(_FORGET)
 
-    async def queue_apply(self, pipe: Pipeline, event: AnyEvent) -> None:
-        """Add the transition for ``event`` to a pipeline (``CopiesDeleted``: see ``forget``);
-        an instance newly archived goes into the study search indexes in the same step."""
-        await self._apply(keys=self._keys(event), args=self._args(event), client=pipe)
+    async def queue_apply(
+        self, pipe: Pipeline, event: AnyEvent, change: tuple[str, dict[str, str]] | None = None
+    ) -> None:
+        """Add the transition for ``event`` (its ``changes``, when already known) to a
+        pipeline (``CopiesDeleted``: see ``forget``); an instance newly archived goes into the
+        study search indexes in the same step."""
+        state, fields = change or changes(event)
+        await self._apply(
+            keys=self._keys(event), args=self._args(event, state, fields), client=pipe
+        )
         if isinstance(event, FileDescribed) and event.study and event.duplicate_of is None:
             await study_index.queue_index(pipe, event.upload_id, event.ids, event.study)
 
@@ -259,10 +266,12 @@ class JobStore:
     async def apply_all(self, events: list[AnyEvent]) -> None:
         """Apply several events in one round trip, in the order they happened to each job
         (``in_order``); raises if any of them failed."""
+        transitions: list[Transition] = [
+            (e, changes(e)) for e in events if not isinstance(e, CopiesDeleted)
+        ]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for event in in_order(events):
-                if not isinstance(event, CopiesDeleted):
-                    await self.queue_apply(pipe, event)
+            for event, change in in_order(transitions):
+                await self.queue_apply(pipe, event, change)
             await pipe.execute()
         for event in events:
             if isinstance(event, CopiesDeleted):
@@ -362,8 +371,7 @@ class JobStore:
         ]
 
     @staticmethod
-    def _args(event: AnyEvent) -> list[str | int]:
-        state, fields = changes(event)
+    def _args(event: AnyEvent, state: str, fields: dict[str, str]) -> list[str | int]:
         return [
             str(event.event_id),
             state,
