@@ -412,16 +412,27 @@ class Bus:
             return 0  # a group that has not been created would lose entries
         floor: str | None = None
         for name, info in groups.items():
-            if int(info["pending"]):
-                summary = await self.redis.xpending(stream, name)
-                oldest = names.text(summary["min"])
-            else:
-                oldest = names.text(info["last-delivered-id"])
+            oldest = await self._oldest_needed(stream, name, info)
             if floor is None or _id_key(oldest) < _id_key(floor):
                 floor = oldest
         if floor is None or floor == "0-0":
             return 0
         return int(await self.redis.xtrim(stream, minid=floor, approximate=True))
+
+    async def _oldest_needed(self, stream: str, group: str, info: dict[str, Any]) -> str:
+        """The oldest entry a group may still need: its oldest pending one, else the last one
+        it was given (XINFO's ``info``; everything after that is not delivered yet).
+
+        The group's consumers go on acking between the two reads: pending entries counted by
+        XINFO may all be acked when XPENDING looks. Then the last entry XINFO saw delivered is
+        still a safe floor: every entry up to it has been acked since, and none after it is
+        dropped.
+        """
+        if int(info["pending"]):
+            oldest = (await self.redis.xpending(stream, group))["min"]
+            if oldest is not None:
+                return names.text(oldest)
+        return names.text(info["last-delivered-id"])
 
 
 def add_event(pipe: Redis, event: Event) -> None:

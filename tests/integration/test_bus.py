@@ -266,6 +266,34 @@ async def test_trim_drops_only_what_every_group_has_acked(redis: Redis) -> None:
     assert len(left) < 300 or await redis.xlen(names.FILE_RECEIVED) == 300  # approximate trim
 
 
+async def test_trim_copes_with_entries_acked_between_its_two_reads(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a group's pending entries are acked between XINFO GROUPS (which counts them)
+    and XPENDING (which then finds none): trim goes on, and keeps what was not delivered."""
+    b = bus(redis, batch=3)
+    await b.ensure_groups()
+    await b.publish(*(received() for _ in range(5)))
+    in_hand = await asyncio.wait_for(take(b, 3), 5)  # the validator holds the first three
+    for delivery in await asyncio.wait_for(take(b, 5, names.GROUP_STATUS), 5):
+        await b.complete(delivery)
+    xpending = redis.xpending
+
+    async def acked_just_before(stream: str, group: str) -> object:
+        if group == names.GROUP_VALIDATOR:
+            for delivery in in_hand:
+                await b.complete(delivery)
+        return await xpending(stream, group)
+
+    monkeypatch.setattr(redis, "xpending", acked_just_before)
+    await b.trim(names.FILE_RECEIVED)
+    monkeypatch.undo()
+    left = {e.decode() for e, _ in await redis.xrange(names.FILE_RECEIVED)}
+    later = await asyncio.wait_for(take(b, 2), 5)  # never delivered to the validator: kept
+    assert {d.entry_id for d in later} <= left
+    assert len(later) == 2
+
+
 async def test_work_survives_a_redis_restart(tmp_path: Path) -> None:
     """With append-only persistence, entries and groups come back after Redis dies."""
     server = RedisServer(tmp_path, persistent=True)
