@@ -50,6 +50,7 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+Room = Callable[[], Awaitable[int]]  # waits until a consumer can take entries; how many
 
 
 def stop_if_cancelled() -> None:
@@ -150,18 +151,24 @@ class Bus:
 
         A handler acks through ``complete``. If it raises, the entry stays pending, the error
         is kept, and the entry comes back after ``claim_idle_ms``; ``PermanentError`` fails
-        the job at once.
+        the job at once. Only as many entries are read (or reclaimed) as there are free
+        slots: an entry read is started at once and kept fresh, never left waiting idle for
+        another consumer to take over while it is still in hand.
         """
-        slots = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
+
+        async def room() -> int:
+            while len(running) >= concurrency:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            return concurrency - len(running)
+
         heartbeat = asyncio.create_task(self._keep_fresh())
         try:
-            async for delivery in self.deliveries(streams, group):
-                await slots.acquire()
-                task = asyncio.create_task(self._run(delivery, handle))
-                running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: slots.release())
+            async for batch in self.batches(streams, group, room=room):
+                for delivery in batch:
+                    task = asyncio.create_task(self._run(delivery, handle))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             # Shutting down: let in-flight work finish briefly; what does not stays pending
             # and is taken over by the next consumer.
@@ -184,6 +191,7 @@ class Bus:
         heartbeat = asyncio.create_task(self._keep_fresh())
         try:
             async for batch in self.batches(streams, group, handled):
+                self._hold(*batch)  # kept fresh until handled, or until its own retry ends
                 try:
                     await handle_batch(batch)
                 except asyncio.CancelledError:
@@ -195,6 +203,8 @@ class Bus:
                 else:
                     handled.extend(batch)
                     metrics.DELIVERIES.labels(group, "done").inc(len(batch))
+                finally:
+                    self._let_go(*batch)
         finally:
             heartbeat.cancel()
 
@@ -205,13 +215,20 @@ class Bus:
                 yield delivery
 
     async def batches(
-        self, streams: Sequence[str], group: str, handled: list[Delivery] | None = None
+        self,
+        streams: Sequence[str],
+        group: str,
+        handled: list[Delivery] | None = None,
+        room: Room | None = None,
     ) -> AsyncIterator[list[Delivery]]:
         """Yield batches of new entries, and of entries other consumers left pending too long.
 
         Deliveries the caller puts in ``handled`` are acked in the round trip of the next read.
+        ``room`` is awaited before each read or claim: it waits until the caller can take one
+        entry at least and says how many; a batch is never larger (nor than ``batch``).
         """
         handled = [] if handled is None else handled
+        room = room or self._whole_batch
         next_claim = 0.0
         next_trim = time.monotonic() + self.trim_every_s
         failures = 0
@@ -222,12 +239,13 @@ class Bus:
                 if now >= next_claim:
                     next_claim = now + self.claim_idle_ms / 2000
                     for stream in streams:
-                        async for batch in self._reclaimed(stream, group):
+                        async for batch in self._reclaimed(stream, group, room):
                             yield batch
                 if now >= next_trim:
                     next_trim = now + self.trim_every_s
                     for stream in streams:
                         await self.trim(stream)
+                count = min(await room(), self.batch)
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for done in handled:
                         _queue_ack(pipe, done)
@@ -235,7 +253,7 @@ class Bus:
                         group,
                         self.consumer,
                         dict.fromkeys(streams, ">"),
-                        count=self.batch,
+                        count=count,
                         block=self.block_ms,
                     )
                     *_, reply = await pipe.execute()
@@ -264,8 +282,14 @@ class Bus:
             if batch:
                 yield batch
 
-    async def _reclaimed(self, stream: str, group: str) -> AsyncIterator[list[Delivery]]:
-        """Entries whose consumer died or failed, once idle past their back-off."""
+    async def _whole_batch(self) -> int:
+        return self.batch
+
+    async def _reclaimed(
+        self, stream: str, group: str, room: Room
+    ) -> AsyncIterator[list[Delivery]]:
+        """Entries whose consumer died or failed, once idle past their back-off, in batches
+        no larger than the caller has room for."""
         pending = cast(
             list[dict[str, Any]],
             await self.redis.xpending_range(
@@ -273,11 +297,17 @@ class Bus:
             ),
         )
         batch: list[Delivery] = []
+        limit = 0
         for entry in pending:
             count, idle = int(entry["times_delivered"]), int(entry["time_since_delivered"])
             wait = self.backoff_ms(count)
             if idle < wait:
                 continue  # still backing off
+            if len(batch) >= limit:
+                if batch:
+                    yield batch
+                    batch = []
+                limit = min(await room(), self.batch)
             entry_id = names.text(entry["message_id"])
             # XCLAIM with that minimum idle time: if another consumer took it first, nothing
             claimed = await self.redis.xclaim(stream, group, self.consumer, wait, [entry_id])
@@ -288,9 +318,6 @@ class Bus:
                 if delivery is not None:
                     log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
                     batch.append(delivery)
-            if len(batch) >= self.batch:
-                yield batch
-                batch = []
         if batch:
             yield batch
 
@@ -351,8 +378,7 @@ class Bus:
 
     async def _run(self, delivery: Delivery, handle: Handler) -> None:
         with structlog.contextvars.bound_contextvars(upload_id=str(delivery.event.upload_id)):
-            in_hand = self._in_hand.setdefault((delivery.stream, delivery.group), set())
-            in_hand.add(delivery.entry_id)
+            self._hold(delivery)
             started = time.perf_counter()
             try:
                 await handle(delivery)
@@ -378,7 +404,7 @@ class Bus:
                         await pipe.execute()
             finally:
                 self._untold.pop(_key(delivery), None)
-                in_hand.discard(delivery.entry_id)
+                self._let_go(delivery)
                 metrics.HANDLE_SECONDS.labels(delivery.group).observe(time.perf_counter() - started)
 
     async def _give_up(self, delivery: Delivery, error: str) -> None:
@@ -386,6 +412,17 @@ class Bus:
             await self.dead_letter(delivery, error)
         except REDIS_DOWN:
             log.warning("redis.unavailable", error="dead-letter deferred to the next delivery")
+
+    def _hold(self, *deliveries: Delivery) -> None:
+        """Count deliveries in hand: the heartbeat keeps them fresh until they are let go."""
+        for delivery in deliveries:
+            self._in_hand.setdefault((delivery.stream, delivery.group), set()).add(
+                delivery.entry_id
+            )
+
+    def _let_go(self, *deliveries: Delivery) -> None:
+        for delivery in deliveries:
+            self._in_hand.get((delivery.stream, delivery.group), set()).discard(delivery.entry_id)
 
     async def _keep_fresh(self) -> None:
         """Every third of ``claim_idle_ms``, reset the idle time of the entries being handled,

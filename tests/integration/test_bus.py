@@ -8,13 +8,14 @@ import itertools
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from shared import redis_names as names
-from shared.bus import Bus, Delivery, stop_if_cancelled
+from shared.bus import Bus, Delivery, Handler, stop_if_cancelled
 from shared.errors import PermanentError
 from shared.events import (
     DicomIds,
@@ -242,6 +243,117 @@ async def test_a_long_handler_keeps_its_entry_from_being_taken_over(redis: Redis
     for task in tasks:
         task.cancel()
     assert seen == ["slow"]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> None:
+    """Entries a consumer has read but not started would not be kept fresh: another replica
+    could take them over while they are still in hand. So it reads only what it can start."""
+    first, second = bus(redis, "first", claim_idle_ms=300), bus(redis, "second", claim_idle_ms=300)
+    await first.ensure_groups()
+    await first.publish(*(received() for _ in range(3)))
+    release = asyncio.Event()
+    handled: list[tuple[str, str, int]] = []  # consumer, entry id, delivery count
+
+    def handler(b: Bus) -> Handler:
+        async def handle(delivery: Delivery) -> None:
+            handled.append((b.consumer, delivery.entry_id, delivery.count))
+            if b is first:
+                await release.wait()
+            await b.complete(delivery)
+
+        return handle
+
+    async def pending(consumer: str | None = None) -> int:
+        summary = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
+        if consumer is None:
+            return int(summary["pending"])
+        return sum(
+            int(c["pending"]) for c in summary["consumers"] if c["name"] == consumer.encode()
+        )
+
+    async def started() -> bool:
+        return bool(handled)
+
+    async def the_others_handled() -> bool:
+        return len(handled) == 3 and await pending("second") == 0
+
+    async def all_acked() -> bool:
+        return await pending() == 0
+
+    def serve(b: Bus) -> asyncio.Task[None]:
+        return asyncio.create_task(
+            b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handler(b), concurrency=1)
+        )
+
+    serving = [serve(first)]
+    try:
+        assert await until(started)
+        assert await pending("first") == 1  # the entry it handles, and none waiting
+        serving.append(serve(second))
+        assert await until(the_others_handled)
+        release.set()
+        assert await until(all_acked)
+    finally:
+        release.set()
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
+    # each entry handled once, the two that waited by the second consumer on first delivery
+    assert sorted((consumer, count) for consumer, _, count in handled) == [
+        ("first", 1),
+        ("second", 1),
+        ("second", 1),
+    ]
+    assert len({entry_id for _, entry_id, _ in handled}) == 3
+
+
+async def test_a_batch_being_handled_is_kept_fresh(redis: Redis) -> None:
+    """A slow batch handler's entries never look idle to another replica's reclaim."""
+    b = bus(redis, claim_idle_ms=300)
+    await b.ensure_groups()
+    await b.publish(*(received() for _ in range(3)))
+    release = asyncio.Event()
+    got: list[Delivery] = []
+
+    async def handle_batch(batch: list[Delivery]) -> None:
+        got.extend(batch)
+        await release.wait()
+
+    async def handle(delivery: Delivery) -> None:
+        raise AssertionError("no batch failed")
+
+    async def started() -> bool:
+        return len(got) == 3
+
+    task = asyncio.create_task(
+        b.serve_batches([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle_batch, handle)
+    )
+    idle: list[int] = []
+    try:
+        assert await until(started)
+        watch_until = time.monotonic() + 1.0  # more than three times the claim idle time
+        while time.monotonic() < watch_until:
+            pending = await redis.xpending_range(
+                names.FILE_RECEIVED, names.GROUP_VALIDATOR, "-", "+", 10
+            )
+            idle.extend(int(entry["time_since_delivered"]) for entry in pending)
+            await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert idle
+    assert max(idle) < 300 * 0.8  # a reclaim looks at entries idle that long at least
 
 
 async def test_trim_drops_only_what_every_group_has_acked(redis: Redis) -> None:
