@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
 from shared import redis_names as names
-from shared.errors import PermanentError, safe_error
+from shared.errors import PermanentError, described, safe_error
 from shared.events import AnyEvent, Event, JobFailed, Stage, StageStarted, parse_event
 
 log = structlog.get_logger()
@@ -197,7 +197,7 @@ class Bus:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("batch.failed", size=len(batch), error=safe_error(exc))
+                    log.warning("batch.failed", size=len(batch), **described(exc))
                     for delivery in batch:
                         await self._run(delivery, handle)
                 else:
@@ -389,7 +389,7 @@ class Bus:
             except Exception as exc:
                 error = safe_error(exc)
                 log.warning(
-                    "delivery.failed", stage=delivery.group, count=delivery.count, error=error
+                    "delivery.failed", stage=delivery.group, count=delivery.count, **described(exc)
                 )
                 metrics.DELIVERIES.labels(delivery.group, "failed").inc()
                 with contextlib.suppress(*REDIS_DOWN):

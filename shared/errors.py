@@ -1,6 +1,13 @@
-"""The errors we expect and can explain: HTTP-facing ones carry a status and a stable code."""
+"""The errors we expect and can explain: HTTP-facing ones carry a status and a stable code.
+
+And how any exception is described in logs and job records: ``safe_error`` (what), ``frames``
+(where), never a library's message nor a local value, which may hold patient data.
+"""
 
 from __future__ import annotations
+
+import traceback
+from types import FrameType
 
 
 class AppError(Exception):
@@ -98,3 +105,33 @@ def safe_error(exc: BaseException) -> str:
 
         return f"{type(exc).__name__}: {errno.errorcode.get(exc.errno, exc.errno)}"
     return type(exc).__name__
+
+
+def frames(exc: BaseException, limit: int = 12) -> list[dict[str, str | int]]:
+    """Where exc was raised: the innermost ``limit`` frames of its traceback, outermost first,
+    each its file (from its package down: ``shared/bus.py``), line and function. Never the
+    message, the source line or a local value."""
+    return [
+        {"file": _file_of(frame), "line": lineno, "function": frame.f_code.co_name}
+        for frame, lineno in list(traceback.walk_tb(exc.__traceback__))[-limit:]
+    ]
+
+
+def described(exc: BaseException) -> dict[str, object]:
+    """A log line's keys for an exception that was handled: ``error``, and ``frames`` too when
+    it is not one of ours (ours say in their message what went wrong; anything else needs its
+    place in the code to be understood)."""
+    if isinstance(exc, _OURS):
+        return {"error": safe_error(exc)}
+    return {"error": safe_error(exc), "frames": frames(exc)}
+
+
+def _file_of(frame: FrameType) -> str:
+    """A frame's file from its top-level package down, as its module name says: short, and the
+    same on every machine (``/…/site-packages/redis/client.py`` is ``redis/client.py``)."""
+    path = frame.f_code.co_filename.replace("\\", "/")
+    module = str(frame.f_globals.get("__name__") or "")
+    depth = module.count(".") + 1 + path.endswith("/__init__.py")
+    if not module or module == "__main__":
+        depth = 1
+    return "/".join(path.split("/")[-depth:])

@@ -9,7 +9,7 @@ from typing import Literal
 
 import structlog
 
-from shared.errors import safe_error
+from shared.errors import frames, safe_error
 
 
 def configure_logging(
@@ -61,7 +61,8 @@ def configure_logging(
 def _exception_as_error(
     _logger: object, _name: str, event: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
-    """Replace a traceback by the exception's class: its message may quote patient data."""
+    """Replace a traceback by the exception's class and the frames it came through: its
+    message and local values may quote patient data."""
     exc_info = event.pop("exc_info", None)
     if exc_info:
         exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
@@ -69,4 +70,5 @@ def _exception_as_error(
             exc = sys.exc_info()[1]
         if exc is not None:
             event.setdefault("error", safe_error(exc))
+            event.setdefault("frames", frames(exc))
     return event

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from shared import redis_names as names
 from shared.bus import Bus
-from shared.errors import safe_error
+from shared.errors import frames, safe_error
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -178,8 +178,8 @@ async def run(app: FastAPI, host: str, port: int, *work: Coroutine[Any, Any, Non
     server.should_exit = True
     await asyncio.gather(serving, *tasks, return_exceptions=True)
     for task in done:
-        if task is not serving and not task.cancelled() and task.exception():
-            log.error("service.crashed", error=safe_error(task.exception()))  # type: ignore[arg-type]
+        if task is not serving and not task.cancelled() and (exc := task.exception()):
+            log.error("service.crashed", error=safe_error(exc), frames=frames(exc))
             raise SystemExit(1)
     log.info("service.stopped")
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from shared import redis_names as names
 from shared.bus import Bus, Delivery, Handler, stop_if_cancelled
-from shared.errors import PermanentError
+from shared.errors import PermanentError, RetryableError
 from shared.events import (
     DicomIds,
     FileDescribed,
@@ -133,6 +134,36 @@ async def test_a_failing_handler_leaves_the_entry_for_a_retry(redis: Redis) -> N
     assert calls[:3] == [1, 2, 3]
     assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
     assert await dead_letters(redis) == []
+
+
+async def test_a_failed_delivery_logs_where_a_librarys_error_came_from_never_its_words(
+    redis: Redis,
+) -> None:
+    b = bus(redis)
+    await b.ensure_groups()
+    await b.publish(received(), received())
+    failures: list[Exception] = [RetryableError("the archive is not mounted"), KeyError("Doe^Jane")]
+
+    async def handle(delivery: Delivery) -> None:
+        raise failures.pop()
+
+    with capture_logs() as logs:
+        task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
+
+        async def both_failed() -> bool:
+            return len([e for e in logs if e["event"] == "delivery.failed"]) == 2
+
+        try:
+            assert await until(both_failed)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    library, ours = [e for e in logs if e["event"] == "delivery.failed"]
+    assert library["error"] == "KeyError"
+    assert library["frames"][-1]["function"] == "handle"
+    assert "Doe" not in repr(logs)
+    assert ours["error"] == "the archive is not mounted"
+    assert "frames" not in ours  # our words say it all
 
 
 async def test_past_the_delivery_limit_the_job_is_dead_lettered_with_its_last_error(
