@@ -72,9 +72,8 @@ def check_file(path: Path, limits: Limits) -> Verdict:
     (offsets in a deflated file count from the start of the inflated dataset).
 
     pydicom reports some defects as warnings and log records, which may quote values; both
-    are silenced while it parses, and the Verdict says what matters. Warning filters and
-    loggers are process-wide, so the parsing part of concurrent calls runs one at a time (it
-    is CPU-bound under the GIL anyway; reading the file is not serialised).
+    are silenced where it parses (``quiet_pydicom``: this thread or task only, no lock), and
+    the Verdict says what matters.
     """
     size = path.stat().st_size
     if size > limits.max_file_size:
