@@ -4,9 +4,9 @@ Work is never lost to a crash: an entry is acked only together with the events i
 publishes (one MULTI/EXEC), or, for a batch handler that publishes nothing, in the round trip
 of the read after it was handled; an entry left pending by a dead consumer is taken over after
 ``claim_idle_ms``, one whose handler failed comes back after an exponential back-off with
-jitter, a consumer still working on an entry keeps it fresh (a heartbeat XCLAIM), and an
-entry delivered more than ``max_deliveries`` times goes to the dead-letter stream as a
-``JobFailed`` event with the last error seen.
+jitter, a consumer reads no more entries than it can start and keeps those in hand fresh (a
+heartbeat XCLAIM), and an entry delivered more than ``max_deliveries`` times goes to the
+dead-letter stream as a ``JobFailed`` event with the last error seen.
 """
 
 from __future__ import annotations

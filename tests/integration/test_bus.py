@@ -289,7 +289,7 @@ async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5) ->
 async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> None:
     """Entries a consumer has read but not started would not be kept fresh: another replica
     could take them over while they are still in hand. So it reads only what it can start."""
-    first, second = bus(redis, "first", claim_idle_ms=300), bus(redis, "second", claim_idle_ms=300)
+    first, second = bus(redis, "first", claim_idle_ms=600), bus(redis, "second", claim_idle_ms=600)
     await first.ensure_groups()
     await first.publish(*(received() for _ in range(3)))
     release = asyncio.Event()
@@ -350,7 +350,7 @@ async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> 
 
 async def test_a_batch_being_handled_is_kept_fresh(redis: Redis) -> None:
     """A slow batch handler's entries never look idle to another replica's reclaim."""
-    b = bus(redis, claim_idle_ms=300)
+    b = bus(redis, claim_idle_ms=600)
     await b.ensure_groups()
     await b.publish(*(received() for _ in range(3)))
     release = asyncio.Event()
@@ -372,7 +372,7 @@ async def test_a_batch_being_handled_is_kept_fresh(redis: Redis) -> None:
     idle: list[int] = []
     try:
         assert await until(started)
-        watch_until = time.monotonic() + 1.0  # more than three times the claim idle time
+        watch_until = time.monotonic() + 2.0  # more than three times the claim idle time
         while time.monotonic() < watch_until:
             pending = await redis.xpending_range(
                 names.FILE_RECEIVED, names.GROUP_VALIDATOR, "-", "+", 10
@@ -384,7 +384,7 @@ async def test_a_batch_being_handled_is_kept_fresh(redis: Redis) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert idle
-    assert max(idle) < 300 * 0.8  # a reclaim looks at entries idle that long at least
+    assert max(idle) < 600 * 0.8  # a reclaim looks at entries idle that long at least
 
 
 async def test_trim_drops_only_what_every_group_has_acked(redis: Redis) -> None:
