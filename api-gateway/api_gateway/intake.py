@@ -34,7 +34,7 @@ from shared.errors import (
 from shared.events import AnyEvent, FileReceived, FileRef, Origin
 from shared.files import sha256_of
 from shared.jobs import JobStore
-from shared.secondary_capture import ImageConversionError, image_to_dicom, sniff
+from api_gateway.secondary_capture import ImageConversionError, image_to_dicom, sniff
 
 
 class FilesRefused(AppError):

@@ -1,7 +1,7 @@
 """Study search over HTTP: ``GET /studies`` (filtered, sorted, paged) and ``GET /studies/{uid}``.
 
 Both read the study index that the status service keeps (``shared.study_index``) through
-``shared.search``, never the files.
+``api_gateway.search``, never the files.
 A filter that is not valid is a 400 naming the parameter and never quoting its value, since
 values may be patient data.
 """
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from shared.errors import BadRequest, StudyNotFound
 from shared.jobs import JobStore
-from shared.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
+from api_gateway.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 
 router = APIRouter(tags=["studies"])
 

@@ -17,7 +17,7 @@ from api_gateway import removal
 from api_gateway.files import archive_folder
 from shared import catalog
 from shared import redis_names as names
-from shared.deid import DeidentificationError, write_deidentified
+from api_gateway.deid import DeidentificationError, write_deidentified
 from shared.errors import BadRequest, LabelNotFound, NotRenderable, UploadNotFound
 from shared.jobs import JobStatus, JobStore
 from shared.status_api import job_of, wanted_states

@@ -27,7 +27,7 @@ from shared import problems
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
 from shared.jobs import JobStore
-from shared.search import SORT_KEYS, StudyQuery, get_study, search
+from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from shared.study_index import queue_index, queue_unindex, unindex
 
 pytestmark = pytest.mark.timeout(60)
