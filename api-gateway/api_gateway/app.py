@@ -26,7 +26,7 @@ from api_gateway import (
     uploads,
 )
 from api_gateway.recovery import keep_recovering
-from api_gateway.routes import router
+from api_gateway.routes.upload import router
 from api_gateway.settings import GatewaySettings
 from shared import problems
 from shared.bus import REDIS_DOWN

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from api_gateway import intake
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
-from api_gateway.routes import FileRefused, UploadAccepted
+from api_gateway.routes.upload import FileRefused, UploadAccepted
 from api_gateway.settings import GatewaySettings
 from api_gateway.uploads import UploadRecord
 from shared import catalog
