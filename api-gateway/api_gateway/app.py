@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from api_gateway import (
     audit,
     batches,
-    cloud,
     dashboard,
     feed,
     files,
@@ -26,6 +25,7 @@ from api_gateway import (
     uploads,
 )
 from api_gateway.recovery import keep_recovering
+from api_gateway.routes import cloud
 from api_gateway.routes.upload import router
 from api_gateway.settings import GatewaySettings
 from shared import problems
