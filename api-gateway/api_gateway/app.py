@@ -9,23 +9,20 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from api_gateway import (
+from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
+from api_gateway.recovery import keep_recovering
+from api_gateway.routes import (
     audit,
     batches,
+    cloud,
     dashboard,
-    feed,
+    events,
     files,
     jobs,
-    seed_files,
-    seed_jobs,
-    seed_labels,
-    seed_uploads,
     studies,
     system,
     uploads,
 )
-from api_gateway.recovery import keep_recovering
-from api_gateway.routes import cloud
 from api_gateway.routes.upload import router
 from api_gateway.settings import GatewaySettings
 from shared import problems
@@ -70,20 +67,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.store = JobStore(redis)
     problems.install(app)
     app.include_router(router)
-    app.include_router(seed_uploads.router)  # before ours: /upload/batch is not an upload id
+    app.include_router(upload_service.router)  # before ours: /upload/batch is not an upload id
     app.include_router(uploads.router)
     app.include_router(batches.router)
-    app.include_router(seed_labels.router)
+    app.include_router(study_folders.router)
     app.include_router(studies.router)
-    app.include_router(feed.router)
+    app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(dashboard.router)
     app.include_router(jobs.router)
     app.include_router(audit.router)
-    app.include_router(seed_jobs.router)
+    app.include_router(cloud_jobs.router)
     app.include_router(cloud.router)
     app.include_router(files.router)
-    app.include_router(seed_files.router)
+    app.include_router(dicom_file_service.router)
     app.include_router(status_router())
     app.include_router(
         probe_router("api-gateway", standard_checks(redis, settings, None, settings.uploads_path))

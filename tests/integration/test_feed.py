@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from api_gateway import feed
+from api_gateway.routes import events as feed
 from api_gateway.app import create_app
 from api_gateway.settings import GatewaySettings
 from fastapi import FastAPI

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_gateway.studies import router
+from api_gateway.routes.studies import router
 from fastapi import FastAPI
 from pydantic import ValidationError
 from redis.asyncio import Redis

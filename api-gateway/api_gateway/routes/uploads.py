@@ -1,5 +1,5 @@
 """Our API over uploads as people file them: list, look up, delete, de-identify; labels, users,
-statistics. The seeds' routes (``seed_uploads``, ``seed_labels``) are thin layers over these.
+statistics. The seeds' forms (``compat``) are thin layers over these.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from api_gateway import removal
-from api_gateway.files import archive_folder
+from api_gateway.routes.files import archive_folder
 from shared import catalog
 from shared import redis_names as names
 from api_gateway.deid import DeidentificationError, write_deidentified

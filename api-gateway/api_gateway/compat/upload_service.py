@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway import batches, uploads
+from api_gateway.routes import batches, uploads
 from shared.status_api import job_of
 
 router = APIRouter(tags=["seed 002: upload service"])

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from api_gateway import files, uploads
+from api_gateway.routes import files, uploads
 from shared import catalog
 from shared.errors import AppError, BadRequest, UploadNotFound
 

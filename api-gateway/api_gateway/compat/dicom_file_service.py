@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway import files
+from api_gateway.routes import files
 from api_gateway.routes.upload import accept_uploads
 
 router = APIRouter(prefix="/dicom-image", tags=["seed 003: file service"])

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 router = APIRouter(tags=["dashboard"])
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 WELCOME = "dicomflow gateway: upload DICOM files and follow each one through the pipeline"
 ENDPOINTS = {
