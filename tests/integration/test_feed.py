@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from api_gateway.routes import events as feed
 from api_gateway.app import create_app
+from api_gateway.routes import events as feed
 from api_gateway.settings import GatewaySettings
 from fastapi import FastAPI
 from redis.asyncio import Redis

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from api_gateway.routes.studies import router
+from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from fastapi import FastAPI
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -27,7 +28,6 @@ from shared import problems
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
 from shared.jobs import JobStore
-from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from shared.study_index import queue_index, queue_unindex, unindex
 
 pytestmark = pytest.mark.timeout(60)

@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field
 from api_gateway import intake
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
 from api_gateway.routes.upload import FileRefused, UploadAccepted
-from api_gateway.settings import GatewaySettings
 from api_gateway.routes.uploads import UploadRecord
+from api_gateway.settings import GatewaySettings
 from shared import catalog
 from shared.errors import BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
 from shared.jobs import FINAL, JobStatus, JobStore

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
+from api_gateway.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 from shared.errors import BadRequest, StudyNotFound
 from shared.jobs import JobStore
-from api_gateway.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 
 router = APIRouter(tags=["studies"])
 

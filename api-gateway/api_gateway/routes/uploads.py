@@ -14,10 +14,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from api_gateway import removal
+from api_gateway.deid import DeidentificationError, write_deidentified
 from api_gateway.routes.files import archive_folder
 from shared import catalog
 from shared import redis_names as names
-from api_gateway.deid import DeidentificationError, write_deidentified
 from shared.errors import BadRequest, LabelNotFound, NotRenderable, UploadNotFound
 from shared.jobs import JobStatus, JobStore
 from shared.status_api import job_of, wanted_states

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_gateway import deid
+from api_gateway.deid import DUMMIES, DeidentificationError, deidentify, write_deidentified
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
@@ -19,8 +21,6 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from api_gateway import deid
-from api_gateway.deid import DUMMIES, DeidentificationError, deidentify, write_deidentified
 from shared.errors import PermanentError, safe_error
 
 # Some of pydicom's files hold invalid values on purpose; reading them in the test warns.
