@@ -12,16 +12,17 @@ from fastapi import FastAPI
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
-    audit,
     batches,
     cloud,
     dashboard,
     events,
-    files,
     jobs,
+    labels,
+    stats,
     studies,
     system,
     uploads,
+    users,
 )
 from api_gateway.routes.upload import router
 from api_gateway.settings import GatewaySettings
@@ -76,10 +77,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(dashboard.router)
     app.include_router(jobs.router)
-    app.include_router(audit.router)
     app.include_router(cloud_jobs.router)
     app.include_router(cloud.router)
-    app.include_router(files.router)
+    app.include_router(labels.router)
+    app.include_router(stats.router)
+    app.include_router(users.router)
     app.include_router(dicom_file_service.router)
     app.include_router(status_router())
     app.include_router(

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway.routes import files
+from api_gateway.routes import uploads
 from api_gateway.routes.upload import accept_uploads
 
 router = APIRouter(prefix="/dicom-image", tags=["seed 003: file service"])
@@ -39,12 +39,12 @@ async def get_file(
 ) -> FileResponse | dict[str, object]:
     """The stored file, or with ``dicom_tag`` the attributes it names."""
     if dicom_tag is None:
-        return await files.original(file_id, request)
-    answer = await files.tags(file_id, request, dicom_tag)
+        return await uploads.original(file_id, request)
+    answer = await uploads.tags(file_id, request, dicom_tag)
     return {"file_id": file_id, "tags": answer["tags"]}
 
 
 @router.get("/{file_id}/png", response_class=FileResponse)
 async def get_png(file_id: str, request: Request) -> FileResponse:
     """A PNG of the file's first frame for the browser."""
-    return await files.image(file_id, request, 1, None, None, "png")
+    return await uploads.image(file_id, request, 1, None, None, "png")

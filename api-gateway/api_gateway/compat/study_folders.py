@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from api_gateway.routes import files, uploads
+from api_gateway.routes import labels, uploads
 from shared import catalog
 from shared.errors import AppError, BadRequest, UploadNotFound
 
@@ -57,10 +57,10 @@ async def file_tags(
 ) -> dict[str, object]:
     """The attributes named by ``tag`` (repeatable) of one file of a study."""
     with _seed_errors():
-        upload_id = await uploads.labelled_upload(request, study, file)
+        upload_id = await labels.labelled_upload(request, study, file)
         if not tag or not any(t.strip() for t in tag):
             raise BadRequest("tag query parameter is empty")
-        answer = await files.tags(upload_id, request, tag)
+        answer = await uploads.tags(upload_id, request, tag)
     return {"file": file, "study": study, "success": True, "tags": answer["tags"]}
 
 
@@ -68,5 +68,5 @@ async def file_tags(
 async def file_png(study: str, file: str, request: Request) -> FileResponse:
     """The first frame of one file of a study, as PNG."""
     with _seed_errors():
-        upload_id = await uploads.labelled_upload(request, study, file)
-        return await files.image(upload_id, request, 1, None, None, "png")
+        upload_id = await labels.labelled_upload(request, study, file)
+        return await uploads.image(upload_id, request, 1, None, None, "png")

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway.routes import batches, uploads
+from api_gateway.routes import batches, uploads, users
 from shared.status_api import job_of
 
 router = APIRouter(tags=["seed 002: upload service"])
@@ -40,12 +40,12 @@ async def batch_files(batch_id: str, request: Request) -> batches.BatchFiles:
 
 @router.get("/user/{user_id}/batches")
 async def user_batches(user_id: str, request: Request) -> dict[str, object]:
-    return await batches.list_user_batches(user_id, request)
+    return await users.list_user_batches(user_id, request)
 
 
 @router.get("/user/{user_id}/uploads")
 async def user_uploads(user_id: str, request: Request) -> dict[str, object]:
-    found = await uploads.user_uploads(user_id, request)
+    found = await users.user_uploads(user_id, request)
     return {"user_id": user_id, "uploads": found.uploads, "count": found.count}
 
 
@@ -97,5 +97,5 @@ async def save_upload(
     upload_id: Annotated[str, Query()],
 ) -> dict[str, str]:
     """List an existing upload among a user's uploads."""
-    user, found = await uploads.save_to_user(request, user_id, upload_id, "user_id query parameter")
+    user, found = await users.save_to_user(request, user_id, upload_id, "user_id query parameter")
     return {"message": "Upload saved to user uploads", "user_id": user, "upload_id": str(found)}

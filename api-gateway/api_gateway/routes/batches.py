@@ -226,22 +226,3 @@ async def _batch(request: Request, batch_id: str) -> tuple[dict[str, str], list[
     record, ids = found
     jobs = [j for j in await store.read_many(ids) if j is not None]
     return record, jobs
-
-
-async def user_batches(request: Request, user_id: str) -> list[BatchStatus]:
-    """A user's batches, newest first, each with its status."""
-    ids = await catalog.user_batches(request.app.state.store.redis, user_id)
-    found = []
-    for batch_id in ids:
-        try:
-            found.append(await status(batch_id, request))
-        except BatchNotFound:
-            continue
-    return found
-
-
-@router.get("/users/{user_id}/batches")
-async def list_user_batches(user_id: str, request: Request) -> dict[str, object]:
-    """A user's batches, newest first."""
-    batches = await user_batches(request, user_id)
-    return {"user_id": user_id, "batches": batches, "count": len(batches)}
