@@ -11,15 +11,16 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from api_gateway.deps import RedisClient, Store
 from shared import redis_names as names
 from shared.errors import JobNotFailed
 from shared.jobs import State
-from shared.status_api import job_of
+from shared.status_api import find_job
 
 router = APIRouter(tags=["jobs"])
 
@@ -35,11 +36,11 @@ class JobRequeued(BaseModel):
     status_code=202,
     responses={404: {"description": "No such job"}, 409: {"description": "The job is not failed"}},
 )
-async def retry(study_id: str, request: Request) -> JobRequeued:
+async def retry(study_id: str, store: Store) -> JobRequeued:
     """Queue a failed job's failed stage again. Targets that already hold the file keep it:
     the uploader copies only to the ones that did not."""
-    upload_id, job = await job_of(request, study_id)
-    back_to = await request.app.state.store.retry(upload_id)
+    upload_id, job = await find_job(store, study_id)
+    back_to = await store.retry(upload_id)
     if back_to is None:
         raise JobNotFailed(f"the job is {job.status}; only a failed job can be retried")
     return JobRequeued(study_id=upload_id, status=back_to)
@@ -72,12 +73,11 @@ PAGE = 500
     responses={200: {"content": {"text/csv": {}}, "description": "One row per job and target"}},
 )
 async def audit(
-    request: Request,
+    redis: RedisClient,
     since: Annotated[datetime | None, Query(description="accepted at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="accepted before (ISO 8601)")] = None,
 ) -> StreamingResponse:
     """Every job accepted in the window, oldest first, with each target's outcome."""
-    redis: Redis = request.app.state.store.redis
     low = since.timestamp() if since else "-inf"
     high = f"({until.timestamp()}" if until else "+inf"
     return StreamingResponse(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
+from api_gateway.deps import RedisClient, Store
 from shared import catalog
 from shared.errors import LabelNotFound, UploadNotFound
-from shared.jobs import JobStore
 
 router = APIRouter(tags=["uploads"])
 
@@ -37,17 +38,16 @@ class LabelFiles(BaseModel):
 
 
 @router.get("/labels", response_model=Labels)
-async def labels(request: Request) -> Labels:
+async def labels(redis: RedisClient) -> Labels:
     """Every study label in use, with how many files it holds."""
-    found = await catalog.labels(request.app.state.store.redis)
+    found = await catalog.labels(redis)
     items = [LabelCount(label=k, count=n) for k, n in found.items()]
     return Labels(labels=items, count=len(items))
 
 
 @router.get("/labels/{label:path}", response_model=LabelFiles)
-async def label_files(label: str, request: Request) -> LabelFiles:
+async def label_files(label: str, store: Store) -> LabelFiles:
     """The files filed under a label, by name, each with its upload id and state."""
-    store: JobStore = request.app.state.store
     files = await catalog.label_files(store.redis, label)
     if not files:
         raise LabelNotFound("no files are filed under that label")
@@ -59,9 +59,9 @@ async def label_files(label: str, request: Request) -> LabelFiles:
     return LabelFiles(label=label, files=items, count=len(items))
 
 
-async def labelled_upload(request: Request, label: str, name: str) -> str:
+async def labelled_upload(redis: Redis, label: str, name: str) -> str:
     """The upload id of a file filed under a label, or a 404."""
-    files = await catalog.label_files(request.app.state.store.redis, label)
+    files = await catalog.label_files(redis, label)
     if name not in files:
         raise UploadNotFound("file not found", error="file not found", success=False)
     return str(files[name])

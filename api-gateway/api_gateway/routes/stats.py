@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
+from api_gateway.deps import RedisClient
 from shared import catalog
 
 router = APIRouter(tags=["uploads"])
@@ -20,6 +21,6 @@ class Stats(BaseModel):
 
 
 @router.get("/stats", response_model=Stats)
-async def stats(request: Request) -> Stats:
+async def stats(redis: RedisClient) -> Stats:
     """Totals (seed 002's four, and counts by state and by modality), kept as jobs move."""
-    return Stats(**await catalog.stats(request.app.state.store.redis))
+    return Stats(**await catalog.stats(redis))

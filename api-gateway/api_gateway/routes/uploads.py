@@ -20,13 +20,16 @@ from uuid import UUID
 
 import numpy as np
 import pydicom
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis
 
 from api_gateway import removal
 from api_gateway.deid import DeidentificationError, write_deidentified
+from api_gateway.deps import Settings, Store
+from api_gateway.settings import GatewaySettings
 from api_gateway.tags import Unreadable, parse_tags, read_tags
 from shared import catalog
 from shared import redis_names as names
@@ -34,7 +37,7 @@ from shared.errors import BadRequest, JobStateConflict, NotRenderable
 from shared.files import write_atomic
 from shared.jobs import JobStatus, JobStore
 from shared.render import RenderError, encode_png, to_display
-from shared.status_api import job_of, wanted_states
+from shared.status_api import find_job, wanted_states
 
 router = APIRouter(tags=["uploads"])
 
@@ -67,7 +70,7 @@ class Known(BaseModel):
 
 @router.get("/uploads", response_model=UploadList)
 async def list_uploads(
-    request: Request,
+    store: Store,
     state: Annotated[list[str] | None, Query(description="repeatable or comma-separated")] = None,
     label: str | None = None,
     batch: str | None = None,
@@ -77,7 +80,6 @@ async def list_uploads(
 ) -> UploadList:
     """Uploads, newest first: all of them, or those under a label, of a batch or of a user;
     optionally only those in the given states."""
-    store: JobStore = request.app.state.store
     wanted = wanted_states(state, "state") if state else frozenset()
     if label or batch or user:
         ids = await _filed(store, label, batch, user)
@@ -128,9 +130,8 @@ async def _filed(
 
 
 @router.post("/uploads/lookup", response_model=Known)
-async def lookup(body: Lookup, request: Request) -> Known:
+async def lookup(body: Lookup, store: Store) -> Known:
     """Which of these SHA-256 hashes the server already holds (not failed): to skip them."""
-    store: JobStore = request.app.state.store
     found = await catalog.known(store.redis, [h.lower() for h in body.sha256])
     ids = sorted({u for us in found.values() for u in us})
     state = {u: j.status for u, j in zip(ids, await store.read_many(ids), strict=True) if j}
@@ -143,9 +144,9 @@ async def lookup(body: Lookup, request: Request) -> Known:
 
 
 @router.get("/uploads/{study_id}", response_model=UploadRecord)
-async def get_upload(study_id: str, request: Request) -> UploadRecord:
+async def get_upload(study_id: str, store: Store) -> UploadRecord:
     """One upload: its state, where it came from (filename, label, user, batch), its files."""
-    _, job = await job_of(request, study_id)
+    _, job = await find_job(store, study_id)
     return UploadRecord.of(job)
 
 
@@ -155,12 +156,12 @@ async def get_upload(study_id: str, request: Request) -> UploadRecord:
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
 )
 async def delete_upload(
-    study_id: str, request: Request, response: Response, cloud: bool = False
+    study_id: str, store: Store, settings: Settings, response: Response, cloud: bool = False
 ) -> removal.Removed:
     """Remove a finished upload: its files, record, label entry and index entries, and with
     ``cloud=true`` its copies on the cloud targets. Says what it removed."""
-    upload_id, job = await job_of(request, study_id)
-    done = await removal.remove(request, upload_id, job, cloud)
+    upload_id, job = await find_job(store, study_id)
+    done = await removal.remove(store, settings, upload_id, job, cloud)
     if done.status == "deleting":
         response.status_code = 202
     return done
@@ -171,14 +172,14 @@ async def delete_upload(
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
 )
-async def deidentified(study_id: str, request: Request) -> FileResponse:
+async def deidentified(study_id: str, store: Store, settings: Settings) -> FileResponse:
     """A copy de-identified by the Basic Application Level Confidentiality Profile (PS3.15
     Annex E): identifying attributes removed or replaced, UIDs replaced consistently (the same
     UID always gives the same new UID), private tags removed, pixel data kept."""
-    folder = await archive_folder(request, study_id)
+    folder = await archive_folder(store, study_id)
     copy = folder / "deidentified.dcm"
     if not copy.is_file():
-        secret = await deid_secret(request)
+        secret = await deid_secret(settings, store.redis)
         try:
             await asyncio.to_thread(write_deidentified, folder / "original.dcm", copy, secret)
         except DeidentificationError as exc:
@@ -188,24 +189,23 @@ async def deidentified(study_id: str, request: Request) -> FileResponse:
     )
 
 
-async def deid_secret(request: Request) -> bytes:
+async def deid_secret(settings: GatewaySettings, redis: Redis) -> bytes:
     """DEID_SECRET, or one made once and kept in Redis: new UIDs stay the same across restarts
     and gateway replicas, and cannot be guessed from the originals."""
-    configured = request.app.state.settings.deid_secret
+    configured = settings.deid_secret
     if configured:
         return str(configured).encode()
-    redis = request.app.state.store.redis
     await redis.set(names.DEID_SECRET, secrets.token_hex(32), nx=True)
-    return bytes(await redis.get(names.DEID_SECRET))
+    return cast(bytes, await redis.get(names.DEID_SECRET))  # undecoded replies
 
 
 WINDOW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-async def archive_folder(request: Request, study_id: str) -> Path:
+async def archive_folder(store: JobStore, study_id: str) -> Path:
     """The archive folder of an upload that has one."""
-    upload_id, job = await job_of(request, study_id)
+    upload_id, job = await find_job(store, study_id)
     folder = Path(job.details["archive_path"]) if "archive_path" in job.details else None
     if folder is None or not (folder / "original.dcm").is_file():
         raise JobStateConflict(f"upload {upload_id} is {job.status}: it has no archived file")
@@ -217,9 +217,9 @@ async def archive_folder(request: Request, study_id: str) -> Path:
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}, 206: {"description": "A range"}},
 )
-async def original(study_id: str, request: Request) -> FileResponse:
+async def original(study_id: str, store: Store) -> FileResponse:
     """The original DICOM file, byte-identical to the upload; ``Range`` requests work."""
-    folder = await archive_folder(request, study_id)
+    folder = await archive_folder(store, study_id)
     return FileResponse(
         folder / "original.dcm", media_type="application/dicom", filename=f"{study_id}.dcm"
     )
@@ -232,7 +232,7 @@ async def original(study_id: str, request: Request) -> FileResponse:
 )
 async def image(
     study_id: str,
-    request: Request,
+    store: Store,
     frame: Annotated[int, Query(ge=1, le=100_000, description="1 for the first frame")] = 1,
     window: Annotated[str | None, Query(description="center,width, e.g. 40,400")] = None,
     size: Annotated[int | None, Query(ge=16, le=4096, description="longest side, px")] = None,
@@ -242,7 +242,7 @@ async def image(
     the file's first window or VOI LUT, else min-max; MONOCHROME1 inverted; colour as RGB.
     ``size`` fits the image in a square viewport of that side, never enlarging it."""
     center_width = _window(window)
-    folder = await archive_folder(request, study_id)
+    folder = await archive_folder(store, study_id)
     shown = f"{center_width[0]:g}_{center_width[1]:g}" if center_width else "file"
     name = f"{frame}_{shown}_{size or 'full'}.{format}"  # one file per parameter set
     cached = folder / "renders" / name
@@ -295,17 +295,17 @@ def _render(
     response_class=FileResponse,
     responses={200: {"content": {"application/json": {}}}},
 )
-async def metadata(study_id: str, request: Request) -> FileResponse:
+async def metadata(study_id: str, store: Store) -> FileResponse:
     """The archived ``metadata.json``: every attribute as the DICOM JSON model, plus a summary
     (see descriptor_service.metadata for its shape)."""
-    folder = await archive_folder(request, study_id)
+    folder = await archive_folder(store, study_id)
     return FileResponse(folder / "metadata.json", media_type="application/json")
 
 
 @router.get("/uploads/{study_id}/tags")
 async def tags(
     study_id: str,
-    request: Request,
+    store: Store,
     tag: Annotated[
         list[str] | None, Query(description="(0010,0010), 00100010 or PatientName")
     ] = None,
@@ -320,7 +320,7 @@ async def tags(
         raise BadRequest(str(exc)) from None
     if invalid:
         raise BadRequest(f"{len(invalid)} tag(s) are not DICOM tags", invalidTags=invalid)
-    folder = await archive_folder(request, study_id)
+    folder = await archive_folder(store, study_id)
     try:
         answers = await asyncio.to_thread(read_tags, folder / "original.dcm", wanted)
     except Unreadable as exc:
