@@ -61,6 +61,7 @@ ASSET_TYPES = {
     ".svg": "image/svg+xml",
 }
 
+DICTIONARY = "dictionary.json"
 _assets = StaticFiles(directory=STATIC, check_dir=False)
 
 
@@ -79,8 +80,7 @@ async def root(request: Request, response: Response) -> Response | dict[str, Any
     return {"service": "api-gateway", "message": WELCOME, "endpoints": ENDPOINTS, "dashboard": "/"}
 
 
-@router.get("/ui/dictionary.json", include_in_schema=False)
-async def dictionary(request: Request) -> Response:
+def dictionary(request: Request) -> Response:
     """Every tag's keyword from pydicom's data dictionary, for the viewer's tag table:
     ``{"tags": {"00100010": "PatientName", ...}, "repeaters": {"60xx3000": "OverlayData"}}``."""
     plain, packed = _dictionary()
@@ -102,7 +102,10 @@ def _dictionary() -> tuple[bytes, bytes]:
 
 @router.api_route("/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def asset(path: str, request: Request) -> Response:
-    """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page."""
+    """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page;
+    ``/ui/dictionary.json`` is made from pydicom's dictionary (one route: no two overlap)."""
+    if path == DICTIONARY and request.method == "GET":
+        return dictionary(request)
     clean = os.path.normpath(os.path.join(*path.split("/"))) if path.strip("/") else "index.html"
     response = await _assets.get_response(clean, request.scope)  # 404 outside static/
     media = ASSET_TYPES.get(Path(clean).suffix)
