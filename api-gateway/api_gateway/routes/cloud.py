@@ -41,8 +41,14 @@ from shared.status_api import find_job, job_of
 router = APIRouter(tags=["cloud"])
 
 # seed 000 says gcp; our target is gcs
-PLATFORMS = {"s3": "s3", "azure": "azure", "gcp": "gcs", "gcs": "gcs",
-             "dicomweb": "dicomweb", "local": "local"}  # fmt: skip
+PLATFORMS = {
+    "s3": "s3",
+    "azure": "azure",
+    "gcp": "gcs",
+    "gcs": "gcs",
+    "dicomweb": "dicomweb",
+    "local": "local",
+}
 
 
 @functools.cache
@@ -88,8 +94,13 @@ async def presign(gateway: Settings, body: PresignRequest | None = None) -> Pres
     settings, client = _s3()
     key = f"{gateway.s3_incoming_prefix.strip('/')}/{uuid4()}.dcm"
     url = await asyncio.to_thread(presign_put, client, settings, key)
-    return Presigned(url=url, method="PUT", object_key=key, expires_in=settings.presign_expires_s,
-                     headers={"Content-Type": "application/dicom"})  # fmt: skip
+    return Presigned(
+        url=url,
+        method="PUT",
+        object_key=key,
+        expires_in=settings.presign_expires_s,
+        headers={"Content-Type": "application/dicom"},
+    )
 
 
 @router.get(
@@ -106,8 +117,9 @@ async def download_url(study_id: str, store: Store) -> Presigned:
     settings, client = _s3()
     key = copy["location"].split("/", 3)[3]  # s3://bucket/key
     url = await asyncio.to_thread(presign_get, client, settings, key)
-    return Presigned(url=url, method="GET", object_key=key, expires_in=settings.presign_expires_s,
-                     headers={})  # fmt: skip
+    return Presigned(
+        url=url, method="GET", object_key=key, expires_in=settings.presign_expires_s, headers={}
+    )
 
 
 class SeedUploadRequest(BaseModel):
@@ -216,9 +228,11 @@ async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store) -> Se
     try:
         async with DicomwebClient(_dicomweb_settings()) as client:
             paths = await client.retrieve(
-                body.study_instance_uid, body.series_instance_uid, body.sop_instance_uid,
+                body.study_instance_uid,
+                body.series_instance_uid,
+                body.sop_instance_uid,
                 dest_folder=folder,
-            )  # fmt: skip
+            )
         events = [await asyncio.to_thread(intake.adopt, p, gateway.uploads_path) for p in paths]
     except DicomwebNotFound:
         raise UploadNotFound("the DICOMweb server has no such study, series or instance") from None

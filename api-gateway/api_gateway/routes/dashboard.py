@@ -54,6 +54,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Vary": "Accept",
 }
+ASSET_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 ASSET_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -75,8 +76,9 @@ async def root(request: Request, response: Response) -> Response | dict[str, Any
     that says where the API is."""
     response.headers["Vary"] = "Accept"
     if "text/html" in request.headers.get("accept", ""):
-        return FileResponse(STATIC / "index.html", media_type=ASSET_TYPES[".html"],
-                            headers=PAGE_HEADERS)  # fmt: skip
+        return FileResponse(
+            STATIC / "index.html", media_type=ASSET_TYPES[".html"], headers=PAGE_HEADERS
+        )
     return {"service": "api-gateway", "message": WELCOME, "endpoints": ENDPOINTS, "dashboard": "/"}
 
 
@@ -111,7 +113,5 @@ async def asset(path: str, request: Request) -> Response:
     media = ASSET_TYPES.get(Path(clean).suffix)
     if media and response.status_code == 200:
         response.headers["Content-Type"] = media
-    response.headers.update(PAGE_HEADERS if clean == "index.html" else {
-        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-    })  # fmt: skip
+    response.headers.update(PAGE_HEADERS if clean == "index.html" else ASSET_HEADERS)
     return response

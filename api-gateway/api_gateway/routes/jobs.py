@@ -125,10 +125,17 @@ def _job_rows(upload_id: str, h: dict[str, str]) -> list[list[object]]:
         reasons = "; ".join(r["code"] for r in json.loads(h.get("reasons", "[]")))
         return [[*common, "", h.get("state"), "", "", "", h.get("error") or reasons]]
     return [
-        [*common, t["target"], "ok" if t["ok"] else "error", t.get("location"),
-         t.get("checksum"), t.get("seconds"), t.get("error")]
+        [
+            *common,
+            t["target"],
+            "ok" if t["ok"] else "error",
+            t.get("location"),
+            t.get("checksum"),
+            t.get("seconds"),
+            t.get("error"),
+        ]
         for t in targets
-    ]  # fmt: skip
+    ]
 
 
 def _line(values: Sequence[object]) -> str:

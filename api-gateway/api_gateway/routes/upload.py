@@ -46,9 +46,13 @@ class UploadAccepted(BaseModel):
     @classmethod
     def of(cls, f: ReceivedFile) -> UploadAccepted:
         return cls(
-            study_id=f.upload_id, upload_id=f.upload_id, filename=f.filename, size=f.size,
-            sha256=f.sha256, converted_from=f.converted_from,
-        )  # fmt: skip
+            study_id=f.upload_id,
+            upload_id=f.upload_id,
+            filename=f.filename,
+            size=f.size,
+            sha256=f.sha256,
+            converted_from=f.converted_from,
+        )
 
 
 class FileRefused(BaseModel):
@@ -172,10 +176,9 @@ async def accept_uploads(
                     "body with an X-File-Name header"
                 )
             source = "raw"
-            files = [await receive_raw(
-                request.stream(), settings.uploads_path, settings.max_file_size,
-                settings.fsync_uploads, filename,
-            )]  # fmt: skip
+            stream = request.stream()
+            folder, limit = settings.uploads_path, settings.max_file_size
+            files = [await receive_raw(stream, folder, limit, settings.fsync_uploads, filename)]
         if not files and not refused:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
         files, screened = await intake.screen(files, dicom_only=bool(label))

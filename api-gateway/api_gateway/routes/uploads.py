@@ -247,8 +247,9 @@ async def image(
     name = f"{frame}_{shown}_{size or 'full'}.{format}"  # one file per parameter set
     cached = folder / "renders" / name
     if not cached.is_file():
-        await asyncio.to_thread(_render, folder / "original.dcm", cached, frame, center_width,
-                                size, format)  # fmt: skip
+        await asyncio.to_thread(
+            _render, folder / "original.dcm", cached, frame, center_width, size, format
+        )
     return FileResponse(cached, media_type=MEDIA[format])
 
 
