@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from isal import isal_zlib
@@ -42,8 +42,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.uid import UID
 
-from shared.secondary_capture import PNG_SIGNATURE
-
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"  # every PNG file starts so (PNG spec 5.2)
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422")

@@ -1,5 +1,9 @@
 """``GET /status/{study_id}``, with long-polling on the status feed (``shared.status_feed``).
 
+Mounted by the gateway and the status service. What it reads comes through two dependencies,
+``get_store`` and ``get_feed`` (the app that mounts the router puts its ``JobStore`` on
+``app.state.store``); a test may override either, and the gateway's ``deps`` uses the same two.
+
 Long-polling: ``?wait=archived,rejected`` (or ``final``) and ``timeout`` seconds. The answer
 comes at once when the job is in a wanted state or can no longer reach one (states only move
 forward), else when a change brings it there, else at the timeout, with ``X-Wait-Timed-Out``.
@@ -10,11 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, get_args
+from typing import Annotated, TypeAlias, get_args
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from redis.exceptions import RedisError
 
 from shared.errors import BadRequest, ServiceUnavailable, UploadNotFound
@@ -36,10 +40,30 @@ def upload_id_of(text: str) -> UUID:
         raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
 
 
-async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
+def get_store(request: Request) -> JobStore:
+    """The app's job store: the one place that reads it from the app."""
+    store: JobStore = request.app.state.store
+    return store
+
+
+def get_feed(request: Request) -> StatusFeed:
+    """The process's status feed (one ``XREAD BLOCK`` for every watcher), made on first use."""
+    return feed_of(request.app)
+
+
+Store: TypeAlias = Annotated[JobStore, Depends(get_store)]
+Feed: TypeAlias = Annotated[StatusFeed, Depends(get_feed)]
+
+
+async def find_job(store: JobStore, text: str) -> tuple[UUID, JobStatus]:
     """The job a path or body names, or a 404 that says why."""
     upload_id = upload_id_of(text)
-    return upload_id, await _read(request.app.state.store, upload_id)
+    return upload_id, await _read(store, upload_id)
+
+
+async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
+    """``find_job`` for code that holds only the request."""
+    return await find_job(get_store(request), text)
 
 
 # --- the route -------------------------------------------------------------------------------
@@ -81,14 +105,16 @@ async def _read(store: JobStore, upload_id: UUID) -> JobStatus:
 
 
 async def wait_until(
-    app: FastAPI, upload_id: UUID, wanted: frozenset[str], seconds: float
+    store: JobStore,
+    feed: StatusFeed,
+    upload_id: UUID,
+    wanted: frozenset[str],
+    seconds: float,
 ) -> tuple[JobStatus, bool]:
     """The job once settled for ``wanted``, or as it is after ``seconds`` (then True)."""
-    store: JobStore = app.state.store
     job = await _read(store, upload_id)
     if settled(job, wanted):
         return job, False
-    feed = feed_of(app)
     deadline = time.monotonic() + seconds
     try:
         async with feed.listening() as cursor:
@@ -133,7 +159,8 @@ def status_router() -> APIRouter:
     )
     async def get_status(
         study_id: str,
-        request: Request,
+        store: Store,
+        feed: Feed,
         response: Response,
         wait: Annotated[
             list[str] | None,
@@ -154,7 +181,7 @@ def status_router() -> APIRouter:
         ``X-Wait-Timed-Out: true``; it is the status as it is then, in every case.
         """
         if not wait:
-            _, job = await job_of(request, study_id)
+            _, job = await find_job(store, study_id)
             return job
         wanted = wanted_states(wait)
         if not 0 <= wait_s <= WAIT_MAX_S:
@@ -162,7 +189,7 @@ def status_router() -> APIRouter:
                 f"the timeout parameter must be 0 to {WAIT_MAX_S:g} seconds",
                 invalidParams=[{"param": "timeout", "msg": "out of range"}],
             )
-        job, timed_out = await wait_until(request.app, upload_id_of(study_id), wanted, wait_s)
+        job, timed_out = await wait_until(store, feed, upload_id_of(study_id), wanted, wait_s)
         if timed_out:
             response.headers["X-Wait-Timed-Out"] = "true"
         return job

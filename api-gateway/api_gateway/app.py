@@ -1,4 +1,8 @@
-"""Build the gateway's FastAPI app: routes, problem responses, Redis, probes."""
+"""Build the gateway's FastAPI app: routes, problem responses, probes; the lifespan connects.
+
+No two routes answer the same request (``tests/unit/gateway/test_routing.py`` checks it), so
+the order of ``ROUTERS`` does not matter.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,72 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
-from api_gateway import (
-    audit,
+from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
+from api_gateway.recovery import keep_recovering
+from api_gateway.routes import (
     batches,
     cloud,
     dashboard,
-    feed,
-    files,
+    events,
     jobs,
-    seed_files,
-    seed_jobs,
-    seed_labels,
-    seed_uploads,
+    labels,
+    stats,
     studies,
     system,
+    upload,
     uploads,
+    users,
 )
-from api_gateway.recovery import keep_recovering
-from api_gateway.routes import router
 from api_gateway.settings import GatewaySettings
 from shared import problems
 from shared.bus import REDIS_DOWN
 from shared.jobs import JobStore
-from shared.service import connect, ensure_folders, make_bus, probe_router, standard_checks
+from shared.service import (
+    Check,
+    connect,
+    ensure_folders,
+    make_bus,
+    probe_router,
+    standard_checks,
+)
 from shared.status_api import status_router
 
 log = structlog.get_logger()
 
+ROUTERS: tuple[APIRouter, ...] = (
+    upload.router,
+    uploads.router,
+    batches.router,
+    labels.router,
+    users.router,
+    stats.router,
+    jobs.router,
+    studies.router,
+    events.router,
+    system.router,
+    cloud.router,
+    dashboard.router,
+    upload_service.router,
+    study_folders.router,
+    cloud_jobs.router,
+    dicom_file_service.router,
+)
+
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    ensure_folders(settings.uploads_path)
-    redis = connect(settings)
+    """The gateway's app, built without I/O: its lifespan makes the uploads folder, connects
+    Redis, creates the consumer groups and runs the recovery of files Redis forgot."""
+    checks: dict[str, Check] = {"started": _not_started}  # what /ready runs, set at start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ensure_folders(settings.uploads_path)
+        redis = connect(settings)
+        store = app.state.store = JobStore(redis)
+        checks.clear()
+        checks.update(standard_checks(redis, settings, None, settings.uploads_path))
         try:
             await make_bus(redis, settings).ensure_groups()
         except REDIS_DOWN:
@@ -50,15 +84,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         log.info("gateway.started", port=settings.port)
         recovering = asyncio.create_task(
             keep_recovering(
-                app.state.store,
+                store,
                 settings.uploads_path,
                 settings.recovery_interval_s,
                 settings.recovery_grace_s,
             )
         )
-        yield
-        recovering.cancel()
-        await redis.aclose()
+        try:
+            yield
+        finally:
+            recovering.cancel()
+            await redis.aclose()
 
     app = FastAPI(
         title="dicomflow gateway",
@@ -66,26 +102,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         summary="Upload DICOM files and follow each one through the pipeline.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = JobStore(redis)
+    app.state.settings = settings  # read through deps.get_settings
     problems.install(app)
-    app.include_router(router)
-    app.include_router(seed_uploads.router)  # before ours: /upload/batch is not an upload id
-    app.include_router(uploads.router)
-    app.include_router(batches.router)
-    app.include_router(seed_labels.router)
-    app.include_router(studies.router)
-    app.include_router(feed.router)
-    app.include_router(system.router)
-    app.include_router(dashboard.router)
-    app.include_router(jobs.router)
-    app.include_router(audit.router)
-    app.include_router(seed_jobs.router)
-    app.include_router(cloud.router)
-    app.include_router(files.router)
-    app.include_router(seed_files.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.include_router(status_router())
-    app.include_router(
-        probe_router("api-gateway", standard_checks(redis, settings, None, settings.uploads_path))
-    )
+    app.include_router(probe_router("api-gateway", checks))
     return app
+
+
+async def _not_started() -> None:
+    raise RuntimeError("the gateway has not started: its lifespan connects Redis")

@@ -21,6 +21,7 @@ from redis.exceptions import WatchError
 from starlette.requests import ClientDisconnect
 
 from api_gateway.receive import ReceivedFile, RefusedFile
+from api_gateway.secondary_capture import ImageConversionError, image_to_dicom, sniff
 from shared import catalog, metrics
 from shared import redis_names as names
 from shared.bus import REDIS_DOWN, add_event
@@ -34,7 +35,6 @@ from shared.errors import (
 from shared.events import AnyEvent, FileReceived, FileRef, Origin
 from shared.files import sha256_of
 from shared.jobs import JobStore
-from shared.secondary_capture import ImageConversionError, image_to_dicom, sniff
 
 
 class FilesRefused(AppError):

@@ -11,12 +11,12 @@ A job still in the pipeline cannot be deleted: its stages would write to it agai
 from __future__ import annotations
 
 import shutil
-from typing import Literal
+from typing import Literal, cast
 from uuid import UUID
 
-from fastapi import Request
 from pydantic import BaseModel, Field
 
+from api_gateway.settings import GatewaySettings
 from shared import redis_names as names
 from shared.bus import add_event
 from shared.errors import JobStateConflict
@@ -31,14 +31,15 @@ class Removed(BaseModel):
     cloud: list[str] = Field(default_factory=list, description="targets whose copies go")
 
 
-async def remove(request: Request, upload_id: UUID, job: JobStatus, cloud: bool) -> Removed:
+async def remove(
+    store: JobStore, settings: GatewaySettings, upload_id: UUID, job: JobStatus, cloud: bool
+) -> Removed:
     """Remove a finished upload; with ``cloud``, its copies on cloud targets as well."""
     if job.status not in FINAL:
         raise JobStateConflict(
             f"the job is {job.status}; wait until it is archived, rejected or failed"
         )
-    store: JobStore = request.app.state.store
-    removed = await _remove_local(request, upload_id, job)
+    removed = await _remove_local(store, settings, upload_id, job)
     targets = job.details.get("targets", []) if cloud else []
     copies = [t["target"] for t in targets if t["ok"] and t["target"] != "local"]
     if copies:
@@ -57,10 +58,11 @@ async def remove(request: Request, upload_id: UUID, job: JobStatus, cloud: bool)
     return Removed(upload_id=upload_id, removed=[*removed, *await store.forget(upload_id)])
 
 
-async def _remove_local(request: Request, upload_id: UUID, job: JobStatus) -> list[str]:
+async def _remove_local(
+    store: JobStore, settings: GatewaySettings, upload_id: UUID, job: JobStatus
+) -> list[str]:
     """The job's archive folder and upload file, and its claim on its SOP Instance UID."""
-    settings = request.app.state.settings
-    redis = request.app.state.store.redis
+    redis = store.redis
     removed: list[str] = []
     folder = settings.archive_path / str(upload_id)
     if folder.is_dir():
@@ -72,7 +74,7 @@ async def _remove_local(request: Request, upload_id: UUID, job: JobStatus) -> li
         removed.append(str(upload))
     sop = job.details.get("sop_instance_uid")
     if sop and job.details.get("duplicate_of") is None:
-        holder = await redis.get(names.instance_key(sop))
+        holder = cast(bytes | None, await redis.get(names.instance_key(sop)))  # undecoded
         if holder and holder.decode().split(" ")[0] == str(upload_id):
             await redis.delete(names.instance_key(sop))
             removed.append("duplicate-detection entry")

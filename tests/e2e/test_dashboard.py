@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from api_gateway import dashboard
+from api_gateway.routes import dashboard
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 

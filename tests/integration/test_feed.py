@@ -12,17 +12,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from api_gateway import feed
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
+from api_gateway.routes import events as feed
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -50,12 +46,6 @@ IDS = DicomIds(
 )  # fmt: skip
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # leave pytest's signal handling alone
-        yield
-
-
 @dataclass
 class Gateway:
     url: str
@@ -66,39 +56,13 @@ class Gateway:
         return httpx.AsyncClient(base_url=self.url, timeout=10)
 
 
-async def _serve(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            timeout_graceful_shutdown=2)  # fmt: skip
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
 @pytest.fixture
-async def gateway(flushed_redis: str, tmp_path: Path) -> AsyncIterator[Gateway]:
-    app = create_app(_settings(flushed_redis, tmp_path))
-    _with_feed(app)
+async def gateway(
+    flushed_redis: str, gateway_app: FastAPI, served_gateway: str
+) -> AsyncIterator[Gateway]:
     redis = Redis.from_url(flushed_redis)
-    async for url in _serve(app):
-        yield Gateway(url, app, JobStore(redis))
+    yield Gateway(served_gateway, gateway_app, JobStore(redis))
     await redis.aclose()
-
-
-def _settings(redis_url: str, tmp_path: Path) -> GatewaySettings:
-    return GatewaySettings(
-        REDIS_URL=redis_url, UPLOADS_PATH=tmp_path / "uploads", FSYNC_UPLOADS=False
-    )
-
-
-def _with_feed(app: FastAPI) -> None:
-    if not any(getattr(r, "path", None) == "/events" for r in app.routes):
-        app.include_router(feed.router)  # until app.py includes it
 
 
 @dataclass
@@ -367,25 +331,23 @@ async def test_streams_end_when_the_server_stops(gateway: Gateway) -> None:
         assert await stream.block(2) is None
 
 
-async def test_redis_down_sends_an_error_event_and_ends(tmp_path: Path) -> None:
-    app = create_app(_settings(f"redis://127.0.0.1:{free_port()}/0", tmp_path))
-    _with_feed(app)
-    async for url in _serve(app):
-        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
-            async with client.stream("GET", "/events") as response:
-                assert response.status_code == 200
-                stream = Stream(response)
-                first = await stream.block(15)
-                assert first is not None
-                assert first.retry == 2000
-                error = first if first.event else await stream.block(15)
-                assert error is not None
-                assert error.event == "error"
-                assert "Redis" in error.json["message"]
-                assert await stream.block(5) is None
-            status = await client.get(f"/status/{uuid.uuid4()}", params={"wait": "final"})
-            assert status.status_code == 503
-            assert status.json()["type"] == "/problems/service-unavailable"
+@pytest.mark.parametrize("gateway_env", [{"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}])
+async def test_redis_down_sends_an_error_event_and_ends(served_gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=served_gateway, timeout=20) as client:
+        async with client.stream("GET", "/events") as response:
+            assert response.status_code == 200
+            stream = Stream(response)
+            first = await stream.block(15)
+            assert first is not None
+            assert first.retry == 2000
+            error = first if first.event else await stream.block(15)
+            assert error is not None
+            assert error.event == "error"
+            assert "Redis" in error.json["message"]
+            assert await stream.block(5) is None
+        status = await client.get(f"/status/{uuid.uuid4()}", params={"wait": "final"})
+        assert status.status_code == 503
+        assert status.json()["type"] == "/problems/service-unavailable"
 
 
 async def test_a_waiter_left_behind_the_memory_reads_the_rest_from_redis(

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from api_gateway import receive
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
 from redis.asyncio import Redis
 
 from shared import redis_names as names
@@ -20,19 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def uploads(tmp_path: Path) -> Path:
-    return tmp_path / "uploads"
-
-
-@pytest.fixture
-async def client(flushed_redis: str, uploads: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = GatewaySettings(
-        REDIS_URL=flushed_redis, UPLOADS_PATH=uploads, MAX_FILE_SIZE=1000, FSYNC_UPLOADS=False
-    )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
+def gateway_env() -> dict[str, Any]:
+    return {"MAX_FILE_SIZE": 1000}
 
 
 async def test_accepted_file_is_on_disk_under_its_id_and_queued(

@@ -11,23 +11,18 @@ import fnmatch
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from api_gateway.studies import router
-from fastapi import FastAPI
+from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from shared import problems
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
-from shared.jobs import JobStore
-from shared.search import SORT_KEYS, StudyQuery, get_study, search
 from shared.study_index import queue_index, queue_unindex, unindex
 
 pytestmark = pytest.mark.timeout(60)
@@ -508,14 +503,9 @@ def test_a_query_that_is_not_valid_is_refused(params: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-async def client(indexed: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    problems.install(app)
-    app.state.store = JobStore(indexed)
-    app.include_router(router)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
+def client(indexed: Redis, client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The gateway, on the Redis the studies were indexed in."""
+    return client
 
 
 async def test_get_studies_answers_the_filters_as_search_does(client: httpx.AsyncClient) -> None:

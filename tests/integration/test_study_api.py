@@ -8,14 +8,12 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import httpx
 import pytest
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
 from redis.asyncio import Redis
 
 from shared import redis_names as names
@@ -29,24 +27,8 @@ MAX = 200_000
 
 
 @pytest.fixture
-def uploads(tmp_path: Path) -> Path:
-    return tmp_path / "uploads"
-
-
-@pytest.fixture
-async def client(flushed_redis: str, uploads: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = GatewaySettings(
-        REDIS_URL=flushed_redis,
-        UPLOADS_PATH=uploads,
-        ARCHIVE_PATH=uploads.parent / "archive",
-        MAX_FILE_SIZE=MAX,
-        MAX_BATCH_SIZE=4 * MAX,
-        FSYNC_UPLOADS=False,
-    )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
+def gateway_env() -> dict[str, Any]:
+    return {"MAX_FILE_SIZE": MAX, "MAX_BATCH_SIZE": 4 * MAX}
 
 
 def small_ct(i: int = 0) -> bytes:

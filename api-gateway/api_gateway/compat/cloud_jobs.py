@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from api_gateway import removal
-from shared.status_api import job_of
+from api_gateway.deps import Settings, Store
+from shared.status_api import find_job
 
 router = APIRouter(prefix="/dicom", tags=["seed 000: job API"])
 
@@ -46,9 +47,9 @@ class SeedJobDeleted(BaseModel):
 
 
 @router.get("/status/{job_id}", response_model=SeedJobStatus, response_model_by_alias=True)
-async def status(job_id: str, request: Request) -> SeedJobStatus:
+async def status(job_id: str, store: Store) -> SeedJobStatus:
     """The seed's job status: QUEUED, IN_PROGRESS, COMPLETED or FAILED."""
-    upload_id, job = await job_of(request, job_id)
+    upload_id, job = await find_job(store, job_id)
     targets = [t["target"] for t in job.details.get("targets", [])]
     return SeedJobStatus(
         job_id=upload_id,
@@ -66,7 +67,8 @@ async def status(job_id: str, request: Request) -> SeedJobStatus:
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
 )
 async def delete(
-    request: Request,
+    store: Store,
+    settings: Settings,
     response: Response,
     job_id: Annotated[str, Query(alias="jobId")],
     delete_cloud: Annotated[bool, Query(alias="deleteCloud")] = False,
@@ -79,8 +81,8 @@ async def delete(
     gone (``GET /dicom/status/{jobId}`` is 404 then). A job still in the pipeline cannot be
     deleted (409): its stages would write to it again.
     """
-    upload_id, job = await job_of(request, job_id)
-    done = await removal.remove(request, upload_id, job, delete_cloud)
+    upload_id, job = await find_job(store, job_id)
+    done = await removal.remove(store, settings, upload_id, job, delete_cloud)
     if done.status == "deleting":
         response.status_code = 202
     return SeedJobDeleted(job_id=upload_id, **done.model_dump(exclude={"upload_id"}))

@@ -1,4 +1,5 @@
-"""``GET /jobs/audit.csv``: one row per job and target, streamed; UIDs, never patient data."""
+"""Operations on jobs: ``POST /jobs/{id}/retry`` runs a failed job's failed stage again;
+``GET /jobs/audit.csv`` is one row per job and target, streamed (UIDs, never patient data)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,43 @@ import io
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
+from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from api_gateway.deps import RedisClient, Store
 from shared import redis_names as names
+from shared.errors import JobNotFailed
+from shared.jobs import State
+from shared.status_api import find_job
 
 router = APIRouter(tags=["jobs"])
+
+
+class JobRequeued(BaseModel):
+    study_id: UUID
+    status: State
+    message: Literal["the failed stage was queued again"] = "the failed stage was queued again"
+
+
+@router.post(
+    "/jobs/{study_id}/retry",
+    status_code=202,
+    responses={404: {"description": "No such job"}, 409: {"description": "The job is not failed"}},
+)
+async def retry(study_id: str, store: Store) -> JobRequeued:
+    """Queue a failed job's failed stage again. Targets that already hold the file keep it:
+    the uploader copies only to the ones that did not."""
+    upload_id, job = await find_job(store, study_id)
+    back_to = await store.retry(upload_id)
+    if back_to is None:
+        raise JobNotFailed(f"the job is {job.status}; only a failed job can be retried")
+    return JobRequeued(study_id=upload_id, status=back_to)
+
 
 COLUMNS = [
     "job_id",
@@ -44,12 +73,11 @@ PAGE = 500
     responses={200: {"content": {"text/csv": {}}, "description": "One row per job and target"}},
 )
 async def audit(
-    request: Request,
+    redis: RedisClient,
     since: Annotated[datetime | None, Query(description="accepted at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="accepted before (ISO 8601)")] = None,
 ) -> StreamingResponse:
     """Every job accepted in the window, oldest first, with each target's outcome."""
-    redis: Redis = request.app.state.store.redis
     low = since.timestamp() if since else "-inf"
     high = f"({until.timestamp()}" if until else "+inf"
     return StreamingResponse(
@@ -97,10 +125,17 @@ def _job_rows(upload_id: str, h: dict[str, str]) -> list[list[object]]:
         reasons = "; ".join(r["code"] for r in json.loads(h.get("reasons", "[]")))
         return [[*common, "", h.get("state"), "", "", "", h.get("error") or reasons]]
     return [
-        [*common, t["target"], "ok" if t["ok"] else "error", t.get("location"),
-         t.get("checksum"), t.get("seconds"), t.get("error")]
+        [
+            *common,
+            t["target"],
+            "ok" if t["ok"] else "error",
+            t.get("location"),
+            t.get("checksum"),
+            t.get("seconds"),
+            t.get("error"),
+        ]
         for t in targets
-    ]  # fmt: skip
+    ]
 
 
 def _line(values: Sequence[object]) -> str:

@@ -32,12 +32,13 @@ from typing import Annotated
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from api_gateway.deps import Feed
 from shared.errors import BadRequest, safe_error
-from shared.status_feed import Change, FeedClosed, FeedUnavailable, StatusFeed, entry_key, feed_of
+from shared.status_feed import Change, FeedClosed, FeedUnavailable, StatusFeed, entry_key
 
 log = structlog.get_logger()
 router = APIRouter(tags=["status"])
@@ -98,7 +99,7 @@ def _message(event: str, data: object, entry_id: str | None = None) -> str:
     },
 )
 async def events(
-    request: Request,
+    feed: Feed,
     upload_id: Annotated[list[str] | None, Query(description="upload ids to follow")] = None,
     batch: Annotated[list[str] | None, Query(description="batch ids to follow")] = None,
     label: Annotated[list[str] | None, Query(description="study labels to follow")] = None,
@@ -118,7 +119,6 @@ async def events(
                 invalidParams=[{"param": "last_event_id", "msg": "not a stream entry id"}],
             )
         resume = f"{key[0]}-{key[1]}"
-    feed = feed_of(request.app)
     try:  # before the headers go: a client that reads statuses once it is open misses nothing
         now = await feed.position()
         gap = resume is not None and await feed.missed(resume)

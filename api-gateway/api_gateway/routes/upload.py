@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api_gateway import intake
+from api_gateway.deps import Settings, Store
 from api_gateway.receive import (
     MultipartReceiver,
     ReceivedFile,
@@ -20,6 +21,7 @@ from api_gateway.receive import (
 from api_gateway.settings import GatewaySettings
 from shared import catalog, metrics
 from shared.errors import NoFilePart
+from shared.jobs import JobStore
 
 log = structlog.get_logger()
 router = APIRouter()
@@ -44,9 +46,13 @@ class UploadAccepted(BaseModel):
     @classmethod
     def of(cls, f: ReceivedFile) -> UploadAccepted:
         return cls(
-            study_id=f.upload_id, upload_id=f.upload_id, filename=f.filename, size=f.size,
-            sha256=f.sha256, converted_from=f.converted_from,
-        )  # fmt: skip
+            study_id=f.upload_id,
+            upload_id=f.upload_id,
+            filename=f.filename,
+            size=f.size,
+            sha256=f.sha256,
+            converted_from=f.converted_from,
+        )
 
 
 class FileRefused(BaseModel):
@@ -114,7 +120,7 @@ class UploadsAccepted(UploadAccepted):
         },
     },
 )
-async def upload(request: Request) -> UploadsAccepted:
+async def upload(request: Request, settings: Settings, store: Store) -> UploadsAccepted:
     """Accept DICOM files (or JPEG/PNG images, stored as Secondary Capture): one job each.
 
     Multipart: field ``file`` (or ``files``), repeatable, and an optional ``label`` (or
@@ -125,7 +131,7 @@ async def upload(request: Request) -> UploadsAccepted:
     upload also refuses non-DICOM files and names already filed under its label. Validation
     happens next, asynchronously: poll ``GET /status/{study_id}``.
     """
-    accepted, refused, label = await accept_uploads(request)
+    accepted, refused, label = await accept_uploads(request, settings, store)
     return UploadsAccepted(
         **accepted[0].model_dump(),
         uploads=accepted,
@@ -137,11 +143,10 @@ async def upload(request: Request) -> UploadsAccepted:
 
 
 async def accept_uploads(
-    request: Request,
+    request: Request, settings: GatewaySettings, store: JobStore
 ) -> tuple[list[UploadAccepted], list[RefusedFile], str | None]:
     """Stream the files of an upload request to disk, screen them, and queue each as a job;
     when every file was refused, the refusal (``intake.refusal``)."""
-    settings: GatewaySettings = request.app.state.settings
     content_type = request.headers.get("content-type", "")
     user_id = catalog.clean_name(request.headers.get("x-user-id"), "X-User-ID header")
     label = catalog.clean_name(request.query_params.get("label"), "label")
@@ -171,16 +176,15 @@ async def accept_uploads(
                     "body with an X-File-Name header"
                 )
             source = "raw"
-            files = [await receive_raw(
-                request.stream(), settings.uploads_path, settings.max_file_size,
-                settings.fsync_uploads, filename,
-            )]  # fmt: skip
+            stream = request.stream()
+            folder, limit = settings.uploads_path, settings.max_file_size
+            files = [await receive_raw(stream, folder, limit, settings.fsync_uploads, filename)]
         if not files and not refused:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
         files, screened = await intake.screen(files, dicom_only=bool(label))
         refused += screened
         events = [intake.received_file(f, source, label=label, user_id=user_id) for f in files]
-        taken = await intake.queue(request.app.state.store, events)
+        taken = await intake.queue(store, events)
         files, refused = intake.drop_taken(files, taken, refused)
     accepted = [UploadAccepted.of(f) for f in files]
     for f in files:

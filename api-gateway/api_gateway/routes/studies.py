@@ -1,7 +1,7 @@
 """Study search over HTTP: ``GET /studies`` (filtered, sorted, paged) and ``GET /studies/{uid}``.
 
 Both read the study index that the status service keeps (``shared.study_index``) through
-``shared.search``, never the files.
+``api_gateway.search``, never the files.
 A filter that is not valid is a 400 naming the parameter and never quoting its value, since
 values may be patient data.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
+from api_gateway.deps import RedisClient
+from api_gateway.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 from shared.errors import BadRequest, StudyNotFound
-from shared.jobs import JobStore
-from shared.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 
 router = APIRouter(tags=["studies"])
 
@@ -46,7 +46,7 @@ def study_query(params: dict[str, Any]) -> StudyQuery:
     responses={400: {"description": "A filter, the paging or the sort is not valid"}},
 )
 async def list_studies(
-    request: Request,
+    redis: RedisClient,
     patient_name: Annotated[
         str | None, Query(description="DICOM wildcards * and ?, any case: SMITH*, *ANN*")
     ] = None,
@@ -85,8 +85,7 @@ async def list_studies(
             "sort": sort,
         }
     )
-    store: JobStore = request.app.state.store
-    return await search(store.redis, query)
+    return await search(redis, query)
 
 
 @router.get(
@@ -94,12 +93,11 @@ async def list_studies(
     response_model=StudyRecord,
     responses={404: {"description": "No indexed upload holds this study"}},
 )
-async def one_study(study_uid: str, request: Request) -> StudyRecord:
+async def one_study(study_uid: str, redis: RedisClient) -> StudyRecord:
     """One study: its attributes, modalities, counts and the uploads that hold it."""
     if len(study_uid) > 64 or not UID.match(study_uid):
         raise StudyNotFound("that is not a Study Instance UID: digits and dots, up to 64")
-    store: JobStore = request.app.state.store
-    record = await get_study(store.redis, study_uid)
+    record = await get_study(redis, study_uid)
     if record is None:
         raise StudyNotFound(f"no archived upload holds study {study_uid}")
     return record

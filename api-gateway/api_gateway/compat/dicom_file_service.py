@@ -14,8 +14,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway import files
-from api_gateway.routes import accept_uploads
+from api_gateway.deps import Settings, Store
+from api_gateway.routes import uploads
+from api_gateway.routes.upload import accept_uploads
 
 router = APIRouter(prefix="/dicom-image", tags=["seed 003: file service"])
 
@@ -25,26 +26,26 @@ class FileStored(BaseModel):
 
 
 @router.post("", status_code=201, response_model=FileStored)
-async def store(request: Request) -> FileStored:
+async def store(request: Request, settings: Settings, jobs: Store) -> FileStored:
     """Store one DICOM file; its ``file_id`` is our upload id."""
-    accepted, _, _ = await accept_uploads(request)
+    accepted, _, _ = await accept_uploads(request, settings, jobs)
     return FileStored(file_id=str(accepted[0].study_id))
 
 
 @router.get("/{file_id}", response_model=None)
 async def get_file(
     file_id: str,
-    request: Request,
+    store: Store,
     dicom_tag: Annotated[list[str] | None, Query(description="e.g. (0010,0010)")] = None,
 ) -> FileResponse | dict[str, object]:
     """The stored file, or with ``dicom_tag`` the attributes it names."""
     if dicom_tag is None:
-        return await files.original(file_id, request)
-    answer = await files.tags(file_id, request, dicom_tag)
+        return await uploads.original(file_id, store)
+    answer = await uploads.tags(file_id, store, dicom_tag)
     return {"file_id": file_id, "tags": answer["tags"]}
 
 
 @router.get("/{file_id}/png", response_class=FileResponse)
-async def get_png(file_id: str, request: Request) -> FileResponse:
+async def get_png(file_id: str, store: Store) -> FileResponse:
     """A PNG of the file's first frame for the browser."""
-    return await files.image(file_id, request, 1, None, None, "png")
+    return await uploads.image(file_id, store, 1, None, None, "png")

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 router = APIRouter(tags=["dashboard"])
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 WELCOME = "dicomflow gateway: upload DICOM files and follow each one through the pipeline"
 ENDPOINTS = {
@@ -54,6 +54,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Vary": "Accept",
 }
+ASSET_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 ASSET_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -61,6 +62,7 @@ ASSET_TYPES = {
     ".svg": "image/svg+xml",
 }
 
+DICTIONARY = "dictionary.json"
 _assets = StaticFiles(directory=STATIC, check_dir=False)
 
 
@@ -74,13 +76,13 @@ async def root(request: Request, response: Response) -> Response | dict[str, Any
     that says where the API is."""
     response.headers["Vary"] = "Accept"
     if "text/html" in request.headers.get("accept", ""):
-        return FileResponse(STATIC / "index.html", media_type=ASSET_TYPES[".html"],
-                            headers=PAGE_HEADERS)  # fmt: skip
+        return FileResponse(
+            STATIC / "index.html", media_type=ASSET_TYPES[".html"], headers=PAGE_HEADERS
+        )
     return {"service": "api-gateway", "message": WELCOME, "endpoints": ENDPOINTS, "dashboard": "/"}
 
 
-@router.get("/ui/dictionary.json", include_in_schema=False)
-async def dictionary(request: Request) -> Response:
+def dictionary(request: Request) -> Response:
     """Every tag's keyword from pydicom's data dictionary, for the viewer's tag table:
     ``{"tags": {"00100010": "PatientName", ...}, "repeaters": {"60xx3000": "OverlayData"}}``."""
     plain, packed = _dictionary()
@@ -102,13 +104,14 @@ def _dictionary() -> tuple[bytes, bytes]:
 
 @router.api_route("/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def asset(path: str, request: Request) -> Response:
-    """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page."""
+    """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page;
+    ``/ui/dictionary.json`` is made from pydicom's dictionary (one route: no two overlap)."""
+    if path == DICTIONARY and request.method == "GET":
+        return dictionary(request)
     clean = os.path.normpath(os.path.join(*path.split("/"))) if path.strip("/") else "index.html"
     response = await _assets.get_response(clean, request.scope)  # 404 outside static/
     media = ASSET_TYPES.get(Path(clean).suffix)
     if media and response.status_code == 200:
         response.headers["Content-Type"] = media
-    response.headers.update(PAGE_HEADERS if clean == "index.html" else {
-        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-    })  # fmt: skip
+    response.headers.update(PAGE_HEADERS if clean == "index.html" else ASSET_HEADERS)
     return response

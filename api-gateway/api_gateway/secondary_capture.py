@@ -54,10 +54,10 @@ from pydicom.uid import (
 
 from shared.errors import PermanentError
 from shared.files import atomic_file
+from shared.render import PNG_SIGNATURE
 
 Kind = Literal["jpeg", "png"]
 MAX_PIXELS: Final = 2**26  # 67 million: 8192 x 8192; under Pillow's own warning level (89 M)
-PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE: Final = b"\xff\xd8\xff"
 _STRIP_PIXELS: Final = 2**21  # pixels copied out of the decoded image at a time
 _ORIENTATION: Final = 0x0112  # EXIF Orientation

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from api_gateway import intake
+from api_gateway.deps import Settings, Store
 from api_gateway.settings import GatewaySettings
 from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import (
@@ -33,14 +34,21 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.events import DicomIds, FileDescribed, FileRef
+from shared.jobs import JobStore
 from shared.s3 import S3Settings, presign_get, presign_put, s3_client
-from shared.status_api import job_of
+from shared.status_api import find_job, job_of
 
 router = APIRouter(tags=["cloud"])
 
 # seed 000 says gcp; our target is gcs
-PLATFORMS = {"s3": "s3", "azure": "azure", "gcp": "gcs", "gcs": "gcs",
-             "dicomweb": "dicomweb", "local": "local"}  # fmt: skip
+PLATFORMS = {
+    "s3": "s3",
+    "azure": "azure",
+    "gcp": "gcs",
+    "gcs": "gcs",
+    "dicomweb": "dicomweb",
+    "local": "local",
+}
 
 
 @functools.cache
@@ -80,23 +88,27 @@ class Presigned(BaseModel):
 
 
 @router.post("/dicom/presign", response_model=Presigned, response_model_by_alias=True)
-async def presign(request: Request, body: PresignRequest | None = None) -> Presigned:
+async def presign(gateway: Settings, body: PresignRequest | None = None) -> Presigned:
     """A presigned S3 PUT URL for one file: send it there, then ingest it with
     ``POST /dicom/upload {"objectKey": ..., "platform": "s3"}``."""
     settings, client = _s3()
-    gateway: GatewaySettings = request.app.state.settings
     key = f"{gateway.s3_incoming_prefix.strip('/')}/{uuid4()}.dcm"
     url = await asyncio.to_thread(presign_put, client, settings, key)
-    return Presigned(url=url, method="PUT", object_key=key, expires_in=settings.presign_expires_s,
-                     headers={"Content-Type": "application/dicom"})  # fmt: skip
+    return Presigned(
+        url=url,
+        method="PUT",
+        object_key=key,
+        expires_in=settings.presign_expires_s,
+        headers={"Content-Type": "application/dicom"},
+    )
 
 
 @router.get(
     "/uploads/{study_id}/download-url", response_model=Presigned, response_model_by_alias=True
 )
-async def download_url(study_id: str, request: Request) -> Presigned:
+async def download_url(study_id: str, store: Store) -> Presigned:
     """A presigned S3 GET URL for an archived upload's copy on the s3 target."""
-    upload_id, job = await job_of(request, study_id)
+    upload_id, job = await find_job(store, study_id)
     copy = next(
         (t for t in job.details.get("targets", []) if t["target"] == "s3" and t["ok"]), None
     )
@@ -105,8 +117,9 @@ async def download_url(study_id: str, request: Request) -> Presigned:
     settings, client = _s3()
     key = copy["location"].split("/", 3)[3]  # s3://bucket/key
     url = await asyncio.to_thread(presign_get, client, settings, key)
-    return Presigned(url=url, method="GET", object_key=key, expires_in=settings.presign_expires_s,
-                     headers={})  # fmt: skip
+    return Presigned(
+        url=url, method="GET", object_key=key, expires_in=settings.presign_expires_s, headers={}
+    )
 
 
 class SeedUploadRequest(BaseModel):
@@ -124,7 +137,9 @@ class SeedQueued(BaseModel):
 @router.post(
     "/dicom/upload", status_code=202, response_model=SeedQueued, response_model_by_alias=True
 )
-async def seed_upload(body: SeedUploadRequest, request: Request) -> SeedQueued:
+async def seed_upload(
+    body: SeedUploadRequest, request: Request, gateway: Settings, store: Store
+) -> SeedQueued:
     """Seed 000's upload job. ``objectKey`` is either a key under the S3 incoming prefix (a file
     sent with a presigned URL; ``platform: "s3"``), which is ingested as a new upload, or an
     upload id (or ``{id}/original.dcm``) of an archived upload, which is pushed to
@@ -132,22 +147,20 @@ async def seed_upload(body: SeedUploadRequest, request: Request) -> SeedQueued:
     platform = PLATFORMS.get(body.platform.lower())
     if platform is None:
         raise BadRequest(f"unknown platform {body.platform!r}; use one of {sorted(PLATFORMS)}")
-    gateway: GatewaySettings = request.app.state.settings
     incoming = gateway.s3_incoming_prefix.strip("/") + "/"
     if body.object_key.startswith(incoming):
         if platform != "s3":
             raise BadRequest(f"keys under {incoming} are S3 objects: use platform 's3'")
-        job_id = await _ingest_from_s3(body.object_key, request)
+        job_id = await _ingest_from_s3(body.object_key, gateway, store)
     else:
         job_id = await _push(body.object_key, platform, request)
     return SeedQueued(message="Job queued", job_id=job_id, job_ids=[job_id])
 
 
-async def _ingest_from_s3(key: str, request: Request) -> UUID:
+async def _ingest_from_s3(key: str, gateway: GatewaySettings, store: JobStore) -> UUID:
     if ".." in key.split("/"):
         raise BadRequest("the object key may not contain '..'")
     settings, client = _s3()
-    gateway: GatewaySettings = request.app.state.settings
     part = gateway.uploads_path / f".s3-{uuid4()}.part"
     try:
         head = await asyncio.to_thread(client.head_object, Bucket=settings.bucket, Key=key)
@@ -164,7 +177,7 @@ async def _ingest_from_s3(key: str, request: Request) -> UUID:
         part.unlink(missing_ok=True)
         raise UpstreamError(f"S3 cannot be reached ({type(exc).__name__})") from None
     event = await asyncio.to_thread(intake.adopt, part, gateway.uploads_path)
-    await intake.queue(request.app.state.store, [event])
+    await intake.queue(store, [event])
     return event.upload_id
 
 
@@ -206,19 +219,20 @@ class RetrieveRequest(BaseModel):
 @router.post(
     "/dicom/retrieve", status_code=202, response_model=SeedQueued, response_model_by_alias=True
 )
-async def retrieve(body: RetrieveRequest, request: Request) -> SeedQueued:
+async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store) -> SeedQueued:
     """Seed 000's retrieval: WADO-RS from the configured DICOMweb server (DICOMWEB_URL); each
     instance retrieved is ingested as a new upload and goes through the whole pipeline."""
     if body.sop_instance_uid and not body.series_instance_uid:
         raise BadRequest("sopInstanceUID needs seriesInstanceUID")
-    gateway: GatewaySettings = request.app.state.settings
     folder = gateway.uploads_path / f".retrieve-{uuid4()}"
     try:
         async with DicomwebClient(_dicomweb_settings()) as client:
             paths = await client.retrieve(
-                body.study_instance_uid, body.series_instance_uid, body.sop_instance_uid,
+                body.study_instance_uid,
+                body.series_instance_uid,
+                body.sop_instance_uid,
                 dest_folder=folder,
-            )  # fmt: skip
+            )
         events = [await asyncio.to_thread(intake.adopt, p, gateway.uploads_path) for p in paths]
     except DicomwebNotFound:
         raise UploadNotFound("the DICOMweb server has no such study, series or instance") from None
@@ -228,6 +242,6 @@ async def retrieve(body: RetrieveRequest, request: Request) -> SeedQueued:
         shutil.rmtree(folder, ignore_errors=True)
     if not events:
         raise UploadNotFound("the DICOMweb server returned no instances")
-    await intake.queue(request.app.state.store, events)
+    await intake.queue(store, events)
     ids = [e.upload_id for e in events]
     return SeedQueued(message=f"{len(ids)} instance(s) queued", job_id=ids[0], job_ids=ids)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_gateway import deid
+from api_gateway.deid import DUMMIES, DeidentificationError, deidentify, write_deidentified
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
@@ -19,8 +21,6 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from shared import deid
-from shared.deid import DUMMIES, DeidentificationError, deidentify, write_deidentified
 from shared.errors import PermanentError, safe_error
 
 # Some of pydicom's files hold invalid values on purpose; reading them in the test warns.
@@ -295,7 +295,7 @@ def test_uids_are_the_same_in_another_process() -> None:
     here = read("CT_small.dcm")
     deidentify(here, SECRET)
     code = (
-        "import sys; from pydicom import dcmread; from shared.deid import deidentify;"
+        "import sys; from pydicom import dcmread; from api_gateway.deid import deidentify;"
         "ds = dcmread(sys.argv[1]); deidentify(ds, sys.argv[2].encode());"
         "print(ds.StudyInstanceUID, ds.SOPInstanceUID)"
     )

@@ -23,10 +23,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api_gateway import intake
+from api_gateway.deps import Settings, Store
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
-from api_gateway.routes import FileRefused, UploadAccepted
+from api_gateway.routes.upload import FileRefused, UploadAccepted
+from api_gateway.routes.uploads import UploadRecord
 from api_gateway.settings import GatewaySettings
-from api_gateway.uploads import UploadRecord
 from shared import catalog
 from shared.errors import BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
 from shared.jobs import FINAL, JobStatus, JobStore
@@ -74,13 +75,15 @@ class BatchFiles(BaseModel):
         415: {"description": "The body is not application/json"},
     },
 )
-async def create(request: Request) -> BatchAccepted:
+async def create(request: Request, settings: Settings, store: Store) -> BatchAccepted:
     """Queue a batch of base64-encoded files (``X-User-ID`` names its user)."""
-    return await accept_batch(request)
+    return await accept_batch(request, settings, store)
 
 
-async def accept_batch(request: Request) -> BatchAccepted:
-    settings: GatewaySettings = request.app.state.settings
+async def accept_batch(
+    request: Request, settings: GatewaySettings, store: JobStore
+) -> BatchAccepted:
+    """Spool, unpack, screen and queue a batch; the files refused are named with the reason."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType('send the batch as application/json: {"files": [...]}')
@@ -114,7 +117,7 @@ async def accept_batch(request: Request) -> BatchAccepted:
         events = [
             intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
         ]
-        await intake.queue(request.app.state.store, events, batch=(batch_id, user_id))
+        await intake.queue(store, events, batch=(batch_id, user_id))
     accepted = [UploadAccepted.of(f) for f in files]
     return BatchAccepted(
         batch_id=batch_id,
@@ -183,9 +186,9 @@ def _unpack_one(
 
 
 @router.get("/batches/{batch_id}", response_model=BatchStatus)
-async def status(batch_id: str, request: Request) -> BatchStatus:
+async def status(batch_id: str, store: Store) -> BatchStatus:
     """Where a batch stands, from its files' real states."""
-    record, jobs = await _batch(request, batch_id)
+    record, jobs = await _batch(store, batch_id)
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -211,37 +214,17 @@ async def status(batch_id: str, request: Request) -> BatchStatus:
 
 
 @router.get("/batches/{batch_id}/files", response_model=BatchFiles)
-async def batch_files(batch_id: str, request: Request) -> BatchFiles:
+async def batch_files(batch_id: str, store: Store) -> BatchFiles:
     """The files of a batch, in order, each with its status."""
-    _, jobs = await _batch(request, batch_id)
+    _, jobs = await _batch(store, batch_id)
     records = [UploadRecord.of(j) for j in jobs]
     return BatchFiles(batch_id=batch_id, files=records, count=len(records))
 
 
-async def _batch(request: Request, batch_id: str) -> tuple[dict[str, str], list[JobStatus]]:
-    store: JobStore = request.app.state.store
+async def _batch(store: JobStore, batch_id: str) -> tuple[dict[str, str], list[JobStatus]]:
     found = await catalog.batch(store.redis, batch_id)
     if found is None:
         raise BatchNotFound(f"no batch has id {batch_id}")
     record, ids = found
     jobs = [j for j in await store.read_many(ids) if j is not None]
     return record, jobs
-
-
-async def user_batches(request: Request, user_id: str) -> list[BatchStatus]:
-    """A user's batches, newest first, each with its status."""
-    ids = await catalog.user_batches(request.app.state.store.redis, user_id)
-    found = []
-    for batch_id in ids:
-        try:
-            found.append(await status(batch_id, request))
-        except BatchNotFound:
-            continue
-    return found
-
-
-@router.get("/users/{user_id}/batches")
-async def list_user_batches(user_id: str, request: Request) -> dict[str, object]:
-    """A user's batches, newest first."""
-    batches = await user_batches(request, user_id)
-    return {"user_id": user_id, "batches": batches, "count": len(batches)}

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from api_gateway.settings import GatewaySettings
+from api_gateway.deps import RedisClient, Settings
 from shared import catalog
 from shared import redis_names as names
 from shared.errors import safe_error
@@ -55,10 +55,8 @@ class SystemView(BaseModel):
 
 
 @router.get("/system", response_model_exclude_none=True)
-async def system(request: Request) -> SystemView:
+async def system(request: Request, settings: Settings, redis: RedisClient) -> SystemView:
     """Readiness of the five services, queue depth per consumer group, jobs per state."""
-    settings: GatewaySettings = request.app.state.settings
-    redis: Redis = request.app.state.store.redis
     peers = {
         "validator-service": str(settings.validator_url),
         "descriptor-service": str(settings.descriptor_url),

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from api_gateway import files, uploads
+from api_gateway.deps import RedisClient, Store
+from api_gateway.routes import labels, uploads
 from shared import catalog
 from shared.errors import AppError, BadRequest, UploadNotFound
 
@@ -33,16 +34,16 @@ def _seed_errors() -> Iterator[None]:
 
 
 @router.get("")
-async def studies(request: Request) -> dict[str, object]:
+async def studies(redis: RedisClient) -> dict[str, object]:
     """Every study label in use."""
-    found = await catalog.labels(request.app.state.store.redis)
+    found = await catalog.labels(redis)
     return {"studies": list(found), "studiesCount": len(found), "success": True}
 
 
 @router.get("/{study}")
-async def study_files(study: str, request: Request) -> dict[str, object]:
+async def study_files(study: str, redis: RedisClient) -> dict[str, object]:
     """The file names under a study label."""
-    found = await catalog.label_files(request.app.state.store.redis, study)
+    found = await catalog.label_files(redis, study)
     if not found:
         raise UploadNotFound("study not found", error="study not found", success=False)
     return {"files": list(found), "filesCount": len(found), "study": study, "success": True}
@@ -52,21 +53,21 @@ async def study_files(study: str, request: Request) -> dict[str, object]:
 async def file_tags(
     study: str,
     file: str,
-    request: Request,
+    store: Store,
     tag: Annotated[list[str] | None, Query(description="e.g. (0028,0010)")] = None,
 ) -> dict[str, object]:
     """The attributes named by ``tag`` (repeatable) of one file of a study."""
     with _seed_errors():
-        upload_id = await uploads.labelled_upload(request, study, file)
+        upload_id = await labels.labelled_upload(store.redis, study, file)
         if not tag or not any(t.strip() for t in tag):
             raise BadRequest("tag query parameter is empty")
-        answer = await files.tags(upload_id, request, tag)
+        answer = await uploads.tags(upload_id, store, tag)
     return {"file": file, "study": study, "success": True, "tags": answer["tags"]}
 
 
 @router.get("/{study}/{file:path}/png", response_class=FileResponse)
-async def file_png(study: str, file: str, request: Request) -> FileResponse:
+async def file_png(study: str, file: str, store: Store) -> FileResponse:
     """The first frame of one file of a study, as PNG."""
     with _seed_errors():
-        upload_id = await uploads.labelled_upload(request, study, file)
-        return await files.image(upload_id, request, 1, None, None, "png")
+        upload_id = await labels.labelled_upload(store.redis, study, file)
+        return await uploads.image(upload_id, store, 1, None, None, "png")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_gateway import secondary_capture
+from api_gateway.secondary_capture import ImageConversionError, image_to_dicom, sniff
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 from pydicom import dcmread
@@ -18,9 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
-from shared import secondary_capture
 from shared.errors import PermanentError, safe_error
-from shared.secondary_capture import ImageConversionError, image_to_dicom, sniff
 
 
 def gradient(width: int, height: int, mode: str) -> Image.Image:

@@ -16,36 +16,37 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from api_gateway import batches, uploads
-from shared.status_api import job_of
+from api_gateway.deps import Settings, Store
+from api_gateway.routes import batches, uploads, users
+from shared.status_api import find_job
 
 router = APIRouter(tags=["seed 002: upload service"])
 
 
 @router.post("/upload/batch", status_code=202, response_model=batches.BatchAccepted)
-async def upload_batch(request: Request) -> batches.BatchAccepted:
+async def upload_batch(request: Request, settings: Settings, store: Store) -> batches.BatchAccepted:
     """Queue a batch of base64 files: ``{"files": [{"filename", "content"}]}``."""
-    return await batches.accept_batch(request)
+    return await batches.accept_batch(request, settings, store)
 
 
 @router.get("/upload/batch/{batch_id}/status", response_model=batches.BatchStatus)
-async def batch_status(batch_id: str, request: Request) -> batches.BatchStatus:
-    return await batches.status(batch_id, request)
+async def batch_status(batch_id: str, store: Store) -> batches.BatchStatus:
+    return await batches.status(batch_id, store)
 
 
 @router.get("/upload/batch/{batch_id}/files", response_model=batches.BatchFiles)
-async def batch_files(batch_id: str, request: Request) -> batches.BatchFiles:
-    return await batches.batch_files(batch_id, request)
+async def batch_files(batch_id: str, store: Store) -> batches.BatchFiles:
+    return await batches.batch_files(batch_id, store)
 
 
 @router.get("/user/{user_id}/batches")
-async def user_batches(user_id: str, request: Request) -> dict[str, object]:
-    return await batches.list_user_batches(user_id, request)
+async def user_batches(user_id: str, store: Store) -> dict[str, object]:
+    return await users.list_user_batches(user_id, store)
 
 
 @router.get("/user/{user_id}/uploads")
-async def user_uploads(user_id: str, request: Request) -> dict[str, object]:
-    found = await uploads.user_uploads(user_id, request)
+async def user_uploads(user_id: str, store: Store) -> dict[str, object]:
+    found = await users.user_uploads(user_id, store)
     return {"user_id": user_id, "uploads": found.uploads, "count": found.count}
 
 
@@ -64,8 +65,8 @@ class UploadDetails(BaseModel):
 
 
 @router.get("/upload/{upload_id}/details", response_model=UploadDetails)
-async def details(upload_id: str, request: Request) -> UploadDetails:
-    _, job = await job_of(request, upload_id)
+async def details(upload_id: str, store: Store) -> UploadDetails:
+    _, job = await find_job(store, upload_id)
     d = job.details
     return UploadDetails(
         upload_id=job.study_id,
@@ -85,17 +86,17 @@ async def details(upload_id: str, request: Request) -> UploadDetails:
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
 )
-async def preprocessed(upload_id: str, request: Request) -> FileResponse:
+async def preprocessed(upload_id: str, store: Store, settings: Settings) -> FileResponse:
     """The de-identified copy (PS3.15 Annex E basic profile)."""
-    return await uploads.deidentified(upload_id, request)
+    return await uploads.deidentified(upload_id, store, settings)
 
 
 @router.post("/save-upload")
 async def save_upload(
-    request: Request,
+    store: Store,
     user_id: Annotated[str, Query()],
     upload_id: Annotated[str, Query()],
 ) -> dict[str, str]:
     """List an existing upload among a user's uploads."""
-    user, found = await uploads.save_to_user(request, user_id, upload_id, "user_id query parameter")
+    user, found = await users.save_to_user(store, user_id, upload_id, "user_id query parameter")
     return {"message": "Upload saved to user uploads", "user_id": user, "upload_id": str(found)}

@@ -1,0 +1,44 @@
+"""What a gateway handler may ask for: the settings, the job store, Redis, the status feed.
+
+Each is a FastAPI dependency, declared with its ``Annotated`` alias (``store: Store``), so no
+handler reads ``app.state``. ``create_app`` puts the settings on the app; the lifespan connects
+Redis and puts the job store beside them. A test may override any of these functions with
+``app.dependency_overrides``. The store and the feed are the status API's own
+(``shared.status_api``), so one override serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeAlias
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from api_gateway.settings import GatewaySettings
+from shared.status_api import Feed, Store, get_feed, get_store
+
+__all__ = [
+    "Feed",
+    "RedisClient",
+    "Settings",
+    "Store",
+    "get_feed",
+    "get_redis",
+    "get_settings",
+    "get_store",
+]
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    """The settings the app was built with."""
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+def get_redis(store: Store) -> Redis:
+    """The Redis client of the job store."""
+    return store.redis
+
+
+Settings: TypeAlias = Annotated[GatewaySettings, Depends(get_settings)]
+RedisClient: TypeAlias = Annotated[Redis, Depends(get_redis)]

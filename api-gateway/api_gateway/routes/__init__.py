@@ -1,0 +1,1 @@
+"""The gateway's own HTTP API, one module per resource; the seeds' forms are in ``compat``."""
