@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -20,13 +20,14 @@ from redis.asyncio.client import Pipeline
 from shared import catalog, study_index
 from shared import redis_names as names
 from shared.events import (
+    STAGES,
     AnyEvent,
     CopiesDeleted,
     CopiesDeletionRequested,
-    FileArchived,
     FileDescribed,
     FileReceived,
     FileRejected,
+    FileUploaded,
     FileValidated,
     JobFailed,
     JobRetried,
@@ -150,16 +151,13 @@ return 1
 """
 )
 # a failed stage (its consumer group) -> the state its work starts from
-RETRY_FROM: dict[str, State] = {
-    "validator": "accepted",
-    "descriptor": "validated",
-    "uploader": "described",
+RETRY_FROM: dict[str, State] = {s: cast(State, states.start) for s, states in STAGES.items()}
+# a failed stage -> the fields its work writes, forgotten when it runs again
+_RESET: dict[str, list[str]] = {
+    stage: [f"at:{states.working}", f"at:{states.done}"] for stage, states in STAGES.items()
 }
-_RESET = {
-    "validator": ["at:validating", "at:validated", "at:rejected"],
-    "descriptor": ["at:describing", "at:described"],
-    "uploader": ["at:uploading", "at:archived", "targets"],
-}
+_RESET["validator"].append("at:rejected")
+_RESET["uploader"].append("targets")
 
 
 def _json(value: Any) -> str:
@@ -175,7 +173,7 @@ def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
                 fields.update({k: v for k, v in origin.model_dump().items() if v is not None})
             return "accepted", fields
         case StageStarted(stage=stage, delivery=n):
-            return stage, {f"deliveries:{stage}": str(n)}
+            return event.resulting_state(), {f"deliveries:{stage}": str(n)}
         case FileValidated(ids=ids, has_pixels=has_pixels, warnings=warnings):
             fields = {k: v for k, v in ids.model_dump().items() if v is not None}
             fields["has_pixels"] = "1" if has_pixels else "0"
@@ -193,7 +191,7 @@ def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
             if e.duplicate_of:
                 fields["duplicate_of"] = str(e.duplicate_of)
             return "described", fields
-        case FileArchived(targets=targets):
+        case FileUploaded(targets=targets):
             return "archived", {"targets": _json([t.model_dump() for t in targets])}
         case CopiesDeletionRequested(targets=targets):
             return "deletion-requested", {"deletion": _json({"targets": targets})}
@@ -315,8 +313,8 @@ class JobStore:
         if state != "failed" or stage not in RETRY_FROM or not entry:
             return None
         back_to = RETRY_FROM[stage]
-        retried = JobRetried(upload_id=upload_id, stage=stage)
-        stream = names.STREAM_OF_TYPE[parse_event(entry).type]
+        retried = JobRetried(upload_id=upload_id, stage=stage)  # type: ignore[arg-type]
+        stream = parse_event(entry).published_on
         done = await self._retry(
             keys=[
                 names.status_key(upload_id),

@@ -42,19 +42,7 @@ TOPOLOGY: Final[dict[str, tuple[str, ...]]] = {
     DEAD_LETTER: (GROUP_STATUS,),
 }
 
-# event type -> the stream it is published on
-STREAM_OF_TYPE: Final[dict[str, str]] = {
-    "file.received": FILE_RECEIVED,
-    "file.validated": FILE_VALIDATED,
-    "file.rejected": FILE_REJECTED,
-    "file.described": FILE_DESCRIBED,
-    "file.uploaded": FILE_UPLOADED,
-    "stage.started": STAGE_STARTED,
-    "upload.attempted": UPLOAD_ATTEMPTED,
-    "copies.deletion-requested": COPIES_DELETION_REQUESTED,
-    "copies.deleted": COPIES_DELETED,
-    "job.failed": DEAD_LETTER,
-}
+# Which event goes on which stream is declared on each event class (``shared.events``).
 
 STATUS_CHANNEL: Final = "dcm:notify:status"
 STATUS_FEED: Final = "dcm:feeds:status"

@@ -199,7 +199,7 @@ async def _feed_ids(store: JobStore) -> list[str]:
 async def test_every_change_applied_arrives_live_with_its_entry_id(gateway: Gateway) -> None:
     async with gateway.client() as client, listen(client) as stream:
         upload_id = await _received(gateway.store, label="knee", filename="a.dcm")
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validator"))
         await gateway.store.apply(
             FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True)
         )
@@ -245,9 +245,9 @@ async def test_filters_pick_uploads_batches_and_labels(gateway: Gateway) -> None
         spine = await _received(store, label="spine", batch_id="b-1")
         await _received(store)
         async with listen(client, upload_id=f"{knee},{spine}") as by_id:
-            await store.apply(StageStarted(upload_id=knee, stage="validating"))
-            await store.apply(StageStarted(upload_id=hip, stage="validating"))
-            await store.apply(StageStarted(upload_id=spine, stage="validating"))
+            await store.apply(StageStarted(upload_id=knee, stage="validator"))
+            await store.apply(StageStarted(upload_id=hip, stage="validator"))
+            await store.apply(StageStarted(upload_id=spine, stage="validator"))
             ids = [e.json["upload_id"] for e in await by_id.events(2)]
             assert ids == [str(knee), str(spine)]
         labels = [e.json["label"] for e in await by_label.events(4)]
@@ -261,14 +261,14 @@ async def test_filters_pick_uploads_batches_and_labels(gateway: Gateway) -> None
 async def test_last_event_id_replays_exactly_the_missed_changes(gateway: Gateway) -> None:
     store = gateway.store
     upload_id = await _received(store)
-    await store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+    await store.apply(StageStarted(upload_id=upload_id, stage="validator"))
     await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     ids = await _feed_ids(store)
     async with gateway.client() as client:
         async with listen(client, headers={"Last-Event-ID": ids[0]}) as stream:
             replayed = await stream.events(2)
             assert [e.id for e in replayed] == ids[1:]
-            await store.apply(StageStarted(upload_id=upload_id, stage="describing"))
+            await store.apply(StageStarted(upload_id=upload_id, stage="descriptor"))
             (live,) = await stream.events(1)
             assert live.json["status"] == "describing"
         async with listen(client, last_event_id=ids[1]) as stream:  # the query form
@@ -417,7 +417,7 @@ async def test_a_long_poll_answers_when_the_state_arrives(gateway: Gateway) -> N
             client.get(f"/status/{upload_id}", params={"wait": "validated", "timeout": 10})
         )
         await asyncio.sleep(0.3)
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validator"))
         await asyncio.sleep(0.2)
         assert not poll.done()  # validating is not what it waits for
         await gateway.store.apply(
@@ -471,8 +471,8 @@ async def test_a_long_poll_times_out_with_the_status_as_it_is(gateway: Gateway) 
             client.get(f"/status/{upload_id}", params={"wait": "final", "timeout": 0.8})
         )
         await asyncio.sleep(0.2)
-        await gateway.store.apply(StageStarted(upload_id=other, stage="validating"))
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+        await gateway.store.apply(StageStarted(upload_id=other, stage="validator"))
+        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validator"))
         answer = await poll
     assert 0.7 < time.monotonic() - started < 5
     assert answer.status_code == 200

@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 from shared import redis_names as names
 from shared.events import (
     DicomIds,
-    FileArchived,
     FileDescribed,
     FileReceived,
     FileRef,
+    FileUploaded,
     FileValidated,
     JobFailed,
     StageStarted,
@@ -46,7 +46,7 @@ async def test_a_job_moves_forward_and_gathers_what_each_stage_learned(store: Jo
     async with store.redis.pipeline(transaction=True) as pipe:  # as the gateway creates it
         await store.queue_create(pipe, FileReceived(upload_id=upload_id, file=FILE))
         await pipe.execute()
-    await store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+    await store.apply(StageStarted(upload_id=upload_id, stage="validator"))
     await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     job = await store.read(upload_id)
     assert job is not None
@@ -66,8 +66,8 @@ async def test_a_batch_is_applied_in_the_order_things_happened_to_each_job(
         FileReceived(upload_id=first, file=FILE),
         FileValidated(upload_id=first, file=FILE, ids=IDS, has_pixels=True),
         FileReceived(upload_id=second, file=FILE),
-        StageStarted(upload_id=first, stage="validating"),
-        StageStarted(upload_id=second, stage="validating"),
+        StageStarted(upload_id=first, stage="validator"),
+        StageStarted(upload_id=second, stage="validator"),
     ]
     await store.apply_all(batch)
     one, two = await store.read_many([first, second])
@@ -92,10 +92,10 @@ async def test_an_event_applied_twice_changes_nothing(store: JobStore) -> None:
 async def test_a_late_event_never_moves_a_job_backwards(store: JobStore) -> None:
     upload_id = uuid.uuid4()
     await store.apply(FileReceived(upload_id=upload_id, file=FILE))
-    archived = FileArchived(upload_id=upload_id, targets=[TargetResult(target="local", ok=True)])
+    archived = FileUploaded(upload_id=upload_id, targets=[TargetResult(target="local", ok=True)])
     await store.apply(archived)
     # a stage start seen late, and a dead letter of a duplicate delivery
-    assert await store.apply(StageStarted(upload_id=upload_id, stage="uploading")) is False
+    assert await store.apply(StageStarted(upload_id=upload_id, stage="uploader")) is False
     failed = JobFailed(upload_id=upload_id, stage="uploader", error="x", deliveries=6,
                        stream="s", entry_id="1-1")  # fmt: skip
     assert await store.apply(failed) is False
@@ -150,7 +150,7 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     assert parse_event(fields[b"data"]) == described
     # only a failed job can be retried, and only once per failure
     assert await store.retry(upload_id) is None
-    await store.apply(FileArchived(upload_id=upload_id, targets=[]))
+    await store.apply(FileUploaded(upload_id=upload_id, targets=[]))
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "archived"

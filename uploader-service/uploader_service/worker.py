@@ -21,8 +21,8 @@ from shared.errors import PermanentError, RetryableError, safe_error
 from shared.events import (
     CopiesDeleted,
     CopiesDeletionRequested,
-    FileArchived,
     FileDescribed,
+    FileUploaded,
     TargetResult,
     UploadAttempted,
 )
@@ -52,7 +52,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     assert isinstance(event, FileDescribed)
     # quick: a small file for the archive alone (the local target checks it on this disk)
     quick = is_small(event.file.size) and all(t.name == "local" for t in targets)
-    await bus.started(delivery, "uploading", quick=quick)
+    await bus.started(delivery, "uploader", quick=quick)
     targets = chosen(targets, event.only_targets)
     done_key = names.targets_key(event.upload_id)
     done = {  # with one target there is nothing to remember: it has the file or the job fails
@@ -67,7 +67,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     results = [done.get(t.name) or attempt[t.name] for t in targets]
     failed = [r for r in results if not r.ok]
     if not failed:
-        await bus.complete(delivery, FileArchived(upload_id=event.upload_id, targets=results))
+        await bus.complete(delivery, FileUploaded(upload_id=event.upload_id, targets=results))
         if done:
             await bus.redis.delete(done_key)
         metrics.OUTCOMES.labels("uploader", "archived").inc()
