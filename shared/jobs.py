@@ -63,6 +63,9 @@ RANK: dict[str, int] = {
 }
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
+# Fields more than one state writes (``uploading``'s attempts, ``archived``'s copies): an event
+# behind the job's state never writes them, so a late one cannot overwrite a later state's.
+SHARED_FIELDS: frozenset[str] = frozenset({"targets"})
 
 # Every status change is announced the same way: appended to the capped feed stream (which
 # gives it its id) and published on the change channel. Prepended to each script below.
@@ -75,7 +78,8 @@ end
 
 # Atomic, forward-only transition, counted and announced. KEYS: job hash, channel, feed
 # stream, state counts, modality counts. ARGV: event id, state, rank, at, fields (JSON object
-# of strings), history max, upload id, feed max.
+# of strings), history max, upload id, feed max, the rank of final states, the fields several
+# states write (JSON list).
 _APPLY = (
     _ANNOUNCE
     + """
@@ -85,7 +89,19 @@ for _, h in ipairs(history) do
 end
 local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
 local before = redis.call('HMGET', KEYS[1], 'state', 'modality')
-for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
+local mine = tonumber(ARGV[3])
+local shared = {}
+for _, f in ipairs(cjson.decode(ARGV[10])) do shared[f] = true end
+-- An event that moves the job forward, keeps it in its state (another attempt) or is a note
+-- writes all its fields. One behind the job's state writes none that several states write; one
+-- that comes after another event made the job final writes nothing.
+local behind = mine >= 0 and mine < rank
+local ended = mine >= 0 and mine == rank and rank >= tonumber(ARGV[9])
+if not ended then
+  for k, v in pairs(cjson.decode(ARGV[5])) do
+    if not (behind and shared[k]) then redis.call('HSET', KEYS[1], k, v) end
+  end
+end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
 local moved = 0
 if tonumber(ARGV[3]) >= 0 then  -- a negative rank is a note in the history, not a state
@@ -130,7 +146,7 @@ return 1
 # Retry of a failed job: back to where its failed stage starts, and its entry queued again,
 # in one step, so the worker it wakes can never overtake the reset.
 # KEYS: job hash, stream, channel, feed, state counts. ARGV: event id, state, rank, at,
-# upload id, entry JSON, state-time fields to forget (JSON list), feed max.
+# upload id, entry JSON, state-time fields to forget (JSON list), feed max, history max.
 _RETRY = (
     _ANNOUNCE
     + """
@@ -142,6 +158,7 @@ redis.call('HINCRBY', KEYS[5], 'failed', -1)
 redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
 local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
 table.insert(history, {event_id = ARGV[1], state = 'retried', at = ARGV[4]})
+while #history > tonumber(ARGV[9]) do table.remove(history, 1) end
 redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[6])
 local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
@@ -332,6 +349,7 @@ class JobStore:
                 entry,
                 _json(_RESET[stage]),
                 names.STATUS_FEED_MAX,
+                HISTORY_MAX,
             ],
             client=self.redis,
         )
@@ -379,6 +397,8 @@ class JobStore:
             HISTORY_MAX,
             str(event.upload_id),
             names.STATUS_FEED_MAX,
+            RANK["archived"],
+            _json(sorted(SHARED_FIELDS)),
         ]
 
 

@@ -21,9 +21,10 @@ from shared.events import (
     JobFailed,
     StageStarted,
     TargetResult,
+    UploadAttempted,
     parse_event,
 )
-from shared.jobs import JobStore
+from shared.jobs import HISTORY_MAX, JobStore
 
 pytestmark = pytest.mark.timeout(30)
 FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
@@ -154,3 +155,73 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "archived"
+
+
+async def test_a_late_event_writes_nothing_that_a_later_state_wrote(store: JobStore) -> None:
+    """A dead letter of a duplicate delivery, or an attempt seen late, arrives after the job
+    is archived: the job keeps what archiving wrote, and gains no error."""
+    upload_id = uuid.uuid4()
+    archived = [TargetResult(target="local", ok=True, location="/a/x.dcm")]
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await store.apply(FileUploaded(upload_id=upload_id, targets=archived))
+    late = [
+        UploadAttempted(
+            upload_id=upload_id, delivery=2, targets=[TargetResult(target="local", ok=False)]
+        ),
+        JobFailed(upload_id=upload_id, stage="uploader", error="local: disk full",
+                  deliveries=6, stream=names.FILE_DESCRIBED, entry_id="1-1", event="{}"),
+    ]  # fmt: skip
+    for event in late:
+        assert await store.apply(event) is False
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "archived"
+    assert job.details["targets"] == [t.model_dump() for t in archived]
+    for field in ("error", "failed_stage", "deliveries"):
+        assert field not in job.details, field
+    raw = await store.redis.hgetall(names.status_key(upload_id))
+    assert b"failed_event" not in raw
+
+
+async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kept(
+    store: JobStore,
+) -> None:
+    """What no later state writes is written whenever it comes: a validation read after the
+    describer's start, another attempt while uploading, a second delivery's start."""
+    upload_id = uuid.uuid4()
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await store.apply(StageStarted(upload_id=upload_id, stage="descriptor"))
+    await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
+    first = [TargetResult(target="s3", ok=False, error="s3: down")]
+    then = [TargetResult(target="s3", ok=True, location="s3://b/k")]
+    await store.apply(UploadAttempted(upload_id=upload_id, delivery=1, targets=first))
+    await store.apply(UploadAttempted(upload_id=upload_id, delivery=2, targets=then))
+    await store.apply(StageStarted(upload_id=upload_id, stage="validator", delivery=2))
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "uploading"
+    assert job.details["sop_instance_uid"] == IDS.sop_uid
+    assert job.details["targets"] == [t.model_dump() for t in then]
+    raw = await store.redis.hgetall(names.status_key(upload_id))
+    assert raw[b"deliveries:validator"] == b"2"
+
+
+async def test_retries_keep_the_history_as_short_as_every_other_change(store: JobStore) -> None:
+    upload_id = uuid.uuid4()
+    described = FileDescribed(
+        upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
+        preview_file=None,
+    )  # fmt: skip
+    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await store.apply(described)
+    for _ in range(HISTORY_MAX):
+        await store.apply(
+            JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
+                      stream=names.FILE_DESCRIBED, entry_id="1-1",
+                      event=described.model_dump_json())
+        )  # fmt: skip
+        assert await store.retry(upload_id) == "described"
+    job = await store.read(upload_id)
+    assert job is not None
+    assert len(job.details["history"]) == HISTORY_MAX
+    assert job.details["history"][-1]["state"] == "retried"
