@@ -192,7 +192,8 @@ class FileDescribed(Event):
     preview_note: str | None = None
     duplicate_of: UUID | None = None
     study: StudyKeys | None = None  # for the search indexes
-    only_targets: list[str] | None = None  # a push to chosen targets, not the configured set
+    # read on entries from before ``CopyRequested`` (a push to chosen targets), never written
+    only_targets: list[str] | None = None
 
 
 class TargetResult(Frozen):

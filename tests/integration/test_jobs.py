@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from status_service.apply import apply, apply_all
 
 from shared import redis_names as names
 from shared.events import (
@@ -47,8 +48,8 @@ async def test_a_job_moves_forward_and_gathers_what_each_stage_learned(store: Jo
     async with store.redis.pipeline(transaction=True) as pipe:  # as the gateway creates it
         await store.queue_create(pipe, FileReceived(upload_id=upload_id, file=FILE))
         await pipe.execute()
-    await store.apply(StageStarted(upload_id=upload_id, stage="validator"))
-    await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
+    await apply(store, StageStarted(upload_id=upload_id, stage="validator"))
+    await apply(store, FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "validated"
@@ -70,7 +71,7 @@ async def test_a_batch_is_applied_in_the_order_things_happened_to_each_job(
         StageStarted(upload_id=first, stage="validator"),
         StageStarted(upload_id=second, stage="validator"),
     ]
-    await store.apply_all(batch)
+    await apply_all(store, batch)
     one, two = await store.read_many([first, second])
     assert one is not None
     assert two is not None
@@ -83,8 +84,8 @@ async def test_a_batch_is_applied_in_the_order_things_happened_to_each_job(
 async def test_an_event_applied_twice_changes_nothing(store: JobStore) -> None:
     upload_id = uuid.uuid4()
     received = FileReceived(upload_id=upload_id, file=FILE)
-    assert await store.apply(received) is True
-    assert await store.apply(received) is False
+    assert await apply(store, received) is True
+    assert await apply(store, received) is False
     job = await store.read(upload_id)
     assert job is not None
     assert len(job.details["history"]) == 1
@@ -92,14 +93,14 @@ async def test_an_event_applied_twice_changes_nothing(store: JobStore) -> None:
 
 async def test_a_late_event_never_moves_a_job_backwards(store: JobStore) -> None:
     upload_id = uuid.uuid4()
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
     archived = FileUploaded(upload_id=upload_id, targets=[TargetResult(target="local", ok=True)])
-    await store.apply(archived)
+    await apply(store, archived)
     # a stage start seen late, and a dead letter of a duplicate delivery
-    assert await store.apply(StageStarted(upload_id=upload_id, stage="uploader")) is False
+    assert await apply(store, StageStarted(upload_id=upload_id, stage="uploader")) is False
     failed = JobFailed(upload_id=upload_id, stage="uploader", error="x", deliveries=6,
                        stream="s", entry_id="1-1")  # fmt: skip
-    assert await store.apply(failed) is False
+    assert await apply(store, failed) is False
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "archived"
@@ -110,7 +111,7 @@ async def test_each_change_is_announced_on_the_status_channel(store: JobStore) -
     async with store.redis.pubsub() as pubsub:
         await pubsub.subscribe(names.STATUS_CHANNEL)
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
-        await store.apply(FileReceived(upload_id=upload_id, file=FILE))
+        await apply(store, FileReceived(upload_id=upload_id, file=FILE))
         message = None
         for _ in range(20):
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -135,9 +136,9 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
         upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
         preview_file=None,
     )  # fmt: skip
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
-    await store.apply(described)
-    await store.apply(
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, described)
+    await apply(store,
         JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
                   stream=names.FILE_DESCRIBED, entry_id="1-1", event=described.model_dump_json())
     )  # fmt: skip
@@ -151,7 +152,7 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     assert parse_event(fields[b"data"]) == described
     # only a failed job can be retried, and only once per failure
     assert await store.retry(upload_id) is None
-    await store.apply(FileUploaded(upload_id=upload_id, targets=[]))
+    await apply(store, FileUploaded(upload_id=upload_id, targets=[]))
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "archived"
@@ -162,8 +163,8 @@ async def test_a_late_event_writes_nothing_that_a_later_state_wrote(store: JobSt
     is archived: the job keeps what archiving wrote, and gains no error."""
     upload_id = uuid.uuid4()
     archived = [TargetResult(target="local", ok=True, location="/a/x.dcm")]
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
-    await store.apply(FileUploaded(upload_id=upload_id, targets=archived))
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, FileUploaded(upload_id=upload_id, targets=archived))
     late = [
         UploadAttempted(
             upload_id=upload_id, delivery=2, targets=[TargetResult(target="local", ok=False)]
@@ -172,7 +173,7 @@ async def test_a_late_event_writes_nothing_that_a_later_state_wrote(store: JobSt
                   deliveries=6, stream=names.FILE_DESCRIBED, entry_id="1-1", event="{}"),
     ]  # fmt: skip
     for event in late:
-        assert await store.apply(event) is False
+        assert await apply(store, event) is False
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "archived"
@@ -189,14 +190,14 @@ async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kep
     """What no later state writes is written whenever it comes: a validation read after the
     describer's start, another attempt while uploading, a second delivery's start."""
     upload_id = uuid.uuid4()
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
-    await store.apply(StageStarted(upload_id=upload_id, stage="descriptor"))
-    await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, StageStarted(upload_id=upload_id, stage="descriptor"))
+    await apply(store, FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     first = [TargetResult(target="s3", ok=False, error="s3: down")]
     then = [TargetResult(target="s3", ok=True, location="s3://b/k")]
-    await store.apply(UploadAttempted(upload_id=upload_id, delivery=1, targets=first))
-    await store.apply(UploadAttempted(upload_id=upload_id, delivery=2, targets=then))
-    await store.apply(StageStarted(upload_id=upload_id, stage="validator", delivery=2))
+    await apply(store, UploadAttempted(upload_id=upload_id, delivery=1, targets=first))
+    await apply(store, UploadAttempted(upload_id=upload_id, delivery=2, targets=then))
+    await apply(store, StageStarted(upload_id=upload_id, stage="validator", delivery=2))
     job = await store.read(upload_id)
     assert job is not None
     assert job.status == "uploading"
@@ -212,10 +213,10 @@ async def test_retries_keep_the_history_as_short_as_every_other_change(store: Jo
         upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
         preview_file=None,
     )  # fmt: skip
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE))
-    await store.apply(described)
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, described)
     for _ in range(HISTORY_MAX):
-        await store.apply(
+        await apply(store,
             JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
                       stream=names.FILE_DESCRIBED, entry_id="1-1",
                       event=described.model_dump_json())

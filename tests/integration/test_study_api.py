@@ -17,6 +17,7 @@ import pytest
 from api_gateway.app import create_app
 from api_gateway.settings import GatewaySettings
 from redis.asyncio import Redis
+from status_service.apply import apply
 
 from shared import redis_names as names
 from shared.events import FileRejected, Reason
@@ -72,7 +73,7 @@ async def reject(redis: Redis, upload_id: str) -> None:
         file=FileRef(path="x", sha256="0" * 64, size=1),
         reasons=[Reason(code="not-dicom", message="not DICOM")],
     )
-    assert await JobStore(redis).apply(event)
+    assert await apply(JobStore(redis), event)
 
 
 # -- seed 004: labels ---------------------------------------------------------------------------

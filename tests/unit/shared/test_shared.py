@@ -20,7 +20,6 @@ from shared.events import (
     EVENT_TYPES,
     STAGES,
     STREAM_OF_TYPE,
-    FileReceived,
     FileRef,
     FileRejected,
     Reason,
@@ -29,7 +28,7 @@ from shared.events import (
     type_of,
 )
 from shared.files import SMALL_FILE, is_small, run_blocking
-from shared.jobs import RANK, JobStatus, changes
+from shared.jobs import RANK, JobStatus
 from shared.logging import configure_logging
 
 
@@ -94,17 +93,6 @@ def test_every_state_ranks_forward_and_final_states_rank_last() -> None:
     order = ["accepted", "validating", "validated", "describing", "described", "uploading"]
     assert [RANK[s] for s in order] == sorted(RANK[s] for s in order)
     assert RANK["archived"] == RANK["rejected"] == RANK["failed"] > RANK["uploading"]
-
-
-def test_changes_of_an_event_are_strings_for_the_job_hash() -> None:
-    upload_id = uuid.uuid4()
-    state, fields = changes(
-        FileReceived(upload_id=upload_id, file=FileRef(path="/u", sha256="a" * 64, size=10))
-    )
-    assert state == "accepted"
-    assert fields == {"sha256": "a" * 64, "size": "10"}
-    state, fields = changes(StageStarted(upload_id=upload_id, stage="descriptor", delivery=2))
-    assert (state, fields) == ("describing", {"deliveries:descriptor": "2"})
 
 
 def test_status_timings_come_from_state_times_and_a_rejection_ends_validation() -> None:
