@@ -227,6 +227,25 @@ class UploadAttempted(Event):
     delivery: int
 
 
+class CopyRequested(Event):
+    """Someone asked for an archived upload to be copied to chosen targets, as a job of its own.
+
+    A command, published by the gateway with the new job (``upload_id``) it creates; the
+    uploader copies the archive of ``copy_of`` as it copies a described file, and the job
+    starts as ``described`` (its file is described already, in the archive)."""
+
+    type: Literal["copy.requested"] = "copy.requested"
+    published_on = names.COPY_REQUESTED
+    leads_to = "described"
+    copy_of: UUID
+    file: FileRef
+    ids: DicomIds
+    archive_path: str
+    metadata_file: str
+    preview_file: str | None
+    targets: list[str]
+
+
 class CopiesDeletionRequested(Event):
     """Someone asked for a finished job's copies on these targets to be removed."""
 
@@ -280,6 +299,7 @@ AnyEvent = Annotated[
     | FileDescribed
     | FileUploaded
     | UploadAttempted
+    | CopyRequested
     | CopiesDeletionRequested
     | CopiesDeleted
     | JobFailed

@@ -5,9 +5,9 @@ Job records (``dcm:status:*``, with their counts, their place in time and the st
 changed only here, by the atomic scripts in ``job_scripts/`` (each script's KEYS and ARGV are
 spelled out at its top). Two services call them. The gateway writes a record only for its own
 facts and commands, in the same transaction that publishes them: it creates a job with its
-first event (``file.received`` for every way in), notes a deletion request
-(``copies.deletion-requested``), retries a failed job (``job.retried``, which queues the failed
-entry again) and forgets a job. Every other change
+first event (``file.received`` for every way in, ``copy.requested`` for a copy of an archived
+upload), notes a deletion request (``copies.deletion-requested``), retries a failed job
+(``job.retried``, which queues the failed entry again) and forgets a job. Every other change
 is the status service applying an event a stage published (``status_service.apply``). Each
 service publishes only its own events: a stage its start and its outcome, the bus a dead
 letter, the gateway its intake and its commands; no one makes up another stage's event.
@@ -34,6 +34,7 @@ from shared.events import (
     STAGES,
     AnyEvent,
     CopiesDeletionRequested,
+    CopyRequested,
     DicomIds,
     FileReceived,
     JobRetried,
@@ -93,6 +94,14 @@ def own_change(event: AnyEvent) -> Change:
             if origin is not None:
                 fields.update({k: v for k, v in origin.model_dump().items() if v is not None})
             return "accepted", fields
+        case CopyRequested() as e:
+            fields = {"sha256": e.file.sha256, "size": str(e.file.size), "source": "copy"}
+            fields |= ids_fields(e.ids)
+            fields |= {"archive_path": e.archive_path, "metadata_file": e.metadata_file}
+            if e.preview_file:
+                fields["preview_file"] = e.preview_file
+            fields["duplicate_of"] = str(e.copy_of)  # the upload it copies
+            return e.leads_to or "described", fields
         case CopiesDeletionRequested(targets=targets):
             return "deletion-requested", {"deletion": to_json({"targets": targets})}
     raise TypeError(f"{type(event).__name__} is not the gateway's own event")
@@ -121,7 +130,7 @@ class JobStore:
 
     async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
         """Add a job's creation to the transaction that publishes its first event
-        (``FileReceived``): its first state and fields, and its place in
+        (``FileReceived`` or ``CopyRequested``): its first state and fields, and its place in
         time."""
         await self.queue_transition(pipe, event, own_change(event))
         pipe.zadd(

@@ -18,6 +18,7 @@ FILE_DESCRIBED: Final = "dcm:events:file.described"
 FILE_UPLOADED: Final = "dcm:events:file.uploaded"
 STAGE_STARTED: Final = "dcm:events:stage.started"
 UPLOAD_ATTEMPTED: Final = "dcm:events:upload.attempted"
+COPY_REQUESTED: Final = "dcm:events:copy.requested"
 COPIES_DELETION_REQUESTED: Final = "dcm:events:copies.deletion-requested"
 COPIES_DELETED: Final = "dcm:events:copies.deleted"
 DEAD_LETTER: Final = "dcm:events:dead-letter"
@@ -37,6 +38,7 @@ TOPOLOGY: Final[dict[str, tuple[str, ...]]] = {
     FILE_UPLOADED: (GROUP_STATUS,),
     STAGE_STARTED: (GROUP_STATUS,),
     UPLOAD_ATTEMPTED: (GROUP_STATUS,),
+    COPY_REQUESTED: (GROUP_UPLOADER, GROUP_STATUS),
     COPIES_DELETION_REQUESTED: (GROUP_UPLOADER, GROUP_STATUS),
     COPIES_DELETED: (GROUP_STATUS,),
     DEAD_LETTER: (GROUP_STATUS,),

@@ -32,7 +32,7 @@ from shared.errors import (
     UploadNotFound,
     UpstreamError,
 )
-from shared.events import DicomIds, FileDescribed, FileRef
+from shared.events import CopyRequested, DicomIds, FileRef
 from shared.s3 import S3Settings, presign_get, presign_put, s3_client
 from shared.status_api import job_of
 
@@ -169,7 +169,8 @@ async def _ingest_from_s3(key: str, request: Request) -> UUID:
 
 
 async def _push(object_key: str, platform: str, request: Request) -> UUID:
-    """A job that copies an archived upload to one platform: it starts as described."""
+    """A job that copies an archived upload to one platform: a ``CopyRequested`` command for
+    the uploader, published with the new job it creates (which starts as described)."""
     source, job = await job_of(request, object_key.removesuffix("/original.dcm"))
     d = job.details
     if job.status != "archived":
@@ -177,8 +178,9 @@ async def _push(object_key: str, platform: str, request: Request) -> UUID:
             f"upload {source} is {job.status}: only an archived upload can be pushed"
         )
     archive = Path(d["archive_path"])
-    event = FileDescribed(
+    event = CopyRequested(
         upload_id=uuid4(),
+        copy_of=source,
         file=FileRef(path=str(archive / "original.dcm"), sha256=d["sha256"], size=d["size"]),
         ids=DicomIds(
             study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
@@ -188,8 +190,7 @@ async def _push(object_key: str, platform: str, request: Request) -> UUID:
         archive_path=str(archive),
         metadata_file=d["metadata_file"],
         preview_file=d.get("preview_file"),
-        duplicate_of=source,
-        only_targets=[platform],
+        targets=[platform],
     )  # fmt: skip
     await intake.queue(request.app.state.store, [event])
     return event.upload_id

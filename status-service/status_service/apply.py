@@ -16,6 +16,7 @@ from shared.events import (
     AnyEvent,
     CopiesDeleted,
     CopiesDeletionRequested,
+    CopyRequested,
     FileDescribed,
     FileReceived,
     FileRejected,
@@ -35,7 +36,7 @@ def changes(event: AnyEvent) -> Change:
     ``CopiesDeleted`` has none: it forgets the job."""
     state = event.resulting_state()
     match event:
-        case FileReceived() | CopiesDeletionRequested():
+        case FileReceived() | CopyRequested() | CopiesDeletionRequested():
             return own_change(event)
         case StageStarted(stage=stage, delivery=n):
             return event.resulting_state(), {f"deliveries:{stage}": str(n)}

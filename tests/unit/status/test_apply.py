@@ -7,6 +7,7 @@ import uuid
 from status_service.apply import changes, in_order
 
 from shared.events import (
+    CopyRequested,
     DicomIds,
     FileReceived,
     FileRef,
@@ -46,6 +47,24 @@ def test_every_state_an_event_leads_to_is_the_one_its_class_declares() -> None:
     ):
         assert changes(event)[0] == type(event).leads_to
     assert RANK[changes(JobRetried(upload_id=upload_id, stage="uploader"))[0]] < 0  # a note
+
+
+def test_a_copy_request_creates_a_described_job_that_names_its_source() -> None:
+    source = uuid.uuid4()
+    request = CopyRequested(
+        upload_id=uuid.uuid4(),
+        copy_of=source,
+        file=FILE,
+        ids=IDS,
+        archive_path="/a",
+        metadata_file="/a/metadata.json",
+        preview_file=None,
+        targets=["gcs"],
+    )
+    state, fields = changes(request)
+    assert state == "described"
+    assert fields["duplicate_of"] == str(source)
+    assert fields["sop_uid"] == IDS.sop_uid
 
 
 def test_a_batch_is_ordered_by_what_happened_to_each_job() -> None:
