@@ -58,7 +58,7 @@ def text(value: bytes | str) -> str:
 
 
 def status_key(upload_id: UUID | str) -> str:
-    """The job hash of one upload (written by the status service only, after creation)."""
+    """The job hash of one upload (written only through ``shared.jobs.JobStore``)."""
     return f"dcm:status:{upload_id}"
 
 
@@ -128,8 +128,8 @@ DEAD_LETTER_RAW: Final = "dcm:events:dead-letter.unreadable"
 """Entries no service could even parse: kept for a person, outside the job lifecycle."""
 
 
-# Study search: shared/study_index.py writes these (in the status service), shared/search.py
-# reads them (in the gateway).
+# Study search: status_service/indexes.py writes these, shared/study_index.py removes an upload
+# from them (forgetting a job), shared/search.py reads them (in the gateway).
 # Per-value sets are named by a digest of the normalised value, so no patient data is in a key.
 STUDY_PREFIX: Final = "dcm:studies:"
 STUDY_UPLOADS_PREFIX: Final = "dcm:study-uploads:"
