@@ -66,6 +66,7 @@ RANK: dict[str, int] = {
     "failed": 9,
     "deletion-requested": -1,  # a note in the history; the state stays
     "retried": -1,  # a note, written by the retry itself
+    "command-failed": -1,  # a note: a command on the job (a deletion) gave up; the state stays
 }
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
@@ -93,7 +94,7 @@ def own_change(event: AnyEvent) -> Change:
             fields = {"sha256": f.sha256, "size": str(f.size)}
             if origin is not None:
                 fields.update({k: v for k, v in origin.model_dump().items() if v is not None})
-            return "accepted", fields
+            return event.resulting_state() or "accepted", fields
         case CopyRequested() as e:
             fields = {"sha256": e.file.sha256, "size": str(e.file.size), "source": "copy"}
             fields |= ids_fields(e.ids)
@@ -101,7 +102,7 @@ def own_change(event: AnyEvent) -> Change:
             if e.preview_file:
                 fields["preview_file"] = e.preview_file
             fields["duplicate_of"] = str(e.copy_of)  # the upload it copies
-            return e.leads_to or "described", fields
+            return e.resulting_state() or "described", fields
         case CopiesDeletionRequested(targets=targets):
             return "deletion-requested", {"deletion": to_json({"targets": targets})}
     raise TypeError(f"{type(event).__name__} is not the gateway's own event")
@@ -117,14 +118,16 @@ def to_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+_APPLY = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/apply.lua")
+_RETRY = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/retry.lua")
+_FORGET = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/forget.lua")
+
+
 class JobStore:
     """The one writer of job records (see the design rule above), and their reader."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._apply = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/apply.lua")
-        self._retry = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/retry.lua")
-        self._forget = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/forget.lua")
 
     # -- the gateway's own facts and commands ------------------------------------------------
 
@@ -152,7 +155,7 @@ class JobStore:
             return None
         back_to = RETRY_FROM[stage]
         retried = JobRetried(upload_id=upload_id, stage=stage)  # type: ignore[arg-type]
-        done = await self._retry(
+        done = await _RETRY(
             keys=[
                 names.status_key(upload_id),
                 parse_event(entry).published_on,
@@ -186,7 +189,7 @@ class JobStore:
         if "state" not in job:
             return await study_index.unindex(self.redis, upload_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await self._forget(
+            await _FORGET(
                 keys=[
                     names.status_key(upload_id),
                     names.targets_key(upload_id),
@@ -213,7 +216,7 @@ class JobStore:
         """Add one event's change (the state or note it leads to, and its fields, all strings)
         to a pipeline: forward only, once per event, announced (``job_scripts/apply.lua``)."""
         state, fields = change
-        await self._apply(
+        await _APPLY(
             keys=[
                 names.status_key(event.upload_id),
                 names.STATUS_CHANNEL,

@@ -3,9 +3,11 @@
 Every stage's event leads its job to a state (``Event.leads_to``, declared on the class) and
 records what the stage learned (``changes``); the gateway's own events write what the job
 store wrote when it published them (``shared.jobs.own_change``), so applying them again
-changes nothing. A batch read from several streams is applied in the order things happened to
-each job (``in_order``), in one round trip; an instance newly described goes into the study
-search indexes in the same step; ``copies.deleted`` forgets the job.
+changes nothing. The dead letter of a stage's work fails its job; that of a command on a job
+(a deletion of its copies) is a note: the job keeps its state and says why. A batch read from
+several streams is applied in the order things happened to each job (``in_order``), in one
+round trip; an instance newly described goes into the study search indexes in the same step;
+``copies.deleted`` forgets the job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from shared.events import (
     JobRetried,
     StageStarted,
     UploadAttempted,
+    parse_event,
 )
 from shared.jobs import RANK, Change, JobStore, ids_fields, own_change, to_json
 from status_service import indexes
@@ -39,7 +42,7 @@ def changes(event: AnyEvent) -> Change:
         case FileReceived() | CopyRequested() | CopiesDeletionRequested():
             return own_change(event)
         case StageStarted(stage=stage, delivery=n):
-            return event.resulting_state(), {f"deliveries:{stage}": str(n)}
+            fields = {f"deliveries:{stage}": str(n)}  # per stage: a late start may write it
         case FileValidated(ids=ids, has_pixels=has_pixels, warnings=warnings):
             fields = ids_fields(ids)
             fields["has_pixels"] = "1" if has_pixels else "0"
@@ -59,14 +62,24 @@ def changes(event: AnyEvent) -> Change:
             fields = {"targets": to_json([t.model_dump() for t in targets])}
         case JobFailed(stage=stage, error=error, deliveries=n, event=entry):
             fields = {"error": error, "failed_stage": stage, "deliveries": str(n)}
+            if entry and _moves_no_job(entry):  # a command on a job, e.g. a deletion
+                return "command-failed", fields  # a note: the job stays and says why
             if entry:
                 fields["failed_event"] = entry
         case JobRetried():
             return "retried", {}  # the retry wrote it, with the job's reset, when it was asked
         case _:
             raise TypeError(f"no transition for {type(event).__name__}")
-    assert state is not None
+    assert state is not None  # every stage's event leads somewhere
     return state, fields
+
+
+def _moves_no_job(entry: str) -> bool:
+    """Whether a dead-lettered entry is a command that leads its job to no state."""
+    try:
+        return parse_event(entry).resulting_state() is None
+    except ValueError:
+        return False
 
 
 Transition = tuple[AnyEvent, Change]  # an event and its ``changes``

@@ -13,6 +13,7 @@ from status_service.apply import apply, apply_all
 
 from shared import redis_names as names
 from shared.events import (
+    CopiesDeletionRequested,
     DicomIds,
     FileDescribed,
     FileReceived,
@@ -226,3 +227,23 @@ async def test_retries_keep_the_history_as_short_as_every_other_change(store: Jo
     assert job is not None
     assert len(job.details["history"]) == HISTORY_MAX
     assert job.details["history"][-1]["state"] == "retried"
+
+
+async def test_a_deletion_that_gave_up_leaves_the_job_archived_and_says_why(
+    store: JobStore,
+) -> None:
+    """Unlike a stage's late dead letter, a failed command on a finished job is news."""
+    upload_id = uuid.uuid4()
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, FileUploaded(upload_id=upload_id, targets=[]))
+    asked = CopiesDeletionRequested(upload_id=upload_id, ids=IDS, targets=["dicomweb"])
+    await apply(store, asked)
+    gave_up = JobFailed(upload_id=upload_id, stage="uploader", error="no DELETE", deliveries=1,
+                        stream=asked.published_on, entry_id="1-1",
+                        event=asked.model_dump_json())  # fmt: skip
+    assert await apply(store, gave_up) is False
+    job = await store.read(upload_id)
+    assert job is not None
+    assert job.status == "archived"
+    assert job.details["error"] == "no DELETE"
+    assert job.details["history"][-1]["state"] == "command-failed"
