@@ -474,7 +474,7 @@ class Bus:
 
 def add_event(pipe: Redis, event: Event) -> None:
     """Queue an XADD of one event on its stream in a pipeline."""
-    pipe.xadd(names.STREAM_OF_TYPE[event.type], {"data": event.model_dump_json()})  # type: ignore[attr-defined]
+    pipe.xadd(event.published_on, {"data": event.model_dump_json()})
 
 
 def _queue_ack(pipe: Redis, delivery: Delivery, forget_errors: bool = False) -> None:

@@ -4,15 +4,33 @@ A stream entry holds one field, ``data``, with the event's JSON. ``parse_event``
 them back through one discriminated union. Events carry ids, paths, hashes and DICOM UIDs,
 never patient data, except ``StudyKeys`` for the search indexes. To evolve an event, add
 fields with defaults; never rename one.
+
+One name per fact: each class declares, once, its ``type`` (the wire name in the JSON), the
+``published_on`` stream (a name from ``redis_names``) and the job state it ``leads_to``
+(None for a note or a command that moves no job by itself). Every table between them
+(``STREAM_OF_TYPE``, the job store's transitions, the bus's ``add_event``) is derived from
+these declarations.
+
+Wire names are kept as deployed: they are in the Redis AOF of running systems. So the
+uploader's outcome keeps type and stream ``file.uploaded`` and its class is named after them,
+``FileUploaded`` (the file is uploaded to every target); the state it leads to is ``archived``.
+
+A **stage** is one step of work, named as its consumer group is: ``validator``,
+``descriptor``, ``uploader``. ``StageStarted.stage``, ``JobFailed.stage``,
+``JobRetried.stage`` and a job's ``failed_stage`` all hold that name; the states a stage
+moves a job through (it starts from, works in, ends in) are in ``STAGES``. Older
+``stage.started`` entries named the working state (``validating``); they are read as the stage.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from shared import redis_names as names
 
 
 def utcnow() -> datetime:
@@ -80,35 +98,72 @@ class StudyKeys(Frozen):
     study_id: str | None = None  # the DICOM Study ID (0020,0010), not our upload id
 
 
+Stage = Literal["validator", "descriptor", "uploader"]
+
+
+class StageStates(NamedTuple):
+    """The states of a job around one stage's work."""
+
+    start: str  # where its work starts from (and where a retry of it goes back to)
+    working: str  # while it works (``StageStarted``)
+    done: str  # once it succeeded
+
+
+STAGES: dict[Stage, StageStates] = {
+    "validator": StageStates("accepted", "validating", "validated"),
+    "descriptor": StageStates("validated", "describing", "described"),
+    "uploader": StageStates("described", "uploading", "archived"),
+}
+_STAGE_OF_WORKING = {s.working: stage for stage, s in STAGES.items()}
+
+
 class Event(Frozen):
     """Base for everything that travels on a Redis stream."""
+
+    published_on: ClassVar[str]  # the stream it travels on
+    leads_to: ClassVar[str | None] = None  # the job state it leads to; None: it moves none
 
     event_id: UUID = Field(default_factory=uuid4)
     upload_id: UUID
     occurred_at: datetime = Field(default_factory=utcnow)
+
+    def resulting_state(self) -> str | None:
+        """The job state this event leads to: its class's, unless it depends on a field."""
+        return self.leads_to
 
 
 class FileReceived(Event):
     """The gateway holds the complete upload on disk."""
 
     type: Literal["file.received"] = "file.received"
+    published_on = names.FILE_RECEIVED
+    leads_to = "accepted"
     file: FileRef
     origin: Origin | None = None
-
-
-Stage = Literal["validating", "describing", "uploading"]
 
 
 class StageStarted(Event):
     """A stage took the job up; lets the status show where the job is."""
 
     type: Literal["stage.started"] = "stage.started"
+    published_on = names.STAGE_STARTED
     stage: Stage
     delivery: int = 1
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_of_state(cls, value: Any) -> Any:
+        """Entries written before stages had one name carry the working state."""
+        return _STAGE_OF_WORKING.get(value, value)
+
+    def resulting_state(self) -> str:
+        return STAGES[self.stage].working
 
 
 class FileValidated(Event):
     type: Literal["file.validated"] = "file.validated"
+    published_on = names.FILE_VALIDATED
+    leads_to = "validated"
     file: FileRef
     ids: DicomIds
     has_pixels: bool
@@ -117,6 +172,8 @@ class FileValidated(Event):
 
 class FileRejected(Event):
     type: Literal["file.rejected"] = "file.rejected"
+    published_on = names.FILE_REJECTED
+    leads_to = "rejected"
     file: FileRef
     reasons: list[Reason]
 
@@ -125,6 +182,8 @@ class FileDescribed(Event):
     """The original, its metadata and its preview are archived."""
 
     type: Literal["file.described"] = "file.described"
+    published_on = names.FILE_DESCRIBED
+    leads_to = "described"
     file: FileRef
     ids: DicomIds
     archive_path: str
@@ -133,7 +192,8 @@ class FileDescribed(Event):
     preview_note: str | None = None
     duplicate_of: UUID | None = None
     study: StudyKeys | None = None  # for the search indexes
-    only_targets: list[str] | None = None  # a push to chosen targets, not the configured set
+    # read on entries from before ``CopyRequested`` (a push to chosen targets), never written
+    only_targets: list[str] | None = None
 
 
 class TargetResult(Frozen):
@@ -148,10 +208,12 @@ class TargetResult(Frozen):
     error: str | None = None
 
 
-class FileArchived(Event):
-    """Every configured target holds the file."""
+class FileUploaded(Event):
+    """Every target the job goes to holds the file: the job is archived."""
 
     type: Literal["file.uploaded"] = "file.uploaded"
+    published_on = names.FILE_UPLOADED
+    leads_to = "archived"
     targets: list[TargetResult]
 
 
@@ -159,14 +221,36 @@ class UploadAttempted(Event):
     """Some targets hold the file and some do not yet; the uploader will try again."""
 
     type: Literal["upload.attempted"] = "upload.attempted"
+    published_on = names.UPLOAD_ATTEMPTED
+    leads_to = "uploading"
     targets: list[TargetResult]
     delivery: int
+
+
+class CopyRequested(Event):
+    """Someone asked for an archived upload to be copied to chosen targets, as a job of its own.
+
+    A command, published by the gateway with the new job (``upload_id``) it creates; the
+    uploader copies the archive of ``copy_of`` as it copies a described file, and the job
+    starts as ``described`` (its file is described already, in the archive)."""
+
+    type: Literal["copy.requested"] = "copy.requested"
+    published_on = names.COPY_REQUESTED
+    leads_to = "described"
+    copy_of: UUID
+    file: FileRef
+    ids: DicomIds
+    archive_path: str
+    metadata_file: str
+    preview_file: str | None
+    targets: list[str]
 
 
 class CopiesDeletionRequested(Event):
     """Someone asked for a finished job's copies on these targets to be removed."""
 
     type: Literal["copies.deletion-requested"] = "copies.deletion-requested"
+    published_on = names.COPIES_DELETION_REQUESTED
     ids: DicomIds
     targets: list[str]
 
@@ -175,13 +259,19 @@ class CopiesDeleted(Event):
     """The targets no longer hold the job's copies: the job can be forgotten."""
 
     type: Literal["copies.deleted"] = "copies.deleted"
+    published_on = names.COPIES_DELETED
     targets: list[TargetResult]
 
 
 class JobFailed(Event):
-    """A stage kept failing past the delivery limit; the job is dead-lettered."""
+    """A stage kept failing past the delivery limit; the job is dead-lettered.
+
+    ``stage`` is the consumer group that gave up: a ``Stage``, or ``status`` when the status
+    service itself could not apply an entry."""
 
     type: Literal["job.failed"] = "job.failed"
+    published_on = names.DEAD_LETTER
+    leads_to = "failed"
     stage: str
     error: str
     deliveries: int
@@ -191,10 +281,14 @@ class JobFailed(Event):
 
 
 class JobRetried(Event):
-    """A person asked for a failed job to run its failed stage again."""
+    """A person asked for a failed job to run its failed stage again.
+
+    Published beside the ``job.failed`` it answers, by the job store's retry, which moves the
+    job back to ``STAGES[stage].start`` in the same step; a note for the status service."""
 
     type: Literal["job.retried"] = "job.retried"
-    stage: str
+    published_on = names.DEAD_LETTER
+    stage: Stage
 
 
 AnyEvent = Annotated[
@@ -203,8 +297,9 @@ AnyEvent = Annotated[
     | FileValidated
     | FileRejected
     | FileDescribed
-    | FileArchived
+    | FileUploaded
     | UploadAttempted
+    | CopyRequested
     | CopiesDeletionRequested
     | CopiesDeleted
     | JobFailed
@@ -213,6 +308,17 @@ AnyEvent = Annotated[
 ]
 
 _adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+EVENT_TYPES: tuple[type[Event], ...] = get_args(get_args(AnyEvent)[0])
+
+
+def type_of(cls: type[Event]) -> str:
+    """The wire name of an event class (its ``type`` field's one value)."""
+    return str(cls.model_fields["type"].default)
+
+
+STREAM_OF_TYPE: dict[str, str] = {type_of(cls): cls.published_on for cls in EVENT_TYPES}
+"""Event type -> the stream it is published on."""
 
 
 def parse_event(data: str | bytes) -> AnyEvent:

@@ -1,16 +1,27 @@
-"""The job record of one upload: its states, its hash, how an event changes it, how to read it.
+"""The job record of one upload: its states, the one store that writes it, how to read it.
 
-The gateway creates the record (state ``accepted``) in the same transaction that queues the
-upload, so a 202 is always followed by a readable status; from then on only the status service
-changes it, one event at a time, through ``apply``. A transition only ever moves forward, an
-event applied twice changes nothing, and each change is announced on ``dcm:notify:status``.
+Design rule: who writes job records and who publishes which events.
+Job records (``dcm:status:*``, with their counts, their place in time and the status feed) are
+changed only here, by the atomic scripts in ``job_scripts/`` (each script's KEYS and ARGV are
+spelled out at its top). Two services call them. The gateway writes a record only for its own
+facts and commands, in the same transaction that publishes them: it creates a job with its
+first event (``file.received`` for every way in, ``copy.requested`` for a copy of an archived
+upload), notes a deletion request (``copies.deletion-requested``), retries a failed job
+(``job.retried``, which queues the failed entry again) and forgets a job. Every other change
+is the status service applying an event a stage published (``status_service.apply``). Each
+service publishes only its own events: a stage its start and its outcome, the bus a dead
+letter, the gateway its intake and its commands; no one makes up another stage's event.
+
+A transition only ever moves forward, an event applied twice changes nothing, an event that
+does not move the job writes nothing a later state owns, and each change is announced on
+``dcm:notify:status`` and the capped feed ``dcm:feeds:status`` (``shared.status_feed``).
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -20,18 +31,13 @@ from redis.asyncio.client import Pipeline
 from shared import catalog, study_index
 from shared import redis_names as names
 from shared.events import (
+    STAGES,
     AnyEvent,
-    CopiesDeleted,
     CopiesDeletionRequested,
-    FileArchived,
-    FileDescribed,
+    CopyRequested,
+    DicomIds,
     FileReceived,
-    FileRejected,
-    FileValidated,
-    JobFailed,
     JobRetried,
-    StageStarted,
-    UploadAttempted,
     parse_event,
     utcnow,
 )
@@ -59,223 +65,120 @@ RANK: dict[str, int] = {
     "rejected": 9,
     "failed": 9,
     "deletion-requested": -1,  # a note in the history; the state stays
+    "retried": -1,  # a note, written by the retry itself
+    "command-failed": -1,  # a note: a command on the job (a deletion) gave up; the state stays
 }
 FINAL: frozenset[str] = frozenset({"archived", "rejected", "failed"})
 HISTORY_MAX = 50
+# Fields more than one state writes (``uploading``'s attempts, ``archived``'s copies): an event
+# behind the job's state never writes them, so a late one cannot overwrite a later state's.
+SHARED_FIELDS: frozenset[str] = frozenset({"targets"})
 
-# Every status change is announced the same way: appended to the capped feed stream (which
-# gives it its id) and published on the change channel. Prepended to each script below.
-_ANNOUNCE = """
-local function announce(feed, channel, feed_max, change)
-  change.id = redis.call('XADD', feed, 'MAXLEN', '~', feed_max, '*', 'data', cjson.encode(change))
-  redis.call('PUBLISH', channel, cjson.encode(change))
-end
-"""
-
-# Atomic, forward-only transition, counted and announced. KEYS: job hash, channel, feed
-# stream, state counts, modality counts. ARGV: event id, state, rank, at, fields (JSON object
-# of strings), history max, upload id, feed max.
-_APPLY = (
-    _ANNOUNCE
-    + """
-local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
-for _, h in ipairs(history) do
-  if h.event_id == ARGV[1] then return 0 end
-end
-local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
-local before = redis.call('HMGET', KEYS[1], 'state', 'modality')
-for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('HSETNX', KEYS[1], 'created_at', ARGV[4])
-local moved = 0
-if tonumber(ARGV[3]) >= 0 then  -- a negative rank is a note in the history, not a state
-  redis.call('HSETNX', KEYS[1], 'at:' .. ARGV[2], ARGV[4])
-  if tonumber(ARGV[3]) > rank then
-    redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
-    if before[1] then redis.call('HINCRBY', KEYS[4], before[1], -1) end
-    redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-    moved = 1
-  end
-end
-local after = redis.call('HMGET', KEYS[1], 'state', 'modality', 'label', 'batch_id')
-if after[2] and not before[2] then redis.call('HINCRBY', KEYS[5], after[2], 1) end
-table.insert(history, {event_id = ARGV[1], state = ARGV[2], at = ARGV[4]})
-while #history > tonumber(ARGV[6]) do table.remove(history, 1) end
-redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
-announce(KEYS[3], KEYS[2], ARGV[8], {upload_id = ARGV[7], status = after[1], event = ARGV[2],
-  at = ARGV[4], label = after[3] or nil, batch_id = after[4] or nil})
-return moved
-"""
-)
-
-# Forget a job: its hash, its copies' record, its place in time, its counts; announced.
-# KEYS: job hash, targets hash, jobs by time, channel, feed, state counts, modality counts.
-# ARGV: upload id, at, feed max.
-_FORGET = (
-    _ANNOUNCE
-    + """
-local h = redis.call('HMGET', KEYS[1], 'state', 'modality', 'label', 'batch_id')
-if not h[1] then return 0 end
-redis.call('HINCRBY', KEYS[6], h[1], -1)
-if h[2] then redis.call('HINCRBY', KEYS[7], h[2], -1) end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-announce(KEYS[5], KEYS[4], ARGV[3], {upload_id = ARGV[1], status = 'deleted',
-  event = 'deleted', at = ARGV[2], label = h[3] or nil, batch_id = h[4] or nil})
-return 1
-"""
-)
-
-
-# Retry of a failed job: back to where its failed stage starts, and its entry queued again,
-# in one step, so the worker it wakes can never overtake the reset.
-# KEYS: job hash, stream, channel, feed, state counts. ARGV: event id, state, rank, at,
-# upload id, entry JSON, state-time fields to forget (JSON list), feed max.
-_RETRY = (
-    _ANNOUNCE
-    + """
-if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
-redis.call('HDEL', KEYS[1], 'error', 'failed_stage', 'failed_event', 'deliveries', 'at:failed')
-for _, f in ipairs(cjson.decode(ARGV[7])) do redis.call('HDEL', KEYS[1], f) end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rank', ARGV[3], 'updated_at', ARGV[4])
-redis.call('HINCRBY', KEYS[5], 'failed', -1)
-redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
-local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
-table.insert(history, {event_id = ARGV[1], state = 'retried', at = ARGV[4]})
-redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
-redis.call('XADD', KEYS[2], '*', 'data', ARGV[6])
-local filed = redis.call('HMGET', KEYS[1], 'label', 'batch_id')
-announce(KEYS[4], KEYS[3], ARGV[8], {upload_id = ARGV[5], status = ARGV[2], event = 'retried',
-  at = ARGV[4], label = filed[1] or nil, batch_id = filed[2] or nil})
-return 1
-"""
-)
-# a failed stage (its consumer group) -> the state its work starts from
-RETRY_FROM: dict[str, State] = {
-    "validator": "accepted",
-    "descriptor": "validated",
-    "uploader": "described",
+# a failed stage -> the state its work starts from, where a retry sends the job back
+RETRY_FROM: dict[str, State] = {s: cast(State, states.start) for s, states in STAGES.items()}
+# a failed stage -> the fields its work writes, forgotten when it runs again
+_RESET: dict[str, list[str]] = {
+    stage: [f"at:{states.working}", f"at:{states.done}"] for stage, states in STAGES.items()
 }
-_RESET = {
-    "validator": ["at:validating", "at:validated", "at:rejected"],
-    "descriptor": ["at:describing", "at:described"],
-    "uploader": ["at:uploading", "at:archived", "targets"],
-}
+_RESET["validator"].append("at:rejected")
+_RESET["uploader"].append("targets")
+
+Change = tuple[str, dict[str, str]]  # the state (or note) an event leads to, its fields
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def changes(event: AnyEvent) -> tuple[str, dict[str, str]]:
-    """The state an event moves a job to, and the fields it records (all as strings)."""
+def own_change(event: AnyEvent) -> Change:
+    """What the gateway's own events write into a job, when it publishes them (and the status
+    service again, to no effect, when it reads them back)."""
     match event:
         case FileReceived(file=f, origin=origin):
             fields = {"sha256": f.sha256, "size": str(f.size)}
             if origin is not None:
                 fields.update({k: v for k, v in origin.model_dump().items() if v is not None})
-            return "accepted", fields
-        case StageStarted(stage=stage, delivery=n):
-            return stage, {f"deliveries:{stage}": str(n)}
-        case FileValidated(ids=ids, has_pixels=has_pixels, warnings=warnings):
-            fields = {k: v for k, v in ids.model_dump().items() if v is not None}
-            fields["has_pixels"] = "1" if has_pixels else "0"
-            if warnings:
-                fields["warnings"] = _json([w.model_dump() for w in warnings])
-            return "validated", fields
-        case FileRejected(reasons=reasons):
-            return "rejected", {"reasons": _json([r.model_dump() for r in reasons])}
-        case FileDescribed() as e:
-            fields = {"archive_path": e.archive_path, "metadata_file": e.metadata_file}
+            return event.resulting_state() or "accepted", fields
+        case CopyRequested() as e:
+            fields = {"sha256": e.file.sha256, "size": str(e.file.size), "source": "copy"}
+            fields |= ids_fields(e.ids)
+            fields |= {"archive_path": e.archive_path, "metadata_file": e.metadata_file}
             if e.preview_file:
                 fields["preview_file"] = e.preview_file
-            if e.preview_note:
-                fields["preview_note"] = e.preview_note
-            if e.duplicate_of:
-                fields["duplicate_of"] = str(e.duplicate_of)
-            return "described", fields
-        case FileArchived(targets=targets):
-            return "archived", {"targets": _json([t.model_dump() for t in targets])}
+            fields["duplicate_of"] = str(e.copy_of)  # the upload it copies
+            return e.resulting_state() or "described", fields
         case CopiesDeletionRequested(targets=targets):
-            return "deletion-requested", {"deletion": _json({"targets": targets})}
-        case UploadAttempted(targets=targets):
-            return "uploading", {"targets": _json([t.model_dump() for t in targets])}
-        case JobFailed(stage=stage, error=error, deliveries=n, event=entry):
-            fields = {"error": error, "failed_stage": stage, "deliveries": str(n)}
-            if entry:
-                fields["failed_event"] = entry
-            return "failed", fields
-    raise TypeError(f"no transition for {type(event).__name__}")  # JobRetried: see retry()
+            return "deletion-requested", {"deletion": to_json({"targets": targets})}
+    raise TypeError(f"{type(event).__name__} is not the gateway's own event")
 
 
-Transition = tuple[AnyEvent, tuple[str, dict[str, str]]]  # an event and its ``changes``
+def ids_fields(ids: DicomIds) -> dict[str, str]:
+    """The DICOM identifiers as job fields."""
+    return {k: v for k, v in ids.model_dump().items() if v is not None}
 
 
-def in_order(transitions: list[Transition]) -> list[Transition]:
-    """Transitions as they happened to each job: by the rank of the state each one leads to.
+def to_json(value: Any) -> str:
+    """A JSON field of the job hash, compact."""
+    return json.dumps(value, separators=(",", ":"))
 
-    A batch read from several streams comes stream by stream, so a job's outcome can come
-    before the start of its stage, or its receipt, and would be applied (and announced, and
-    kept in its history) in that order. Each job's states follow their ranks, so a stable sort
-    by rank restores each job's order and keeps every other; notes (a negative rank) go last.
-    """
 
-    def rank(transition: Transition) -> int:
-        value = RANK[transition[1][0]]
-        return value if value >= 0 else 99
-
-    return sorted(transitions, key=rank)
+_APPLY = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/apply.lua")
+_RETRY = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/retry.lua")
+_FORGET = Lua.of("shared", "job_scripts/announce.lua", "job_scripts/forget.lua")
 
 
 class JobStore:
-    """Reads and writes job hashes. Writers: the gateway (create) and the status service."""
+    """The one writer of job records (see the design rule above), and their reader."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._apply = Lua(_APPLY)
-        self._retry = Lua(_RETRY)
-        self._forget = Lua(_FORGET)
 
-    async def queue_apply(
-        self, pipe: Pipeline, event: AnyEvent, change: tuple[str, dict[str, str]] | None = None
-    ) -> None:
-        """Add the transition for ``event`` (its ``changes``, when already known) to a
-        pipeline (``CopiesDeleted``: see ``forget``); an instance newly archived goes into the
-        study search indexes in the same step."""
-        state, fields = change or changes(event)
-        await self._apply(
-            keys=self._keys(event), args=self._args(event, state, fields), client=pipe
-        )
-        if isinstance(event, FileDescribed) and event.study and event.duplicate_of is None:
-            await study_index.queue_index(pipe, event.upload_id, event.ids, event.study)
+    # -- the gateway's own facts and commands ------------------------------------------------
 
     async def queue_create(self, pipe: Pipeline, event: AnyEvent) -> None:
-        """Add a job's creation to a transaction: its first state, and its place in time."""
-        await self.queue_apply(pipe, event)
+        """Add a job's creation to the transaction that publishes its first event
+        (``FileReceived`` or ``CopyRequested``): its first state and fields, and its place in
+        time."""
+        await self.queue_transition(pipe, event, own_change(event))
         pipe.zadd(
             names.JOBS_BY_TIME, {str(event.upload_id): event.occurred_at.timestamp()}, nx=True
         )
 
-    async def apply(self, event: AnyEvent) -> bool:
-        """Apply one event to its job; True when the state moved forward."""
-        if isinstance(event, CopiesDeleted):  # the copies are gone: forget the job
-            return bool(await self.forget(event.upload_id))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await self.queue_apply(pipe, event)
-            return bool((await pipe.execute())[0])
+    async def queue_deletion_request(self, pipe: Pipeline, event: CopiesDeletionRequested) -> None:
+        """Add the note of a deletion request to the transaction that publishes it."""
+        await self.queue_transition(pipe, event, own_change(event))
 
-    async def apply_all(self, events: list[AnyEvent]) -> None:
-        """Apply several events in one round trip, in the order they happened to each job
-        (``in_order``); raises if any of them failed."""
-        transitions: list[Transition] = [
-            (e, changes(e)) for e in events if not isinstance(e, CopiesDeleted)
-        ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event, change in in_order(transitions):
-                await self.queue_apply(pipe, event, change)
-            await pipe.execute()
-        for event in events:
-            if isinstance(event, CopiesDeleted):
-                await self.forget(event.upload_id)
+    async def retry(self, upload_id: UUID) -> State | None:
+        """Queue a failed job's failed stage again and publish ``job.retried``; the state it
+        went back to, or None when the job is not failed or its stage cannot be retried."""
+        fields = await self.redis.hmget(
+            names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
+        )
+        state, stage, entry = (names.text(v) if v is not None else None for v in fields)
+        if state != "failed" or stage not in RETRY_FROM or not entry:
+            return None
+        back_to = RETRY_FROM[stage]
+        retried = JobRetried(upload_id=upload_id, stage=stage)  # type: ignore[arg-type]
+        done = await _RETRY(
+            keys=[
+                names.status_key(upload_id),
+                parse_event(entry).published_on,
+                names.STATUS_CHANNEL,
+                names.STATUS_FEED,
+                names.STATE_COUNTS,
+                retried.published_on,
+            ],
+            args=[
+                str(retried.event_id),
+                back_to,
+                RANK[back_to],
+                retried.occurred_at.isoformat(),
+                str(upload_id),
+                entry,
+                to_json(_RESET[stage]),
+                names.STATUS_FEED_MAX,
+                HISTORY_MAX,
+                retried.model_dump_json(),
+            ],
+            client=self.redis,
+        )
+        return back_to if done else None
 
     async def forget(self, upload_id: UUID) -> list[str]:
         """Forget an upload everywhere: its record and counts, its label entry, its user's and
@@ -286,7 +189,7 @@ class JobStore:
         if "state" not in job:
             return await study_index.unindex(self.redis, upload_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await self._forget(
+            await _FORGET(
                 keys=[
                     names.status_key(upload_id),
                     names.targets_key(upload_id),
@@ -305,39 +208,47 @@ class JobStore:
         mine = ["job record", *removed] if forgotten else []  # else a twin forgot it first
         return [*mine, *(names.text(r) for r in unindexed)]
 
-    async def retry(self, upload_id: UUID) -> State | None:
-        """Queue a failed job's failed stage again; the state it went back to, or None when
-        the job is not failed or its stage cannot be retried."""
-        fields = await self.redis.hmget(
-            names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
-        )
-        state, stage, entry = (names.text(v) if v is not None else None for v in fields)
-        if state != "failed" or stage not in RETRY_FROM or not entry:
-            return None
-        back_to = RETRY_FROM[stage]
-        retried = JobRetried(upload_id=upload_id, stage=stage)
-        stream = names.STREAM_OF_TYPE[parse_event(entry).type]
-        done = await self._retry(
+    # -- any event (the status service applies the stages' events through this) -------------
+
+    async def queue_transition(
+        self, pipe: Pipeline | Redis, event: AnyEvent, change: Change
+    ) -> None:
+        """Add one event's change (the state or note it leads to, and its fields, all strings)
+        to a pipeline: forward only, once per event, announced (``job_scripts/apply.lua``)."""
+        state, fields = change
+        await _APPLY(
             keys=[
-                names.status_key(upload_id),
-                stream,
+                names.status_key(event.upload_id),
                 names.STATUS_CHANNEL,
                 names.STATUS_FEED,
                 names.STATE_COUNTS,
+                names.MODALITY_COUNTS,
             ],
             args=[
-                str(retried.event_id),
-                back_to,
-                RANK[back_to],
-                retried.occurred_at.isoformat(),
-                str(upload_id),
-                entry,
-                _json(_RESET[stage]),
+                str(event.event_id),
+                state,
+                RANK[state],
+                event.occurred_at.isoformat(),
+                to_json(fields),
+                HISTORY_MAX,
+                str(event.upload_id),
                 names.STATUS_FEED_MAX,
+                RANK["archived"],
+                to_json(sorted(SHARED_FIELDS)),
             ],
-            client=self.redis,
+            client=pipe,
         )
-        return back_to if done else None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read(self, upload_id: UUID) -> JobStatus | None:
+        """One job, or None when there is none."""
+        raw = await self.redis.hgetall(names.status_key(upload_id))
+        if not raw:
+            return None
+        return JobStatus.from_hash(
+            upload_id, {names.text(k): names.text(v) for k, v in raw.items()}
+        )
 
     async def read_many(self, upload_ids: list[UUID]) -> list[JobStatus | None]:
         """Several jobs in one round trip, in order; None for those that do not exist."""
@@ -350,37 +261,6 @@ class JobStore:
             if raw
             else None
             for u, raw in zip(upload_ids, found, strict=True)
-        ]
-
-    async def read(self, upload_id: UUID) -> JobStatus | None:
-        raw = await self.redis.hgetall(names.status_key(upload_id))
-        if not raw:
-            return None
-        return JobStatus.from_hash(
-            upload_id, {names.text(k): names.text(v) for k, v in raw.items()}
-        )
-
-    @staticmethod
-    def _keys(event: AnyEvent) -> list[str]:
-        return [
-            names.status_key(event.upload_id),
-            names.STATUS_CHANNEL,
-            names.STATUS_FEED,
-            names.STATE_COUNTS,
-            names.MODALITY_COUNTS,
-        ]
-
-    @staticmethod
-    def _args(event: AnyEvent, state: str, fields: dict[str, str]) -> list[str | int]:
-        return [
-            str(event.event_id),
-            state,
-            RANK[state],
-            event.occurred_at.isoformat(),
-            _json(fields),
-            HISTORY_MAX,
-            str(event.upload_id),
-            names.STATUS_FEED_MAX,
         ]
 
 
@@ -411,12 +291,8 @@ _PLAIN_FIELDS = (
     "updated_at",
 )
 _JSON_FIELDS = ("reasons", "warnings", "targets", "history", "deletion")
-# stage -> (the state it starts in, the state it ends in)
-_STAGES = {
-    "validating": ("validating", "validated"),
-    "describing": ("describing", "described"),
-    "uploading": ("uploading", "archived"),
-}
+# a stage's working state -> (the state it starts in, the state it ends in): timings' names
+_STAGES = {s.working: (s.working, s.done) for s in STAGES.values()}
 
 
 class JobStatus(BaseModel):

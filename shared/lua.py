@@ -7,11 +7,15 @@ instead (a few KB over loopback); Redis compiles a script once and keeps it by i
 later calls cost a hash of the text. It is also right inside MULTI/EXEC after Redis restarted
 and forgot its scripts, where an EVALSHA would fail on its own and let the rest of the
 transaction run.
+
+Scripts live in ``.lua`` files beside the module that runs them (package data), each with its
+KEYS and ARGV at its top; ``Lua.of`` reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +27,13 @@ class Lua:
 
     def __init__(self, source: str) -> None:
         self.source = source
+
+    @classmethod
+    def of(cls, package: str, *paths: str) -> Lua:
+        """The script made of these files of a package, in order (e.g. helpers, then the
+        script that uses them)."""
+        root = files(package)
+        return cls("\n".join(root.joinpath(p).read_text(encoding="utf-8") for p in paths))
 
     async def __call__(
         self,

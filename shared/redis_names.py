@@ -18,6 +18,7 @@ FILE_DESCRIBED: Final = "dcm:events:file.described"
 FILE_UPLOADED: Final = "dcm:events:file.uploaded"
 STAGE_STARTED: Final = "dcm:events:stage.started"
 UPLOAD_ATTEMPTED: Final = "dcm:events:upload.attempted"
+COPY_REQUESTED: Final = "dcm:events:copy.requested"
 COPIES_DELETION_REQUESTED: Final = "dcm:events:copies.deletion-requested"
 COPIES_DELETED: Final = "dcm:events:copies.deleted"
 DEAD_LETTER: Final = "dcm:events:dead-letter"
@@ -37,24 +38,13 @@ TOPOLOGY: Final[dict[str, tuple[str, ...]]] = {
     FILE_UPLOADED: (GROUP_STATUS,),
     STAGE_STARTED: (GROUP_STATUS,),
     UPLOAD_ATTEMPTED: (GROUP_STATUS,),
+    COPY_REQUESTED: (GROUP_UPLOADER, GROUP_STATUS),
     COPIES_DELETION_REQUESTED: (GROUP_UPLOADER, GROUP_STATUS),
     COPIES_DELETED: (GROUP_STATUS,),
     DEAD_LETTER: (GROUP_STATUS,),
 }
 
-# event type -> the stream it is published on
-STREAM_OF_TYPE: Final[dict[str, str]] = {
-    "file.received": FILE_RECEIVED,
-    "file.validated": FILE_VALIDATED,
-    "file.rejected": FILE_REJECTED,
-    "file.described": FILE_DESCRIBED,
-    "file.uploaded": FILE_UPLOADED,
-    "stage.started": STAGE_STARTED,
-    "upload.attempted": UPLOAD_ATTEMPTED,
-    "copies.deletion-requested": COPIES_DELETION_REQUESTED,
-    "copies.deleted": COPIES_DELETED,
-    "job.failed": DEAD_LETTER,
-}
+# Which event goes on which stream is declared on each event class (``shared.events``).
 
 STATUS_CHANNEL: Final = "dcm:notify:status"
 STATUS_FEED: Final = "dcm:feeds:status"
@@ -68,7 +58,7 @@ def text(value: bytes | str) -> str:
 
 
 def status_key(upload_id: UUID | str) -> str:
-    """The job hash of one upload (written by the status service only, after creation)."""
+    """The job hash of one upload (written only through ``shared.jobs.JobStore``)."""
     return f"dcm:status:{upload_id}"
 
 
@@ -138,8 +128,8 @@ DEAD_LETTER_RAW: Final = "dcm:events:dead-letter.unreadable"
 """Entries no service could even parse: kept for a person, outside the job lifecycle."""
 
 
-# Study search: shared/study_index.py writes these (in the status service), shared/search.py
-# reads them (in the gateway).
+# Study search: status_service/indexes.py writes these, shared/study_index.py removes an upload
+# from them (forgetting a job), shared/search.py reads them (in the gateway).
 # Per-value sets are named by a digest of the normalised value, so no patient data is in a key.
 STUDY_PREFIX: Final = "dcm:studies:"
 STUDY_UPLOADS_PREFIX: Final = "dcm:study-uploads:"

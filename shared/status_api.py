@@ -61,11 +61,6 @@ async def find_job(store: JobStore, text: str) -> tuple[UUID, JobStatus]:
     return upload_id, await _read(store, upload_id)
 
 
-async def job_of(request: Request, text: str) -> tuple[UUID, JobStatus]:
-    """``find_job`` for code that holds only the request."""
-    return await find_job(get_store(request), text)
-
-
 # --- the route -------------------------------------------------------------------------------
 
 

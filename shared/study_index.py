@@ -1,8 +1,9 @@
-"""The study index in Redis: what the status service writes so that ``search`` never reads files.
+"""The study index's layout in Redis, and its removal: what ``search`` reads instead of files.
 
-The status service indexes each archived instance that is not a duplicate (``queue_index``)
-and un-indexes an upload when it is deleted (``unindex``); ``shared.search`` answers queries
-from these keys alone.
+The status service indexes each archived instance that is not a duplicate
+(``status_service.indexes``); forgetting a job un-indexes its upload (``unindex``, from
+``shared.jobs.JobStore.forget``, run by the gateway and the status service); the gateway's
+search answers queries from these keys alone, normalising values as they were indexed.
 
 Per study (key names in ``redis_names``): a hash of its attributes and counts, and hashes
 counting its uploads by series, by SOP Instance UID and by modality, so series, instance and
@@ -13,11 +14,11 @@ digest so no patient data is in a key name); a sorted set by study date and time
 as the oldest); a lexicographic sorted set of ``NAME \\0 uid`` (names trimmed, upper-cased,
 trailing empty components dropped) for name prefixes; a sorted set by last change.
 
-Both writers are Lua scripts, so a search never sees a half-written study, and both are
-idempotent: an upload is indexed once (a second run changes nothing) and un-indexed once.
-Study-level attributes come from the instances: each newly indexed instance's non-empty values
-replace the stored ones (a correction sent later wins; a missing value never erases one), and
-removing an instance does not bring back older values.
+Both writers (indexing, removal) are Lua scripts, so a search never sees a half-written
+study, and both are idempotent: an upload is indexed once (a second run changes nothing) and
+un-indexed once. Study-level attributes come from the instances: each newly indexed
+instance's non-empty values replace the stored ones (a correction sent later wins; a missing
+value never erases one), and removing an instance does not bring back older values.
 
 The scripts name per-study and per-value keys from prefixes, so they need a single Redis (not a
 cluster), as the rest of dicomflow does.
@@ -33,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import redis_names as names
-from shared.events import DicomIds, StudyKeys
+from shared.events import StudyKeys
 from shared.lua import Lua
 
 # hash field -> the set prefix of an exact-match index on it
@@ -43,60 +44,6 @@ EXACT_INDEXES: dict[str, str] = {
     "institution_name": names.STUDIES_BY_INSTITUTION_PREFIX,
 }
 ATTRIBUTES = tuple(StudyKeys.model_fields)
-
-# Index one upload. KEYS: study-of-upload, by-date, by-name, by-update, study, uploads, series,
-# instances, modalities. ARGV: upload id, study uid, series uid, sop uid, modality ('' if none),
-# now, modality set prefix, date score ('' if none), name key ('' if none), the number n of
-# exact indexes, then n times its hash field, set prefix and value digest ('' if none), then
-# attribute name/value pairs.
-_INDEX = r"""
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-local study = ARGV[2]
-redis.call('HSET', KEYS[6], ARGV[1], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. ARGV[5])
-redis.call('HINCRBY', KEYS[7], ARGV[3], 1)
-redis.call('HINCRBY', KEYS[8], ARGV[4], 1)
-if ARGV[5] ~= '' and redis.call('HINCRBY', KEYS[9], ARGV[5], 1) == 1 then
-  redis.call('SADD', ARGV[7] .. ARGV[5], study)
-end
-local i = 11
-for _ = 1, tonumber(ARGV[10]) do
-  local field, prefix, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if new ~= '' then
-    local old = redis.call('HGET', KEYS[5], field)
-    if old ~= new then
-      if old then redis.call('SREM', prefix .. old, study) end
-      redis.call('SADD', prefix .. new, study)
-      redis.call('HSET', KEYS[5], field, new)
-    end
-  end
-  i = i + 3
-end
-while i + 1 <= #ARGV do
-  redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if ARGV[9] ~= '' then
-  local old = redis.call('HGET', KEYS[5], 'ix:patient_name')
-  if old ~= ARGV[9] then
-    if old then redis.call('ZREM', KEYS[3], old .. '\0' .. study) end
-    redis.call('ZADD', KEYS[3], 0, ARGV[9] .. '\0' .. study)
-    redis.call('HSET', KEYS[5], 'ix:patient_name', ARGV[9])
-  end
-end
-if ARGV[8] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[8], study)
-  redis.call('HSET', KEYS[5], 'ix:date', ARGV[8])
-elseif redis.call('ZADD', KEYS[2], 'NX', 0, study) == 1 then
-  redis.call('HSET', KEYS[5], 'ix:date', '0')
-end
-local modalities = redis.call('HKEYS', KEYS[9])
-table.sort(modalities)
-redis.call('HSET', KEYS[5], 'study_uid', study, 'modalities', table.concat(modalities, ','),
-  'series_count', redis.call('HLEN', KEYS[7]), 'instance_count', redis.call('HLEN', KEYS[8]),
-  'updated_at', ARGV[6])
-redis.call('ZADD', KEYS[4], ARGV[6], study)
-return 1
-"""
 
 # Un-index one upload. KEYS: study-of-upload, by-date, by-name, by-update. ARGV: upload id,
 # now, the prefixes of study, uploads, series, instances, modalities keys and of modality sets,
@@ -140,7 +87,6 @@ redis.call('DEL', h, uploads, series, sops, mods)
 return {'search index entry', 'study search record'}
 """
 
-_INDEX_SCRIPT = Lua(_INDEX)
 _UNINDEX_SCRIPT = Lua(_UNINDEX)
 
 
@@ -194,50 +140,6 @@ def yyyymmdd(value: str | None) -> str | None:
 
 
 # ---- writing ----
-
-
-async def queue_index(
-    client: Redis | Pipeline,
-    upload_id: UUID | str,
-    ids: DicomIds,
-    study: StudyKeys,
-    *,
-    now: float | None = None,
-) -> None:
-    """Index one archived instance (not a duplicate) under its study; with a pipeline, the
-    script is queued and runs when the pipeline does. Indexing the same upload again changes
-    nothing."""
-    uid = ids.study_uid
-    attributes = {k: v for k, v in _clean(study).items() if v}
-    score = date_score(attributes.get("study_date"), attributes.get("study_time"))
-    if score == 0:
-        attributes.pop("study_date", None)  # not a date: neither shown nor searched
-    args: list[str | float] = [
-        str(upload_id), uid, ids.series_uid, ids.sop_uid, modality_key(ids.modality or ""),
-        now if now is not None else datetime.now(UTC).timestamp(),
-        names.STUDIES_BY_MODALITY_PREFIX, str(score) if score else "",
-        name_key(attributes.get("patient_name", "")), len(EXACT_INDEXES),
-    ]  # fmt: skip
-    for field, prefix in EXACT_INDEXES.items():
-        value = exact_key(attributes.get(field, ""))
-        args += [f"ix:{field}", prefix, value_digest(value) if value else ""]
-    for field, value in attributes.items():
-        args += [field, value]
-    keys = [
-        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
-        names.STUDIES_BY_UPDATE, names.study_key(uid), names.study_uploads_key(uid),
-        names.study_series_key(uid), names.study_instances_key(uid),
-        names.study_modalities_key(uid),
-    ]  # fmt: skip
-    await _INDEX_SCRIPT(keys=keys, args=args, client=client)
-
-
-def _clean(study: StudyKeys) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for field, value in study.model_dump().items():
-        if value is not None:
-            out[field] = str(value).replace("\x00", "").strip()
-    return out
 
 
 async def queue_unindex(

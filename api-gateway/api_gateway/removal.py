@@ -51,7 +51,7 @@ async def remove(
         )  # fmt: skip
         event = CopiesDeletionRequested(upload_id=upload_id, ids=ids, targets=copies)
         async with store.redis.pipeline(transaction=True) as pipe:
-            await store.queue_apply(pipe, event)
+            await store.queue_deletion_request(pipe, event)
             add_event(pipe, event)
             await pipe.execute()
         return Removed(upload_id=upload_id, status="deleting", removed=removed, cloud=copies)

@@ -51,7 +51,7 @@ async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> 
     assert isinstance(event, FileValidated)
     # quick: a small file whose pixels need no decompression, described in the event loop
     quick = is_small(event.file.size) and _native(event.ids.transfer_syntax_uid)
-    await bus.started(delivery, "describing", quick=quick)
+    await bus.started(delivery, "descriptor", quick=quick)
     holder = await bus.redis.get(names.instance_key(event.ids.sop_uid))
     described = _existing_copy(holder, event, settings.archive_path)
     if described is None:

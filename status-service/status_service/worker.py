@@ -1,8 +1,10 @@
 """The status service's story: apply every event of every stream to its job, then ack it.
 
-Its consumer group follows each stream, so it misses nothing while it restarts. It is the one
-writer of job hashes after the gateway creates them; ``JobStore.apply`` moves a job forward
-only, ignores an event it has already applied, and publishes the change for live watchers.
+Its consumer group follows each stream, so it misses nothing while it restarts. It applies
+the stages' events to job records (``apply``: which events, what each writes) through the one
+job store (``shared.jobs``), which moves a job forward only, ignores an event it has already
+applied, and announces the change for live watchers; it keeps the study search indexes
+(``indexes``) as instances are described.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import structlog
 from shared import redis_names as names
 from shared.bus import Bus, Delivery
 from shared.jobs import JobStore
+from status_service import apply
 from status_service.settings import StatusSettings
 
 log = structlog.get_logger()
@@ -35,10 +38,10 @@ async def run(bus: Bus, settings: StatusSettings) -> None:
 
 async def handle_batch(batch: list[Delivery], store: JobStore) -> None:
     """Apply a batch of events in one round trip (the bus acks them with its next read)."""
-    await store.apply_all([delivery.event for delivery in batch])
+    await apply.apply_all(store, [delivery.event for delivery in batch])
 
 
 async def handle(delivery: Delivery, bus: Bus, store: JobStore) -> None:
     """One event on its own: how a batch that failed is retried."""
-    await store.apply(delivery.event)
+    await apply.apply(store, delivery.event)
     await bus.complete(delivery)

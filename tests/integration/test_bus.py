@@ -531,12 +531,12 @@ async def test_the_start_of_quick_work_is_told_with_its_outcome(redis: Redis) ->
     await b.ensure_groups()
     await b.publish(event := received())
     [delivery] = await asyncio.wait_for(take(b, 1), 5)
-    await b.started(delivery, "validating", quick=True)
+    await b.started(delivery, "validator", quick=True)
     assert await stage_starts(redis) == []  # not yet: no round trip of its own
     outcome = FileRejected(upload_id=event.upload_id, file=event.file, reasons=[])
     await b.complete(delivery, outcome)
     [start] = await stage_starts(redis)
-    assert (start.upload_id, start.stage, start.delivery) == (event.upload_id, "validating", 1)
+    assert (start.upload_id, start.stage, start.delivery) == (event.upload_id, "validator", 1)
     assert start.occurred_at <= outcome.occurred_at  # made when the work started
     assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
 
@@ -546,7 +546,7 @@ async def test_the_start_of_long_work_is_told_at_once(redis: Redis) -> None:
     await b.ensure_groups()
     await b.publish(event := received())
     [delivery] = await asyncio.wait_for(take(b, 1), 5)
-    await b.started(delivery, "validating")
+    await b.started(delivery, "validator")
     assert [s.upload_id for s in await stage_starts(redis)] == [event.upload_id]
 
 
@@ -562,7 +562,7 @@ async def test_the_start_of_quick_work_that_fails_is_told_with_the_failure(
     async def handle(delivery: Delivery) -> None:
         nonlocal attempts
         attempts += 1
-        await b.started(delivery, "validating", quick=True)
+        await b.started(delivery, "validator", quick=True)
         raise error
 
     task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))

@@ -2,7 +2,7 @@
 
 The gateway runs in uvicorn on a free port (an ASGI transport buffers whole responses, so it
 cannot show a stream), and the changes are made as the status service makes them, through
-``JobStore.apply``.
+``status_service.apply``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from api_gateway.routes import events as feed
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from status_service.apply import apply
 
 from shared import redis_names as names
 from shared.events import (
@@ -148,7 +149,7 @@ async def listen(
 
 async def _received(store: JobStore, **origin: str) -> uuid.UUID:
     upload_id = uuid.uuid4()
-    await store.apply(FileReceived(upload_id=upload_id, file=FILE, origin=Origin(**origin)))
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE, origin=Origin(**origin)))
     return upload_id
 
 
@@ -163,9 +164,9 @@ async def _feed_ids(store: JobStore) -> list[str]:
 async def test_every_change_applied_arrives_live_with_its_entry_id(gateway: Gateway) -> None:
     async with gateway.client() as client, listen(client) as stream:
         upload_id = await _received(gateway.store, label="knee", filename="a.dcm")
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
-        await gateway.store.apply(
-            FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True)
+        await apply(gateway.store, StageStarted(upload_id=upload_id, stage="validator"))
+        await apply(
+            gateway.store, FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True)
         )
         got = await stream.events(3)
     assert [e.event for e in got] == ["status"] * 3
@@ -209,9 +210,9 @@ async def test_filters_pick_uploads_batches_and_labels(gateway: Gateway) -> None
         spine = await _received(store, label="spine", batch_id="b-1")
         await _received(store)
         async with listen(client, upload_id=f"{knee},{spine}") as by_id:
-            await store.apply(StageStarted(upload_id=knee, stage="validating"))
-            await store.apply(StageStarted(upload_id=hip, stage="validating"))
-            await store.apply(StageStarted(upload_id=spine, stage="validating"))
+            await apply(store, StageStarted(upload_id=knee, stage="validator"))
+            await apply(store, StageStarted(upload_id=hip, stage="validator"))
+            await apply(store, StageStarted(upload_id=spine, stage="validator"))
             ids = [e.json["upload_id"] for e in await by_id.events(2)]
             assert ids == [str(knee), str(spine)]
         labels = [e.json["label"] for e in await by_label.events(4)]
@@ -225,14 +226,14 @@ async def test_filters_pick_uploads_batches_and_labels(gateway: Gateway) -> None
 async def test_last_event_id_replays_exactly_the_missed_changes(gateway: Gateway) -> None:
     store = gateway.store
     upload_id = await _received(store)
-    await store.apply(StageStarted(upload_id=upload_id, stage="validating"))
-    await store.apply(FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
+    await apply(store, StageStarted(upload_id=upload_id, stage="validator"))
+    await apply(store, FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True))
     ids = await _feed_ids(store)
     async with gateway.client() as client:
         async with listen(client, headers={"Last-Event-ID": ids[0]}) as stream:
             replayed = await stream.events(2)
             assert [e.id for e in replayed] == ids[1:]
-            await store.apply(StageStarted(upload_id=upload_id, stage="describing"))
+            await apply(store, StageStarted(upload_id=upload_id, stage="descriptor"))
             (live,) = await stream.events(1)
             assert live.json["status"] == "describing"
         async with listen(client, last_event_id=ids[1]) as stream:  # the query form
@@ -379,11 +380,11 @@ async def test_a_long_poll_answers_when_the_state_arrives(gateway: Gateway) -> N
             client.get(f"/status/{upload_id}", params={"wait": "validated", "timeout": 10})
         )
         await asyncio.sleep(0.3)
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+        await apply(gateway.store, StageStarted(upload_id=upload_id, stage="validator"))
         await asyncio.sleep(0.2)
         assert not poll.done()  # validating is not what it waits for
-        await gateway.store.apply(
-            FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True)
+        await apply(
+            gateway.store, FileValidated(upload_id=upload_id, file=FILE, ids=IDS, has_pixels=True)
         )
         answer = await poll
     assert answer.status_code == 200
@@ -400,7 +401,7 @@ async def test_a_long_poll_for_final_answers_at_a_rejection(gateway: Gateway) ->
         )
         await asyncio.sleep(0.3)
         reasons = [Reason(code="not-dicom", message="no DICM")]
-        await gateway.store.apply(FileRejected(upload_id=upload_id, file=FILE, reasons=reasons))
+        await apply(gateway.store, FileRejected(upload_id=upload_id, file=FILE, reasons=reasons))
         answer = await poll
     assert answer.json()["status"] == "rejected"
     assert answer.json()["details"]["reasons"][0]["code"] == "not-dicom"
@@ -409,7 +410,7 @@ async def test_a_long_poll_for_final_answers_at_a_rejection(gateway: Gateway) ->
 async def test_a_long_poll_answers_at_once_when_settled(gateway: Gateway) -> None:
     upload_id = await _received(gateway.store)
     reasons = [Reason(code="not-dicom", message="no DICM")]
-    await gateway.store.apply(FileRejected(upload_id=upload_id, file=FILE, reasons=reasons))
+    await apply(gateway.store, FileRejected(upload_id=upload_id, file=FILE, reasons=reasons))
     async with gateway.client() as client:
         started = time.monotonic()
         already = await client.get(f"/status/{upload_id}", params={"wait": "rejected"})
@@ -433,8 +434,8 @@ async def test_a_long_poll_times_out_with_the_status_as_it_is(gateway: Gateway) 
             client.get(f"/status/{upload_id}", params={"wait": "final", "timeout": 0.8})
         )
         await asyncio.sleep(0.2)
-        await gateway.store.apply(StageStarted(upload_id=other, stage="validating"))
-        await gateway.store.apply(StageStarted(upload_id=upload_id, stage="validating"))
+        await apply(gateway.store, StageStarted(upload_id=other, stage="validator"))
+        await apply(gateway.store, StageStarted(upload_id=upload_id, stage="validator"))
         answer = await poll
     assert 0.7 < time.monotonic() - started < 5
     assert answer.status_code == 200

@@ -20,10 +20,11 @@ import pytest
 from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from status_service.indexes import queue_index
 
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
-from shared.study_index import queue_index, queue_unindex, unindex
+from shared.study_index import queue_unindex, unindex
 
 pytestmark = pytest.mark.timeout(60)
 

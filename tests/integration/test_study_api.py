@@ -15,6 +15,7 @@ from uuid import UUID
 import httpx
 import pytest
 from redis.asyncio import Redis
+from status_service.apply import apply
 
 from shared import redis_names as names
 from shared.events import FileRejected, Reason
@@ -54,7 +55,7 @@ async def reject(redis: Redis, upload_id: str) -> None:
         file=FileRef(path="x", sha256="0" * 64, size=1),
         reasons=[Reason(code="not-dicom", message="not DICOM")],
     )
-    assert await JobStore(redis).apply(event)
+    assert await apply(JobStore(redis), event)
 
 
 # -- seed 004: labels ---------------------------------------------------------------------------

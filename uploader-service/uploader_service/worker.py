@@ -1,5 +1,8 @@
 """The uploader's story: copy each described instance to every target, then mark it archived.
 
+A ``copy.requested`` command (an archived upload to be pushed to chosen targets, as a job of
+its own) is copied the same way, to the targets it names.
+
 The job is ``archived`` only when every configured target holds the file. A target that fails
 for a passing reason leaves the entry pending, so it is retried after ``CLAIM_IDLE_MS`` and
 dead-lettered after ``MAX_DELIVERIES``; one that can never succeed fails the job at once.
@@ -21,8 +24,9 @@ from shared.errors import PermanentError, RetryableError, safe_error
 from shared.events import (
     CopiesDeleted,
     CopiesDeletionRequested,
-    FileArchived,
+    CopyRequested,
     FileDescribed,
+    FileUploaded,
     TargetResult,
     UploadAttempted,
 )
@@ -38,7 +42,7 @@ async def run(bus: Bus, settings: UploaderSettings, targets: list[Target]) -> No
     await bus.ensure_groups()
     log.info("uploader.started", targets=[t.name for t in targets])
     await bus.serve(
-        [names.FILE_DESCRIBED, names.COPIES_DELETION_REQUESTED],
+        [names.FILE_DESCRIBED, names.COPY_REQUESTED, names.COPIES_DELETION_REQUESTED],
         names.GROUP_UPLOADER,
         partial(handle, bus=bus, targets=targets),
         settings.worker_concurrency,
@@ -49,11 +53,12 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     event = delivery.event
     if isinstance(event, CopiesDeletionRequested):
         return await delete_copies(delivery, event, bus, targets)
-    assert isinstance(event, FileDescribed)
+    assert isinstance(event, FileDescribed | CopyRequested)
     # quick: a small file for the archive alone (the local target checks it on this disk)
     quick = is_small(event.file.size) and all(t.name == "local" for t in targets)
-    await bus.started(delivery, "uploading", quick=quick)
-    targets = chosen(targets, event.only_targets)
+    await bus.started(delivery, "uploader", quick=quick)
+    only = event.targets if isinstance(event, CopyRequested) else event.only_targets
+    targets = chosen(targets, only)
     done_key = names.targets_key(event.upload_id)
     done = {  # with one target there is nothing to remember: it has the file or the job fails
         _text(name): TargetResult.model_validate_json(result)
@@ -67,7 +72,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     results = [done.get(t.name) or attempt[t.name] for t in targets]
     failed = [r for r in results if not r.ok]
     if not failed:
-        await bus.complete(delivery, FileArchived(upload_id=event.upload_id, targets=results))
+        await bus.complete(delivery, FileUploaded(upload_id=event.upload_id, targets=results))
         if done:
             await bus.redis.delete(done_key)
         metrics.OUTCOMES.labels("uploader", "archived").inc()

@@ -42,7 +42,7 @@ async def handle(delivery: Delivery, bus: Bus, limits: Limits) -> None:
     # a small file is checked in the event loop; at worst (deflated, it inflates to a million
     # tiny elements, the parser's budget) that takes about a second
     quick = is_small(event.file.size)
-    await bus.started(delivery, "validating", quick=quick)
+    await bus.started(delivery, "validator", quick=quick)
     path = Path(event.file.path)
     if not path.is_file():
         raise RetryableError("the uploaded file is not on disk: is UPLOADS_PATH shared?")

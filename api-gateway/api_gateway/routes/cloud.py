@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
 from api_gateway import intake
@@ -33,10 +33,10 @@ from shared.errors import (
     UploadNotFound,
     UpstreamError,
 )
-from shared.events import DicomIds, FileDescribed, FileRef
+from shared.events import CopyRequested, DicomIds, FileRef
 from shared.jobs import JobStore
 from shared.s3 import S3Settings, presign_get, presign_put, s3_client
-from shared.status_api import find_job, job_of
+from shared.status_api import find_job
 
 router = APIRouter(tags=["cloud"])
 
@@ -137,9 +137,7 @@ class SeedQueued(BaseModel):
 @router.post(
     "/dicom/upload", status_code=202, response_model=SeedQueued, response_model_by_alias=True
 )
-async def seed_upload(
-    body: SeedUploadRequest, request: Request, gateway: Settings, store: Store
-) -> SeedQueued:
+async def seed_upload(body: SeedUploadRequest, gateway: Settings, store: Store) -> SeedQueued:
     """Seed 000's upload job. ``objectKey`` is either a key under the S3 incoming prefix (a file
     sent with a presigned URL; ``platform: "s3"``), which is ingested as a new upload, or an
     upload id (or ``{id}/original.dcm``) of an archived upload, which is pushed to
@@ -153,7 +151,7 @@ async def seed_upload(
             raise BadRequest(f"keys under {incoming} are S3 objects: use platform 's3'")
         job_id = await _ingest_from_s3(body.object_key, gateway, store)
     else:
-        job_id = await _push(body.object_key, platform, request)
+        job_id = await _push(body.object_key, platform, store)
     return SeedQueued(message="Job queued", job_id=job_id, job_ids=[job_id])
 
 
@@ -181,30 +179,34 @@ async def _ingest_from_s3(key: str, gateway: GatewaySettings, store: JobStore) -
     return event.upload_id
 
 
-async def _push(object_key: str, platform: str, request: Request) -> UUID:
-    """A job that copies an archived upload to one platform: it starts as described."""
-    source, job = await job_of(request, object_key.removesuffix("/original.dcm"))
+async def _push(object_key: str, platform: str, store: JobStore) -> UUID:
+    """A job that copies an archived upload to one platform: a ``CopyRequested`` command for
+    the uploader, published with the new job it creates (which starts as described)."""
+    source, job = await find_job(store, object_key.removesuffix("/original.dcm"))
     d = job.details
     if job.status != "archived":
         raise JobStateConflict(
             f"upload {source} is {job.status}: only an archived upload can be pushed"
         )
     archive = Path(d["archive_path"])
-    event = FileDescribed(
+    event = CopyRequested(
         upload_id=uuid4(),
+        copy_of=source,
         file=FileRef(path=str(archive / "original.dcm"), sha256=d["sha256"], size=d["size"]),
         ids=DicomIds(
-            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"], modality=d.get("modality"),
+            study_uid=d["study_instance_uid"],
+            series_uid=d["series_instance_uid"],
+            sop_uid=d["sop_instance_uid"],
+            sop_class_uid=d["sop_class_uid"],
+            transfer_syntax_uid=d["transfer_syntax_uid"],
+            modality=d.get("modality"),
         ),
         archive_path=str(archive),
         metadata_file=d["metadata_file"],
         preview_file=d.get("preview_file"),
-        duplicate_of=source,
-        only_targets=[platform],
-    )  # fmt: skip
-    await intake.queue(request.app.state.store, [event])
+        targets=[platform],
+    )
+    await intake.queue(store, [event])
     return event.upload_id
 
 

@@ -14,10 +14,21 @@ from pathlib import Path
 import pytest
 import structlog
 
+from shared import redis_names as names
 from shared.errors import PermanentError, safe_error
-from shared.events import FileReceived, FileRef, FileRejected, Reason, StageStarted, parse_event
+from shared.events import (
+    EVENT_TYPES,
+    STAGES,
+    STREAM_OF_TYPE,
+    FileRef,
+    FileRejected,
+    Reason,
+    StageStarted,
+    parse_event,
+    type_of,
+)
 from shared.files import SMALL_FILE, is_small, run_blocking
-from shared.jobs import RANK, JobStatus, changes
+from shared.jobs import RANK, JobStatus
 from shared.logging import configure_logging
 
 
@@ -84,17 +95,6 @@ def test_every_state_ranks_forward_and_final_states_rank_last() -> None:
     assert RANK["archived"] == RANK["rejected"] == RANK["failed"] > RANK["uploading"]
 
 
-def test_changes_of_an_event_are_strings_for_the_job_hash() -> None:
-    upload_id = uuid.uuid4()
-    state, fields = changes(
-        FileReceived(upload_id=upload_id, file=FileRef(path="/u", sha256="a" * 64, size=10))
-    )
-    assert state == "accepted"
-    assert fields == {"sha256": "a" * 64, "size": "10"}
-    state, fields = changes(StageStarted(upload_id=upload_id, stage="describing", delivery=2))
-    assert (state, fields) == ("describing", {"deliveries:describing": "2"})
-
-
 def test_status_timings_come_from_state_times_and_a_rejection_ends_validation() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     at = {"accepted": 0, "validating": 5, "rejected": 12}
@@ -147,3 +147,22 @@ async def test_blocking_work_on_a_small_file_runs_inline_and_on_a_large_one_in_a
     loop_thread = threading.get_ident()
     ran_in = await run_blocking(threading.get_ident, inline=is_small(size))
     assert (ran_in == loop_thread) is inline
+
+
+def test_each_event_names_its_stream_and_state_once_and_the_tables_follow() -> None:
+    for cls in EVENT_TYPES:
+        assert cls.published_on in names.TOPOLOGY, cls.__name__
+        assert STREAM_OF_TYPE[type_of(cls)] == cls.published_on
+        assert cls.leads_to is None or cls.leads_to in RANK, cls.__name__
+    assert len(STREAM_OF_TYPE) == len(EVENT_TYPES)  # one type per class, none left out
+    assert set(names.TOPOLOGY) == {cls.published_on for cls in EVENT_TYPES}
+
+
+def test_a_stage_is_named_as_its_consumer_group_everywhere() -> None:
+    assert set(STAGES) == {names.GROUP_VALIDATOR, names.GROUP_DESCRIPTOR, names.GROUP_UPLOADER}
+    upload_id = uuid.uuid4()
+    started = StageStarted(upload_id=upload_id, stage="descriptor")
+    assert started.resulting_state() == "describing"
+    # an entry written when a stage start named its working state reads as the stage
+    old = started.model_dump_json().replace('"descriptor"', '"describing"')
+    assert parse_event(old) == started

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
-from shared.events import DicomIds, FileDescribed, TargetResult
+from shared.events import CopyRequested, DicomIds, FileDescribed, TargetResult
 
 # target name -> "module:class"
 REGISTRY: dict[str, str] = {
@@ -40,7 +40,7 @@ class Item:
     size: int
 
     @classmethod
-    def of(cls, event: FileDescribed) -> Item:
+    def of(cls, event: FileDescribed | CopyRequested) -> Item:
         return cls(
             upload_id=event.upload_id,
             ids=event.ids,
