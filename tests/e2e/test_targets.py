@@ -14,9 +14,9 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from uploader_service.targets.keys import object_keys
 
 from shared.events import DicomIds
-from shared.storage import object_keys
 from tests import servers
 from tests.e2e.conftest import System, start_system, stop_system
 from tests.support import ct_slice, free_port, pydicom_file

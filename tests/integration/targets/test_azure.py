@@ -26,10 +26,10 @@ from azure.storage.blob import (
 from uploader_service.targets import Item
 from uploader_service.targets import azure as azure_target
 from uploader_service.targets.azure import AzureTarget
+from uploader_service.targets.keys import object_keys
 
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
-from shared.storage import object_keys
 from tests import servers
 from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file

@@ -17,9 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from uploader_service.targets import Item, gcs
 from uploader_service.targets.gcs import GcsSettings, GcsTarget, classify, crc32c_of
+from uploader_service.targets.keys import object_keys
 
 from shared.errors import PermanentError, RetryableError
-from shared.storage import object_keys
 from tests import servers
 from tests.integration.targets.items import make_item
 from tests.support import ct_slice, free_port, pydicom_file

@@ -22,13 +22,13 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from pydicom.uid import generate_uid
 from uploader_service.targets import Item
+from uploader_service.targets.keys import object_keys
 from uploader_service.targets.s3 import S3Target
 
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.s3 import MiB, S3Settings, presign_get, presign_put, s3_client
 from shared.settings import load
-from shared.storage import object_keys
 from tests import servers
 from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file

@@ -52,8 +52,8 @@ from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds, TargetResult
 from shared.files import CHUNK
 from shared.settings import load
-from shared.storage import object_keys
 from uploader_service.targets import Item
+from uploader_service.targets.keys import object_keys
 
 MiB = 1024 * 1024
 ENDPOINT_VARIABLES = "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL"

@@ -58,8 +58,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds, TargetResult
 from shared.settings import load
-from shared.storage import object_keys
 from uploader_service.targets import Item
+from uploader_service.targets.keys import object_keys
 
 CHUNK_QUANTUM = 256 * 1024  # GCS wants resumable chunks in whole multiples of this
 _RETRYABLE_HTTP = (api.TooManyRequests, api.ServerError)  # and 408, which has no class

@@ -58,8 +58,8 @@ from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds, TargetResult
 from shared.s3 import DICOM_CONTENT_TYPE, S3Settings, s3_client
 from shared.settings import load
-from shared.storage import ObjectKeys, object_keys
 from uploader_service.targets import Item
+from uploader_service.targets.keys import ObjectKeys, object_keys
 
 P = ParamSpec("P")
 T = TypeVar("T")
