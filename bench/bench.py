@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from shared import redis_names as names  # noqa: E402
 from shared.jobs import FINAL  # noqa: E402
-from tests import servers  # noqa: E402
-from tests.e2e.conftest import System, start_system, stop_system  # noqa: E402
-from tests.support import write_ct_series  # noqa: E402
+from testbed import servers  # noqa: E402
+from testbed.series import write_ct_series  # noqa: E402
+from testbed.system import System, start_system, stop_system  # noqa: E402
 
 SLICES = int(os.environ.get("BENCH_SLICES", "200"))
 BIG = 1024**3

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import NAMES, System, start_system, stop_system
+from testbed.system import NAMES, System, start_system, stop_system
 from tests.support import ct_slice, pydicom_file, write_ct_series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -17,8 +17,8 @@ from google.cloud import storage
 
 from shared.events import DicomIds
 from shared.storage import object_keys
-from tests import servers
-from tests.e2e.conftest import System, start_system, stop_system
+from testbed import servers
+from testbed.system import System, start_system, stop_system
 from tests.support import ct_slice, free_port, pydicom_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -30,7 +30,7 @@ from uploader_service.targets.azure import AzureTarget
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.storage import object_keys
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file
 

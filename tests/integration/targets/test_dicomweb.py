@@ -24,7 +24,7 @@ from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.multipart_related import Event, Mark, PartReader
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file, write_ct_series
 

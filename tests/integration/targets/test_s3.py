@@ -29,7 +29,7 @@ from shared.events import DicomIds
 from shared.s3 import MiB, S3Settings, presign_get, presign_put, s3_client
 from shared.settings import load
 from shared.storage import object_keys
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
 from tests.support import free_port, pydicom_file
 
