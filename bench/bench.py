@@ -256,6 +256,15 @@ def target_env(name: str, folder: Path) -> Iterator[dict[str, str]]:
             yield orthanc.env()
 
 
+DEATHS: list[str] = []  # services that exited or crashed during a run: the bench fails
+
+
+def stop(system: System) -> None:
+    """Stop a system, keeping what died while it ran (the tables are printed, then it fails)."""
+    stop_system(system, check=False)
+    DEATHS.extend(system.unexpected_exits())
+
+
 def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
     """Uploads/s at concurrency 8 with each emulator target beside the local one."""
     rows = []
@@ -269,7 +278,7 @@ def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, fl
                 try:
                     rows.append((name, run_load(system, paths, 8)))
                 finally:
-                    stop_system(system)
+                    stop(system)
         except servers.Unavailable as exc:
             print(f"  skipped: {exc}", file=sys.stderr)
     return rows
@@ -298,7 +307,7 @@ def main() -> None:
             print("streaming a 1 GB upload ...", file=sys.stderr)
             memory = gateway_memory_for_big_upload(system, folder)
         finally:
-            stop_system(system)
+            stop(system)
         targets = target_rows(folder, series[0]) if TARGETS else []
 
     print()
@@ -337,3 +346,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if DEATHS:
+        print(f"\nFAILED: services died during the runs: {' | '.join(DEATHS)}", file=sys.stderr)
+        sys.exit(1)

@@ -6,6 +6,13 @@ persisting to ``data/redis`` (append-only file), so a restart loses nothing. The
 Each service is started as ``python -m <package>`` with the same environment compose gives
 it; one that exits is started again after a short back-off, as ``restart: unless-stopped``
 would. SIGINT or SIGTERM stops every process this started, services first, Redis last.
+
+Every start, exit and stop of a service is one line that a program can read (tests count them:
+a run in which a service died unasked must fail, restarted or not)::
+
+    [run] service.started name=descriptor pid=4242 starts=1
+    [run] service.exited name=descriptor pid=4242 returncode=1 restart_in_s=0.5
+    [run] service.stopped name=descriptor pid=4250 returncode=0
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ SERVICES = (
 
 def say(message: str) -> None:
     print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def tell(event: str, **fields: object) -> None:
+    """One parseable line: ``[run] <event> key=value ...`` (values hold no spaces)."""
+    say(" ".join([event, *(f"{k}={v}" for k, v in fields.items())]))
 
 
 def port_free(port: int) -> bool:
@@ -90,12 +102,15 @@ class Service:
     proc: subprocess.Popen[bytes] | None = None
     starts: list[float] = field(default_factory=list)
     next_start: float = 0.0
+    started: int = 0  # starts so far, restarts included
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.package], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL
         )
         self.starts = [t for t in self.starts if t > time.monotonic() - 60] + [time.monotonic()]
+        self.started += 1
+        tell("service.started", name=self.name, pid=self.proc.pid, starts=self.started)
 
     def check(self) -> None:
         """Start it again if it died: at once the first time, slower if it keeps dying."""
@@ -104,7 +119,13 @@ class Service:
         now = time.monotonic()
         if self.next_start == 0.0:
             delay = 0.5 if len(self.starts) < 3 else min(2.0 * len(self.starts), 10.0)
-            say(f"{self.name} exited with {self.proc.returncode}; restarting in {delay:.1f}s")
+            tell(
+                "service.exited",
+                name=self.name,
+                pid=self.proc.pid,
+                returncode=self.proc.returncode,
+                restart_in_s=f"{delay:.1f}",
+            )
             self.next_start = now + delay
         elif now >= self.next_start:
             self.next_start = 0.0
@@ -171,6 +192,13 @@ def main() -> None:
                     service.proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     service.proc.kill()
+                    service.proc.wait()
+                tell(
+                    "service.stopped",
+                    name=service.name,
+                    pid=service.proc.pid,
+                    returncode=service.proc.returncode,
+                )
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(15)

@@ -73,3 +73,13 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+def port_free(port: int) -> bool:
+    """True when nothing listens on ``port`` of 127.0.0.1 and it can be bound."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

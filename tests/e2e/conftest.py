@@ -1,4 +1,9 @@
-"""The e2e tests' pipeline: one per module, started as ``make run`` does (testbed.system)."""
+"""The e2e tests' pipeline: one per module, started as ``make run`` does (testbed.system).
+
+Every System a test uses is checked after it: a service that exited, was restarted or logged
+``service.crashed`` without the test killing it (``System.kill``) or announcing it
+(``System.expect_crash``) fails the test, restarted or not.
+"""
 
 from __future__ import annotations
 
@@ -14,3 +19,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     running = start_system(tmp_path_factory.mktemp("system"))
     yield running
     stop_system(running)
+
+
+@pytest.fixture(autouse=True)
+def _no_service_died(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, fail it if a service of a System it used died unasked."""
+    yield
+    for value in request.node.funcargs.values():
+        for candidate in value if isinstance(value, tuple) else (value,):
+            if isinstance(candidate, System):
+                candidate.assert_no_crash()
