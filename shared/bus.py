@@ -354,6 +354,8 @@ class Bus:
             in_hand = self._in_hand.setdefault((delivery.stream, delivery.group), set())
             in_hand.add(delivery.entry_id)
             started = time.perf_counter()
+            where = {"stream": delivery.stream, "group": delivery.group, "consumer": self.consumer}
+            log.debug("delivery.started", **where, entry_id=delivery.entry_id)
             try:
                 await handle(delivery)
             except PermanentError as exc:
@@ -377,6 +379,7 @@ class Bus:
                         )
                         await pipe.execute()
             finally:
+                log.debug("delivery.done", **where, entry_id=delivery.entry_id)
                 self._untold.pop(_key(delivery), None)
                 in_hand.discard(delivery.entry_id)
                 metrics.HANDLE_SECONDS.labels(delivery.group).observe(time.perf_counter() - started)
