@@ -130,10 +130,11 @@ class System:
         with self.client(service, timeout=5, replica=replica) as c:
             return int(c.get("/health").json()["pid"])
 
-    def kill(self, service: str, replica: int = 0) -> int:
-        """SIGKILL one service process; run.py restarts it. Returns the killed pid, which
-        the crash check then counts as this test's own doing."""
-        pid = self.pid(service, replica)
+    def kill(self, service: str, replica: int = 0, pid: int | None = None) -> int:
+        """SIGKILL one service process (``pid``, if the caller looked it up already); run.py
+        restarts it. Returns the killed pid, which the crash check then counts as this
+        test's own doing."""
+        pid = pid or self.pid(service, replica)
         self.killed.add(pid)
         os.kill(pid, signal.SIGKILL)
         return pid
