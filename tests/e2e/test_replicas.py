@@ -12,6 +12,8 @@ and ``delivery.reclaimed``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -103,24 +105,28 @@ def pending_of(client: redis.Redis, group: str, consumer: str) -> set[tuple[str,
     return held
 
 
-def kill_holding(system: System, client: redis.Redis, stage: str) -> tuple[str, set, float]:
+def kill_holding(system: System, stage: str) -> tuple[str, set[tuple[str, str]], float]:
     """SIGKILL replica 1 of a stage at a moment it holds entries; what it held, and when.
 
-    Small files go through in milliseconds, so what was pending when looked at may be acked
-    by the time the signal lands: then the replica, restarted under the same consumer name,
-    is killed again, a few times at most."""
+    Small files go through in milliseconds: a look at the pending list and a kill after it
+    would race with the replica's ack. So the replica is frozen (SIGSTOP) for each look and
+    let go (SIGCONT) when it holds nothing, until it does; then it is killed frozen."""
+    client = redis.Redis.from_url(system.redis.url)  # one per thread
     consumer = consumer_of(client, stage, 1)
-    for _ in range(5):
-        pid = system.pid(stage, replica=1)  # asked first: the kill follows the look at once
-        deadline = time.monotonic() + 20
-        while not pending_of(client, stage, consumer) and time.monotonic() < deadline:
+    pid = system.pid(stage, replica=1)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            os.kill(pid, signal.SIGSTOP)
+            stopped_at = time.time()
+            if pending_of(client, stage, consumer):
+                system.kill(stage, replica=1, pid=pid)
+                return consumer, pending_of(client, stage, consumer), stopped_at
+            os.kill(pid, signal.SIGCONT)
             time.sleep(0.002)
-        system.kill(stage, replica=1, pid=pid)
-        killed_at = time.time()
-        if held := pending_of(client, stage, consumer):
-            return consumer, held, killed_at
-        system.wait_healthy(stage, other_than=pid, replica=1)
-    raise AssertionError(f"replica 1 of {stage} never held an entry when killed")
+    finally:
+        client.close()
+    raise AssertionError(f"replica 1 of {stage} held nothing for 30s of load")
 
 
 def handling_intervals(
@@ -191,14 +197,14 @@ def test_two_replicas_of_each_stage_one_killed_mid_load_archive_every_upload_onc
         with lock:
             accepted.append(upload_id)
 
-    killed: dict[str, tuple[str, set[tuple[str, str]], float]] = {}
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         sent = [pool.submit(send, path) for path in paths]
         deadline = time.monotonic() + 60
         while len(accepted) < KILL_AFTER and time.monotonic() < deadline:
             time.sleep(0.01)
-        for stage in ("validator", "descriptor", "uploader", "status"):
-            killed[stage] = kill_holding(system, client, stage)
+        with ThreadPoolExecutor(len(WORKERS)) as killers:  # all at once, while the load runs
+            kills = {stage: killers.submit(kill_holding, system, stage) for stage in WORKERS}
+        killed = {stage: kill.result() for stage, kill in kills.items()}
         for future in sent:
             future.result()
     finals = system.wait_final(accepted, seconds=90)
