@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from shared.events import DicomIds
 from testbed.processes import RedisServer, free_port, wait_for_port
 from testbed.series import ct_slice, write_ct_series
 
 __all__ = [
     "RedisServer",
     "ct_slice",
+    "dicom_ids",
     "docker_answers",
     "free_port",
     "pydicom_file",
@@ -38,3 +42,46 @@ def pydicom_file(name: str) -> Path:
     path = get_testdata_file(name)
     assert path is not None, f"pydicom test file {name} is missing"
     return Path(str(path))
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+def dicom_ids(source: Any = None, *, fresh: bool = False, **fields: Any) -> DicomIds:
+    """The one way tests make ``DicomIds``.
+
+    By default a CT instance's made-up UIDs (1.2.3, 1.2.3.4, 1.2.3.4.5), the same every call;
+    ``fresh=True``: new UIDs (pydicom's ``generate_uid``); ``source``: the identifiers of a
+    pydicom ``Dataset``, or of a job's status details (``study_instance_uid`` ...). A field
+    given by name wins over all of these: ``dicom_ids(modality="CT")``.
+    """
+    values: dict[str, Any] = {
+        "study_uid": "1.2.3",
+        "series_uid": "1.2.3.4",
+        "sop_uid": "1.2.3.4.5",
+        "sop_class_uid": CT_IMAGE_STORAGE,
+        "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
+    }
+    if fresh:
+        from pydicom.uid import generate_uid
+
+        values.update(study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=generate_uid())
+    if isinstance(source, Mapping):  # a status's details
+        values.update(
+            study_uid=source["study_instance_uid"],
+            series_uid=source["series_instance_uid"],
+            sop_uid=source["sop_instance_uid"],
+            sop_class_uid=source["sop_class_uid"],
+            transfer_syntax_uid=source["transfer_syntax_uid"],
+        )
+    elif source is not None:  # a pydicom Dataset
+        values.update(
+            study_uid=source.StudyInstanceUID,
+            series_uid=source.SeriesInstanceUID,
+            sop_uid=source.SOPInstanceUID,
+            sop_class_uid=source.SOPClassUID,
+            transfer_syntax_uid=source.file_meta.TransferSyntaxUID,
+            modality=source.get("Modality") or None,
+        )
+    return DicomIds(**(values | fields))

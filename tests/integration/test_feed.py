@@ -28,7 +28,6 @@ from redis.asyncio import Redis
 
 from shared import redis_names as names
 from shared.events import (
-    DicomIds,
     FileReceived,
     FileRef,
     FileRejected,
@@ -39,15 +38,12 @@ from shared.events import (
 )
 from shared.jobs import JobStore
 from shared.status_feed import StatusFeed
-from tests.support import free_port
+from tests.support import dicom_ids, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
 FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
-IDS = DicomIds(
-    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-)  # fmt: skip
+IDS = dicom_ids()
 
 
 class _Server(uvicorn.Server):

@@ -9,15 +9,10 @@ from uuid import uuid4
 from uploader_service.targets import Item
 from uploader_service.targets.local import LocalTarget
 
-from shared.events import DicomIds, TargetResult
+from shared.events import TargetResult
+from tests.support import dicom_ids
 
-IDS = DicomIds(
-    study_uid="1.2.3",
-    series_uid="1.2.3.4",
-    sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-)
+IDS = dicom_ids()
 
 
 def archived(folder: Path) -> Item:
