@@ -21,6 +21,15 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     stop_system(running)
 
 
+@pytest.fixture
+def own_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """A pipeline for one test alone: for a test that harms it (kills Redis, say), so the
+    tests after it do not run on what it left."""
+    running = start_system(tmp_path_factory.mktemp("own-system"))
+    yield running
+    stop_system(running)
+
+
 @pytest.fixture(autouse=True)
 def _no_service_died(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test, fail it if a service of a System it used died unasked."""

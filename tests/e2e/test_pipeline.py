@@ -244,8 +244,9 @@ def test_a_service_that_dies_unasked_fails_the_run(system: System) -> None:
     system.assert_no_crash()  # reported once: the tests after this one are not blamed
 
 
-def test_redis_killed_mid_load_loses_no_accepted_upload(system: System, tmp_path: Path) -> None:
+def test_redis_killed_mid_load_loses_no_accepted_upload(own_system: System, tmp_path: Path) -> None:
     """Redis dies (SIGKILL) and comes back from its append-only file: the work goes on."""
+    system = own_system
     paths = write_ct_series(tmp_path / "redis", 30, seed=21, rows=96, columns=96)
     ids = system.upload(*paths[:15])
     system.redis.kill()
