@@ -119,7 +119,12 @@ def kill_holding(system: System, stage: str) -> tuple[str, set[tuple[str, str]],
         while time.monotonic() < deadline:
             os.kill(pid, signal.SIGSTOP)
             stopped_at = time.time()
-            if pending_of(client, stage, consumer):
+            try:
+                holds = bool(pending_of(client, stage, consumer))
+            except BaseException:
+                os.kill(pid, signal.SIGCONT)  # never leave a frozen process behind
+                raise
+            if holds:
                 system.kill(stage, replica=1, pid=pid)
                 return consumer, pending_of(client, stage, consumer), stopped_at
             os.kill(pid, signal.SIGCONT)
