@@ -6,7 +6,11 @@ uploading a file and waiting until it is ``archived`` before sending the next. E
 timed from the start of its POST until the status service announces it ``archived`` (read
 from the change channel, so measuring adds no polling load). CPU time per upload is read for
 every process, which says where the time goes. Then it streams a 1 GB upload and samples the
-gateway's resident memory while it does.
+gateway's resident memory while it does, and runs the load at concurrency 8 again on a system
+with one, then two descriptor replicas (``DESCRIPTOR_REPLICAS``).
+
+It fails (exit 1, after the tables) when a service exited, was restarted or logged
+``service.crashed`` during any run: a figure measured across a crash is not a figure.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from shared import redis_names as names  # noqa: E402
 from shared.jobs import FINAL  # noqa: E402
-from tests import servers  # noqa: E402
-from tests.e2e.conftest import System, start_system, stop_system  # noqa: E402
-from tests.support import write_ct_series  # noqa: E402
+from testbed import servers  # noqa: E402
+from testbed.series import write_ct_series  # noqa: E402
+from testbed.system import System, start_system, stop_system  # noqa: E402
 
 SLICES = int(os.environ.get("BENCH_SLICES", "200"))
 BIG = 1024**3
@@ -256,6 +260,36 @@ def target_env(name: str, folder: Path) -> Iterator[dict[str, str]]:
             yield orthanc.env()
 
 
+DEATHS: list[str] = []  # services that exited or crashed during a run: the bench fails
+
+
+def stop(system: System) -> None:
+    """Stop a system, keeping what died while it ran (the tables are printed, then it fails)."""
+    stop_system(system, check=False)
+    DEATHS.extend(system.unexpected_exits())
+
+
+def replica_rows(folder: Path, paths: list[Path]) -> list[tuple[int, dict[str, float]]]:
+    """Uploads/s at concurrency 8 with one, then two descriptor replicas (a fresh system each,
+    as ``DESCRIPTOR_REPLICAS=2 make run`` starts it)."""
+    rows = []
+    for count in (1, 2):
+        print(f"uploading with {count} descriptor replica(s) ...", file=sys.stderr)
+        system = start_system(
+            folder / f"descriptors-{count}",
+            redis_fsync="everysec",
+            replicas={"descriptor": count},
+            FSYNC_UPLOADS="true",
+            CLAIM_IDLE_MS="15000",
+            MAX_DELIVERIES="5",
+        )
+        try:
+            rows.append((count, run_load(system, paths, 8)))
+        finally:
+            stop(system)
+    return rows
+
+
 def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, float]]]:
     """Uploads/s at concurrency 8 with each emulator target beside the local one."""
     rows = []
@@ -269,7 +303,7 @@ def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, fl
                 try:
                     rows.append((name, run_load(system, paths, 8)))
                 finally:
-                    stop_system(system)
+                    stop(system)
         except servers.Unavailable as exc:
             print(f"  skipped: {exc}", file=sys.stderr)
     return rows
@@ -298,7 +332,8 @@ def main() -> None:
             print("streaming a 1 GB upload ...", file=sys.stderr)
             memory = gateway_memory_for_big_upload(system, folder)
         finally:
-            stop_system(system)
+            stop(system)
+        replicas = replica_rows(folder, series[1])
         targets = target_rows(folder, series[0]) if TARGETS else []
 
     print()
@@ -319,6 +354,14 @@ def main() -> None:
     for concurrency, r in rows:
         cells = " | ".join(f"{r[f'{n} cpu ms']:>7.2f} ms" for n in names_)
         print(f"| {concurrency:>11} | {cells} |")
+    print()
+    print(f"End to end with one and two descriptor replicas, {SLICES} CT slices, concurrency 8")
+    print("| descriptor replicas | uploads/s |   p50 ms |   p95 ms |")
+    print("|---------------------|-----------|----------|----------|")
+    for count, r in replicas:
+        print(
+            f"| {count:>19} | {r['uploads/s']:>9.1f} | {r['p50 ms']:>8.1f} | {r['p95 ms']:>8.1f} |"
+        )
     if targets:
         print()
         print(f"To each emulator target beside local, {SLICES} CT slices, concurrency 8")
@@ -337,3 +380,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if DEATHS:
+        print(f"\nFAILED: services died during the runs: {' | '.join(DEATHS)}", file=sys.stderr)
+        sys.exit(1)

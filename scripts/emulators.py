@@ -4,7 +4,7 @@ Starts moto (S3), Azurite (Azure Blob), gcp-storage-emulator (GCS) and Orthanc w
 DICOMweb plugin on free local ports, creates a ``dicomflow`` bucket or container in each,
 and writes the variables that point the pipeline at them to ``data/emulators.env``. Leave it
 running; in another terminal: ``set -a; . data/emulators.env; set +a; make run``.
-Ctrl-C stops them. The same servers the tests use (tests/servers.py).
+Ctrl-C stops them. The same servers the tests use (testbed/servers.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import servers  # noqa: E402
+from testbed import servers  # noqa: E402
 
 NAME = "dicomflow"
 EMULATORS: dict[str, Callable[[Path], contextlib.AbstractContextManager[object]]] = {

@@ -6,6 +6,24 @@ persisting to ``data/redis`` (append-only file), so a restart loses nothing. The
 Each service is started as ``python -m <package>`` with the same environment compose gives
 it; one that exits is started again after a short back-off, as ``restart: unless-stopped``
 would. SIGINT or SIGTERM stops every process this started, services first, Redis last.
+
+A worker stage can run as several replicas sharing its consumer group (the design's "Scale
+beyond one machine"): ``VALIDATOR_REPLICAS``, ``DESCRIPTOR_REPLICAS``, ``UPLOADER_REPLICAS``
+and ``STATUS_REPLICAS`` (1 each by default). Replica i listens on the stage's port + 10 * i
+(``DESCRIPTOR_PORT`` 8002: replicas on 8002, 8012, 8022, ...; the stages' ports differ in the
+last digit, so no two processes ever share one), and is consumer
+``<CONSUMER_NAME or hostname-pid of run.py>-<stage>-<i>`` in its group: unique among the
+replicas of every ``make run`` on every host, and the same when run.py restarts that replica,
+so a restart does not add a consumer to the group (the entries it held are taken over by any
+replica, itself included, once idle ``CLAIM_IDLE_MS``). The gateway runs once, and asks
+replica 0 of each stage for ``/ready``.
+
+Every start, exit and stop of a service is one line that a program can read (tests count them:
+a run in which a service died unasked must fail, restarted or not)::
+
+    [run] service.started name=descriptor replica=1 pid=4242 port=8012 starts=1
+    [run] service.exited name=descriptor replica=1 pid=4242 returncode=1 restart_in_s=0.5
+    [run] service.stopped name=descriptor replica=1 pid=4250 returncode=0
 """
 
 from __future__ import annotations
@@ -22,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+REPLICA_PORT_STEP = 10  # replica i of a stage listens on the stage's port + 10 * i
+
 # service name, python package, port variable, default port
 SERVICES = (
     ("status", "status_service", "STATUS_PORT", 8003),
@@ -34,6 +54,11 @@ SERVICES = (
 
 def say(message: str) -> None:
     print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def tell(event: str, **fields: object) -> None:
+    """One parseable line: ``[run] <event> key=value ...`` (values hold no spaces)."""
+    say(" ".join([event, *(f"{k}={v}" for k, v in fields.items())]))
 
 
 def port_free(port: int) -> bool:
@@ -83,19 +108,32 @@ def start_redis(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 @dataclass
 class Service:
+    """One process of a stage: replica ``replica`` of ``name``."""
+
     name: str
     package: str
     port: int
     env: dict[str, str]
+    replica: int = 0
     proc: subprocess.Popen[bytes] | None = None
     starts: list[float] = field(default_factory=list)
     next_start: float = 0.0
+    started: int = 0  # starts so far, restarts included
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.package], env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL
         )
         self.starts = [t for t in self.starts if t > time.monotonic() - 60] + [time.monotonic()]
+        self.started += 1
+        tell(
+            "service.started",
+            name=self.name,
+            replica=self.replica,
+            pid=self.proc.pid,
+            port=self.port,
+            starts=self.started,
+        )
 
     def check(self) -> None:
         """Start it again if it died: at once the first time, slower if it keeps dying."""
@@ -104,7 +142,14 @@ class Service:
         now = time.monotonic()
         if self.next_start == 0.0:
             delay = 0.5 if len(self.starts) < 3 else min(2.0 * len(self.starts), 10.0)
-            say(f"{self.name} exited with {self.proc.returncode}; restarting in {delay:.1f}s")
+            tell(
+                "service.exited",
+                name=self.name,
+                replica=self.replica,
+                pid=self.proc.pid,
+                returncode=self.proc.returncode,
+                restart_in_s=f"{delay:.1f}",
+            )
             self.next_start = now + delay
         elif now >= self.next_start:
             self.next_start = 0.0
@@ -113,6 +158,20 @@ class Service:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+
+
+def replicas(env: dict[str, str], name: str) -> int:
+    """How many processes of a stage to run: ``<STAGE>_REPLICAS`` from the environment or
+    ``.env`` (as the services read their settings), 1 for the gateway."""
+    if name == "gateway":
+        return 1
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    variable = f"{name.upper()}_REPLICAS"
+    value = env.get(variable) or dotenv_values(ROOT / ".env").get(variable) or "1"
+    if not value.isdigit() or int(value) < 1:
+        sys.exit(f"[run] {name.upper()}_REPLICAS must be a whole number from 1, not {value!r}")
+    return int(value)
 
 
 def main() -> None:
@@ -132,11 +191,20 @@ def main() -> None:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
+    for name, _package, port_var, default in SERVICES:
+        if name != "gateway":  # the gateway asks each of them for /ready (GET /system)
+            port = int(env.get(port_var, default))
+            env.setdefault(f"{name.upper()}_URL", f"http://{host}:{port}")
+    consumer_prefix = env.get("CONSUMER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     for name, package, port_var, default in SERVICES:
         port = int(env.get(port_var, default))
-        services.append(Service(name, package, port, env))
-        if name != "gateway":  # the gateway asks each of them for /ready (GET /system)
-            env.setdefault(f"{name.upper()}_URL", f"http://{host}:{port}")
+        for replica in range(replicas(env, name)):
+            replica_port = port + REPLICA_PORT_STEP * replica
+            own = {
+                port_var: str(replica_port),
+                "CONSUMER_NAME": f"{consumer_prefix}-{name}-{replica}",
+            }
+            services.append(Service(name, package, replica_port, env | own, replica))
 
     stopping = False
 
@@ -153,7 +221,8 @@ def main() -> None:
     if wait_for_port(gateway.port, 30):
         say(f"ready: gateway http://127.0.0.1:{gateway.port}  (docs at /docs)")
         for s in services:
-            say(f"  {s.name:<10} http://127.0.0.1:{s.port}/health  pid {s.proc.pid}")  # type: ignore[union-attr]
+            label = s.name if s.replica == 0 else f"{s.name}.{s.replica}"
+            say(f"  {label:<12} http://127.0.0.1:{s.port}/health  pid {s.proc.pid}")  # type: ignore[union-attr]
         say("Ctrl-C stops everything")
     try:
         while not stopping:
@@ -171,6 +240,14 @@ def main() -> None:
                     service.proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     service.proc.kill()
+                    service.proc.wait()
+                tell(
+                    "service.stopped",
+                    name=service.name,
+                    replica=service.replica,
+                    pid=service.proc.pid,
+                    returncode=service.proc.returncode,
+                )
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(15)

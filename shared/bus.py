@@ -380,6 +380,8 @@ class Bus:
         with structlog.contextvars.bound_contextvars(upload_id=str(delivery.event.upload_id)):
             self._hold(delivery)
             started = time.perf_counter()
+            where = {"stream": delivery.stream, "group": delivery.group, "consumer": self.consumer}
+            log.debug("delivery.started", **where, entry_id=delivery.entry_id)
             try:
                 await handle(delivery)
             except PermanentError as exc:
@@ -403,6 +405,7 @@ class Bus:
                         )
                         await pipe.execute()
             finally:
+                log.debug("delivery.done", **where, entry_id=delivery.entry_id)
                 self._untold.pop(_key(delivery), None)
                 self._let_go(delivery)
                 metrics.HANDLE_SECONDS.labels(delivery.group).observe(time.perf_counter() - started)

@@ -27,6 +27,8 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     host: str = Field("127.0.0.1", alias="HOST")
+    # Unique per process: hostname-pid (a container's hostname is its own). ``make run`` sets
+    # <its own hostname-pid>-<stage>-<replica>, kept across restarts of that replica.
     consumer_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", alias="CONSUMER_NAME"
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, System
+from testbed.system import ROOT, System
 from tests.support import ct_slice, free_port, write_ct_series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

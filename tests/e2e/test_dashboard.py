@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from shared import redis_names as names
-from tests.e2e.conftest import System
+from testbed.system import System
 from tests.support import ct_slice
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

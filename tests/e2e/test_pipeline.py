@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import NAMES, System, start_system, stop_system
+from testbed.system import NAMES, System, start_system, stop_system
 from tests.support import ct_slice, pydicom_file, write_ct_series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -227,8 +229,24 @@ def test_sigkill_of_workers_mid_load_loses_nothing(system: System, tmp_path: Pat
         assert states_seen.count("archived") == 1
 
 
-def test_redis_killed_mid_load_loses_no_accepted_upload(system: System, tmp_path: Path) -> None:
+def test_a_service_that_dies_unasked_fails_the_run(system: System) -> None:
+    """The crash check itself: a worker killed behind the System's back (as a crash would
+    end it) is found in run.py's log, restarted or not, while the System's own kills are not."""
+    assert system.unexpected_exits() == []
+    victim = system.pid("validator")
+    os.kill(victim, signal.SIGKILL)  # not System.kill: the test does not own this death
+    system.wait_healthy("validator", other_than=victim)
+    deadline = time.monotonic() + 10
+    while not system.unexpected_exits() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(AssertionError, match=f"validator service.exited pid={victim}"):
+        system.assert_no_crash()
+    system.assert_no_crash()  # reported once: the tests after this one are not blamed
+
+
+def test_redis_killed_mid_load_loses_no_accepted_upload(own_system: System, tmp_path: Path) -> None:
     """Redis dies (SIGKILL) and comes back from its append-only file: the work goes on."""
+    system = own_system
     paths = write_ct_series(tmp_path / "redis", 30, seed=21, rows=96, columns=96)
     ids = system.upload(*paths[:15])
     system.redis.kill()

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import System
+from testbed.system import System
 from tests.support import ct_slice
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,10 +16,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from uploader_service.targets.keys import object_keys
 
-from shared.events import DicomIds
-from tests import servers
-from tests.e2e.conftest import System, start_system, stop_system
-from tests.support import ct_slice, free_port, pydicom_file
+from testbed import servers
+from testbed.system import System, start_system, stop_system
+from tests.support import ct_slice, dicom_ids, free_port, pydicom_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -87,11 +86,7 @@ def test_every_target_holds_the_instance_and_the_status_says_where(
         assert set(targets) == {"local", "s3", "azure", "gcs", "dicomweb"}
         assert all(t["ok"] and t["location"] and t["checksum"] for t in targets.values())
         d = final["details"]
-        keys = object_keys("dicom", DicomIds(
-            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"],
-        ))  # fmt: skip
+        keys = object_keys("dicom", dicom_ids(d))
         original = source.read_bytes()
         s3 = boto3.client("s3", **_aws(stores["s3"]))  # type: ignore[arg-type]
         assert s3.get_object(Bucket=name, Key=keys.dicom)["Body"].read() == original
@@ -283,11 +278,7 @@ def test_delete_with_its_cloud_copies_removes_them_and_forgets_the_job(
         path.write_bytes(ct_slice(0, rows=32, columns=32, seed=81))
         [job] = system.upload(path)
         d = system.wait_final([job], seconds=60)[job]["details"]
-        keys = object_keys("dicom", DicomIds(
-            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"],
-        ))  # fmt: skip
+        keys = object_keys("dicom", dicom_ids(d))
         client = boto3.client("s3", **_aws(s3))
         assert client.head_object(Bucket=name, Key=keys.dicom)["ContentLength"] > 0
         with system.client() as c:

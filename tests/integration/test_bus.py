@@ -19,7 +19,6 @@ from shared import redis_names as names
 from shared.bus import Bus, Delivery, Handler, stop_if_cancelled
 from shared.errors import PermanentError, RetryableError
 from shared.events import (
-    DicomIds,
     FileDescribed,
     FileReceived,
     FileRef,
@@ -30,7 +29,7 @@ from shared.events import (
     StudyKeys,
     parse_event,
 )
-from tests.support import RedisServer
+from tests.support import RedisServer, dicom_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,10 +210,7 @@ async def test_a_dead_letter_keeps_no_patient_attributes(redis: Redis) -> None:
     b = bus(redis)
     await b.ensure_groups()
     study = StudyKeys(patient_name="Doe^Jane", patient_id="P-1", study_date="20240101")
-    ids = DicomIds(
-        study_uid="1.2", series_uid="1.2.3", sop_uid="1.2.3.4",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-    )  # fmt: skip
+    ids = dicom_ids()
     described = FileDescribed(
         upload_id=uuid.uuid4(),
         file=FileRef(path="/nowhere.dcm", sha256="0" * 64, size=1),

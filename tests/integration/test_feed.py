@@ -25,7 +25,6 @@ from status_service.apply import apply
 
 from shared import redis_names as names
 from shared.events import (
-    DicomIds,
     FileReceived,
     FileRef,
     FileRejected,
@@ -36,15 +35,12 @@ from shared.events import (
 )
 from shared.jobs import JobStore
 from shared.status_feed import StatusFeed
-from tests.support import free_port
+from tests.support import dicom_ids, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
 FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
-IDS = DicomIds(
-    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-)  # fmt: skip
+IDS = dicom_ids()
 
 
 @dataclass
@@ -359,7 +355,11 @@ async def test_a_waiter_left_behind_the_memory_reads_the_rest_from_redis(
     async with reader.listening() as start:
         for _ in range(10):
             await _received(gateway.store)
-        await asyncio.sleep(0.2)  # the reader has them all; memory holds the last 4
+        last = (await _feed_ids(gateway.store))[-1]
+        for _ in range(200):  # until the reader has them all; memory holds the last 4
+            if reader._recent and reader._recent[-1].id == last:
+                break
+            await asyncio.sleep(0.01)
         cursor, seen = start, []
         while got := await reader.after(cursor, 0.1):
             assert len(got) <= 3
@@ -372,6 +372,14 @@ async def test_a_waiter_left_behind_the_memory_reads_the_rest_from_redis(
 # --- GET /status/{id}?wait= -------------------------------------------------------------------
 
 
+async def _listening(gateway: Gateway, seconds: float = 5) -> None:
+    """Until a long poll listens to the status feed (then no change can slip by it)."""
+    deadline = time.monotonic() + seconds
+    while not getattr(getattr(gateway.app.state, "status_feed", None), "_users", 0):
+        assert time.monotonic() < deadline, "the long poll never started listening"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_long_poll_answers_when_the_state_arrives(gateway: Gateway) -> None:
     upload_id = await _received(gateway.store)
     async with gateway.client() as client:
@@ -379,7 +387,7 @@ async def test_a_long_poll_answers_when_the_state_arrives(gateway: Gateway) -> N
         poll = asyncio.create_task(
             client.get(f"/status/{upload_id}", params={"wait": "validated", "timeout": 10})
         )
-        await asyncio.sleep(0.3)
+        await _listening(gateway)
         await apply(gateway.store, StageStarted(upload_id=upload_id, stage="validator"))
         await asyncio.sleep(0.2)
         assert not poll.done()  # validating is not what it waits for
@@ -399,7 +407,7 @@ async def test_a_long_poll_for_final_answers_at_a_rejection(gateway: Gateway) ->
         poll = asyncio.create_task(
             client.get(f"/status/{upload_id}", params={"wait": "final", "timeout": 10})
         )
-        await asyncio.sleep(0.3)
+        await _listening(gateway)
         reasons = [Reason(code="not-dicom", message="no DICM")]
         await apply(gateway.store, FileRejected(upload_id=upload_id, file=FILE, reasons=reasons))
         answer = await poll
@@ -433,7 +441,7 @@ async def test_a_long_poll_times_out_with_the_status_as_it_is(gateway: Gateway) 
         poll = asyncio.create_task(
             client.get(f"/status/{upload_id}", params={"wait": "final", "timeout": 0.8})
         )
-        await asyncio.sleep(0.2)
+        await _listening(gateway)
         await apply(gateway.store, StageStarted(upload_id=other, stage="validator"))
         await apply(gateway.store, StageStarted(upload_id=upload_id, stage="validator"))
         answer = await poll

@@ -14,7 +14,6 @@ from status_service.apply import apply, apply_all
 from shared import redis_names as names
 from shared.events import (
     CopiesDeletionRequested,
-    DicomIds,
     FileDescribed,
     FileReceived,
     FileRef,
@@ -27,14 +26,11 @@ from shared.events import (
     parse_event,
 )
 from shared.jobs import HISTORY_MAX, JobStore
+from tests.support import dicom_ids
 
 pytestmark = pytest.mark.timeout(30)
 FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
-IDS = DicomIds(
-    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CT",
-)  # fmt: skip
+IDS = dicom_ids(modality="CT")
 
 
 @pytest.fixture

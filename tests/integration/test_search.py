@@ -25,6 +25,7 @@ from status_service.indexes import queue_index
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
 from shared.study_index import queue_unindex, unindex
+from tests.support import dicom_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,11 +85,12 @@ def make_data(seed: int = 2024) -> dict[str, Study]:
             for r in range(rng.randint(1, 3)):
                 modality = rng.choice(MODALITIES)
                 for i in range(rng.randint(1, 4)):
-                    ids = DicomIds(
-                        study_uid=uid, series_uid=f"{uid}.{r}", sop_uid=f"{uid}.{r}.{i}",
-                        sop_class_uid=CT_IMAGE, transfer_syntax_uid=EXPLICIT_LE,
+                    ids = dicom_ids(
+                        study_uid=uid,
+                        series_uid=f"{uid}.{r}",
+                        sop_uid=f"{uid}.{r}.{i}",
                         modality=modality,
-                    )  # fmt: skip
+                    )
                     study.uploads[str(uuid.uuid4())] = ids
     return studies
 
@@ -370,10 +372,9 @@ S = "1.2.826.0.1.3680043.10.9.1"
 
 
 def ids(series: str, sop: str, modality: str | None) -> DicomIds:
-    return DicomIds(
-        study_uid=S, series_uid=f"{S}.{series}", sop_uid=f"{S}.{series}.{sop}",
-        sop_class_uid=CT_IMAGE, transfer_syntax_uid=EXPLICIT_LE, modality=modality,
-    )  # fmt: skip
+    return dicom_ids(
+        study_uid=S, series_uid=f"{S}.{series}", sop_uid=f"{S}.{series}.{sop}", modality=modality
+    )
 
 
 KEYS = StudyKeys(patient_name="Tester^Tina", patient_id="T-1", study_date="20210304",

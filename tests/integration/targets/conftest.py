@@ -1,4 +1,4 @@
-"""What every target test module needs: the real servers of tests/servers.py, or a skip."""
+"""What every target test module needs: the real servers of testbed/servers.py, or a skip."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Protocol, TypeVar
 
 import pytest
 
-from tests import servers
+from testbed import servers
 
 S = TypeVar("S")
 
@@ -21,7 +21,7 @@ class StartServer(Protocol):
 
 @pytest.fixture(scope="module")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
-    """Start a server of tests/servers.py in a folder of its own until the module's tests are
+    """Start a server of testbed/servers.py in a folder of its own until the module's tests are
     done, e.g. ``start_server(servers.azurite)``; one that is not installed skips them."""
     with contextlib.ExitStack() as running:
 

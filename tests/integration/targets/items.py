@@ -13,19 +13,13 @@ from pydicom import dcmread
 from uploader_service.targets import Item
 
 from shared.events import DicomIds
+from tests.support import dicom_ids
 
 
 def ids_of(path: Path) -> DicomIds:
     """The UIDs of a DICOM file."""
     ds = dcmread(path, stop_before_pixels=True)
-    return DicomIds(
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality=ds.get("Modality"),
-    )
+    return dicom_ids(ds)
 
 
 def png() -> bytes:

@@ -29,10 +29,9 @@ from uploader_service.targets.azure import AzureTarget
 from uploader_service.targets.keys import object_keys
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import DicomIds
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
-from tests.support import free_port, pydicom_file
+from tests.support import dicom_ids, free_port, pydicom_file
 
 if TYPE_CHECKING:
     from tests.integration.targets.conftest import StartServer
@@ -97,11 +96,12 @@ def small_item(tmp_path: Path) -> Item:
 @pytest.fixture
 def large_item(tmp_path: Path) -> Item:
     """A 20 MB original (and metadata.json, no preview): large enough for a block upload."""
-    ids = DicomIds(
-        study_uid="1.2.826.0.1.3680043.8.498.1", series_uid="1.2.826.0.1.3680043.8.498.1.2",
-        sop_uid="1.2.826.0.1.3680043.8.498.1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
-    )  # fmt: skip
+    ids = dicom_ids(
+        study_uid="1.2.826.0.1.3680043.8.498.1",
+        series_uid="1.2.826.0.1.3680043.8.498.1.2",
+        sop_uid="1.2.826.0.1.3680043.8.498.1.2.3",
+        modality="CT",
+    )
     original = random.Random(7).randbytes(LARGE)
     return make_item(tmp_path / "large", original, ids=ids, preview=False)
 

@@ -24,9 +24,9 @@ from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import PermanentError, RetryableError
 from shared.events import DicomIds
 from shared.multipart_related import Event, Mark, PartReader
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
-from tests.support import free_port, pydicom_file, write_ct_series
+from tests.support import dicom_ids, free_port, pydicom_file, write_ct_series
 
 if TYPE_CHECKING:
     from tests.integration.targets.conftest import StartServer
@@ -523,20 +523,14 @@ async def test_delete_on_orthanc_is_refused_for_good_and_leaves_the_instance(
 async def test_delete_on_orthanc_with_a_wrong_password_is_refused_credentials(
     orthanc: servers.OrthancServer,
 ) -> None:
-    ids = DicomIds(
-        study_uid=generate_uid(), series_uid=generate_uid(), sop_uid=generate_uid(),
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-    )  # fmt: skip
+    ids = dicom_ids(fresh=True)
     target = DicomwebTarget(settings(orthanc.dicomweb, DICOMWEB_PASSWORD="wrong"))
     with pytest.raises(PermanentError, match=r"^dicomweb: credentials refused \(401\)$"):
         await target.delete(ids)
     await target.aclose()
 
 
-SCRIPTED_IDS = DicomIds(
-    study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-)  # fmt: skip
+SCRIPTED_IDS = dicom_ids()
 
 
 @pytest.mark.parametrize("status", [200, 202, 204, 404])

@@ -20,7 +20,7 @@ from uploader_service.targets.gcs import GcsSettings, GcsTarget, classify, crc32
 from uploader_service.targets.keys import object_keys
 
 from shared.errors import PermanentError, RetryableError
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
 from tests.support import ct_slice, free_port, pydicom_file
 

@@ -26,12 +26,11 @@ from uploader_service.targets.keys import object_keys
 from uploader_service.targets.s3 import S3Target
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import DicomIds
 from shared.s3 import MiB, S3Settings, presign_get, presign_put, s3_client
 from shared.settings import load
-from tests import servers
+from testbed import servers
 from tests.integration.targets.items import make_item
-from tests.support import free_port, pydicom_file
+from tests.support import dicom_ids, free_port, pydicom_file
 
 if TYPE_CHECKING:
     from tests.integration.targets.conftest import StartServer
@@ -128,13 +127,7 @@ def small(tmp_path: Path) -> Item:
 def big(tmp_path_factory: pytest.TempPathFactory) -> Item:
     """A 20 MiB original (random bytes: the target does not read DICOM), no preview."""
     folder = tmp_path_factory.mktemp("big")
-    ids = DicomIds(
-        study_uid=generate_uid(),
-        series_uid=generate_uid(),
-        sop_uid=generate_uid(),
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-    )
+    ids = dicom_ids(fresh=True)
     original = random.Random(7).randbytes(BIG)
     return make_item(folder / "archive", original, ids=ids, preview=False)
 

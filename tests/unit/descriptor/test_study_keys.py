@@ -15,8 +15,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from shared.events import DicomIds, FileRef, FileValidated, StudyKeys
-from tests.support import ct_slice
+from shared.events import FileRef, FileValidated, StudyKeys
+from tests.support import ct_slice, dicom_ids
 
 
 def raw(ds: Dataset, keyword_tag: int, vr: str, value: bytes) -> None:
@@ -69,11 +69,7 @@ def test_the_archived_instance_carries_its_study_keys_for_the_index(tmp_path: Pa
     upload = tmp_path / "upload.dcm"
     upload.write_bytes(ct_slice(rows=16, columns=16, patient_name="Doe^Jane"))
     ds = dcmread(upload)
-    ids = DicomIds(
-        study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality="CT",
-    )  # fmt: skip
+    ids = dicom_ids(ds, modality="CT")
     event = FileValidated(
         upload_id=uuid.uuid4(),
         file=FileRef(path=str(upload), sha256="0" * 64, size=upload.stat().st_size),

@@ -8,7 +8,6 @@ from status_service.apply import changes, in_order
 
 from shared.events import (
     CopyRequested,
-    DicomIds,
     FileReceived,
     FileRef,
     FileUploaded,
@@ -17,16 +16,10 @@ from shared.events import (
     StageStarted,
 )
 from shared.jobs import RANK
+from tests.support import dicom_ids
 
 FILE = FileRef(path="/u", sha256="a" * 64, size=10)
-IDS = DicomIds(
-    study_uid="1.2",
-    series_uid="1.2.3",
-    sop_uid="1.2.3.4",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-    modality="CT",
-)
+IDS = dicom_ids(modality="CT")
 
 
 def test_changes_of_an_event_are_strings_for_the_job_hash() -> None:

@@ -15,16 +15,10 @@ from uploader_service.targets.local import LocalTarget
 from uploader_service.worker import _attempt
 
 from shared.errors import PermanentError, RetryableError
-from shared.events import DicomIds
 from shared.files import SMALL_FILE
+from tests.support import dicom_ids
 
-IDS = DicomIds(
-    study_uid="1.2.3",
-    series_uid="1.2.3.4",
-    sop_uid="1.2.3.4.5",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-    transfer_syntax_uid="1.2.840.10008.1.2.1",
-)
+IDS = dicom_ids()
 MISMATCH = "local: the archived original does not match the upload's SHA-256"
 SMALL, LARGE = 1000, SMALL_FILE + 1000  # checked in the event loop / in a thread
 

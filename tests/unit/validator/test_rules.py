@@ -20,7 +20,8 @@ from pydicom.uid import (
 from validator_service import structure
 from validator_service.rules import MAX_NESTING, Limits, Verdict, check_file
 
-from shared.events import DicomIds, Reason
+from shared.events import Reason
+from tests.support import dicom_ids
 from tests.unit.validator import badfiles as bad
 
 CT_PATIENT_VALUES = ("CompressedSamples^CT1", "1CT1", "JFK IMAGING CENTER")  # in CT_small.dcm
@@ -86,14 +87,7 @@ def test_real_file_is_accepted(name: str, has_pixels: bool, warned: set[str]) ->
     assert verdict.accepted, verdict.reasons
     assert verdict.has_pixels is has_pixels
     assert {warning.code for warning in verdict.warnings} == warned
-    assert verdict.ids == DicomIds(
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        modality=ds.get("Modality") or None,
-    )
+    assert verdict.ids == dicom_ids(ds)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The ``gcs`` target: copies an instance to Google Cloud Storage and checks the stored CRC32C.
 
-Objects go to ``gs://GCS_BUCKET/`` at ``shared.storage.object_keys(GCS_PREFIX, ids)``: the
+Objects go to ``gs://GCS_BUCKET/`` at ``keys.object_keys(GCS_PREFIX, ids)``: the
 original (``application/dicom``), metadata.json (``application/json``) and preview.png
 (``image/png``, when there is one). Uploading is idempotent without ``if_generation_match``:
 the same instance always lands at the same keys with the same bytes, so a retried or

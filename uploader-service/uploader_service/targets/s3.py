@@ -1,6 +1,6 @@
 """The ``s3`` target: AWS S3 or any S3 API (MinIO, Ceph), every object checked by SHA-256.
 
-Layout: the original, metadata.json and preview.png go to ``shared.storage.object_keys``
+Layout: the original, metadata.json and preview.png go to ``keys.object_keys``
 under ``S3_PREFIX``, uploaded with boto3's managed transfer, so files from
 ``S3_MULTIPART_THRESHOLD`` up go multipart in ``S3_MULTIPART_CHUNKSIZE`` parts.
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import free_port
+from testbed.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

