@@ -274,9 +274,7 @@ class Bus:
             batch = []
             for stream, entries in cast(list[Any], reply or []):  # RESP2: [stream, entries]
                 for entry_id, fields in entries:
-                    delivery = await self._delivery(
-                        names.text(stream), group, names.text(entry_id), fields, 1
-                    )
+                    delivery = await self._delivery(stream, group, entry_id, fields, 1)
                     if delivery is not None:
                         batch.append(delivery)
             if batch:
@@ -308,13 +306,11 @@ class Bus:
                     yield batch
                     batch = []
                 limit = min(await room(), self.batch)
-            entry_id = names.text(entry["message_id"])
+            entry_id = entry["message_id"]
             # XCLAIM with that minimum idle time: if another consumer took it first, nothing
             claimed = await self.redis.xclaim(stream, group, self.consumer, wait, [entry_id])
             for claimed_id, fields in cast(list[tuple[Any, Any]], claimed):
-                delivery = await self._delivery(
-                    stream, group, names.text(claimed_id), fields, count + 1
-                )
+                delivery = await self._delivery(stream, group, claimed_id, fields, count + 1)
                 if delivery is not None:
                     log.info("delivery.reclaimed", stream=stream, entry_id=entry_id, count=count)
                     batch.append(delivery)
@@ -329,27 +325,29 @@ class Bus:
         return int(base * random.uniform(*JITTER))
 
     async def _delivery(
-        self, stream: str, group: str, entry_id: str, fields: dict | None, count: int
+        self, stream: str, group: str, entry_id: str, fields: dict[str, str] | None, count: int
     ) -> Delivery | None:
         """Turn an entry into a Delivery, or dead-letter it when it cannot or must not run."""
-        raw = (fields or {}).get(b"data") or (fields or {}).get("data")
+        raw = (fields or {}).get("data", "")  # None: the entry was trimmed before a claim
         try:
-            event = parse_event(raw or b"")
+            event = parse_event(raw)
         except ValidationError:
             # Not ours or not readable: no job to fail, so keep it aside for a person.
             log.error("delivery.unreadable", stream=stream, entry_id=entry_id)
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(
                     names.DEAD_LETTER_RAW,
-                    {"stream": stream, "entry_id": entry_id, "data": raw or b""},
+                    {"stream": stream, "entry_id": entry_id, "data": raw},
                 )
                 pipe.xack(stream, group, entry_id)
                 await pipe.execute()
             return None
         delivery = Delivery(stream, group, entry_id, event, count)
         if count > self.max_deliveries:
-            error = await self.redis.hget(names.attempts_key(stream, group), entry_id)
-            reason = names.text(error) if error else "the worker stopped while handling it"
+            error = cast(
+                str | None, await self.redis.hget(names.attempts_key(stream, group), entry_id)
+            )
+            reason = error or "the worker stopped while handling it"
             await self.dead_letter(delivery, f"gave up after {count - 1} deliveries: {reason}")
             return None
         return delivery
@@ -445,7 +443,7 @@ class Bus:
     async def trim(self, stream: str) -> int:
         """Drop entries every group of the topology has delivered and acked; never others."""
         try:
-            groups = {names.text(g["name"]): g for g in await self.redis.xinfo_groups(stream)}
+            groups = {g["name"]: g for g in await self.redis.xinfo_groups(stream)}
         except ResponseError:
             return 0
         if set(names.TOPOLOGY.get(stream, ())) - set(groups):
@@ -471,8 +469,8 @@ class Bus:
         if int(info["pending"]):
             oldest = (await self.redis.xpending(stream, group))["min"]
             if oldest is not None:
-                return names.text(oldest)
-        return names.text(info["last-delivered-id"])
+                return oldest
+        return info["last-delivered-id"]
 
 
 def add_event(pipe: Redis, event: Event) -> None:

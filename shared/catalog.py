@@ -122,11 +122,7 @@ async def known(redis: Redis, hashes: list[str]) -> dict[str, list[UUID]]:
         for sha256 in hashes:
             pipe.smembers(names.sha256_key(sha256))
         found = await pipe.execute()
-    return {
-        h: sorted(UUID(names.text(v)) for v in ids)
-        for h, ids in zip(hashes, found, strict=True)
-        if ids
-    }
+    return {h: sorted(UUID(v) for v in ids) for h, ids in zip(hashes, found, strict=True) if ids}
 
 
 async def save_upload(redis: Redis, user_id: str, upload_id: UUID) -> None:
@@ -139,7 +135,7 @@ async def save_upload(redis: Redis, user_id: str, upload_id: UUID) -> None:
 
 async def labels(redis: Redis) -> dict[str, int]:
     """Every label in use and how many files it holds, by name."""
-    found = sorted(names.text(v) for v in await redis.smembers(names.LABELS))  # type: ignore[misc]
+    found = sorted(cast(set[str], await redis.smembers(names.LABELS)))  # type: ignore[misc]
     async with redis.pipeline(transaction=False) as pipe:
         for label in found:
             pipe.hlen(names.label_key(label))
@@ -149,20 +145,19 @@ async def labels(redis: Redis) -> dict[str, int]:
 
 async def label_files(redis: Redis, label: str) -> dict[str, UUID]:
     """The files under a label: client filename -> upload id, by name."""
-    entries = await redis.hgetall(names.label_key(label))  # type: ignore[misc]
-    return {names.text(k): UUID(names.text(v)) for k, v in sorted(entries.items())}
+    entries = cast(dict[str, str], await redis.hgetall(names.label_key(label)))  # type: ignore[misc]
+    return {k: UUID(v) for k, v in sorted(entries.items())}
 
 
 async def user_uploads(redis: Redis, user_id: str) -> list[UUID]:
     """A user's uploads, newest first."""
-    ids = cast(list[bytes], await redis.zrevrange(names.user_uploads_key(user_id), 0, -1))
-    return [UUID(names.text(v)) for v in ids]
+    ids = cast(list[str], await redis.zrevrange(names.user_uploads_key(user_id), 0, -1))
+    return [UUID(v) for v in ids]
 
 
 async def user_batches(redis: Redis, user_id: str) -> list[str]:
     """A user's batch ids, newest first."""
-    ids = cast(list[bytes], await redis.zrevrange(names.user_batches_key(user_id), 0, -1))
-    return [names.text(v) for v in ids]
+    return cast(list[str], await redis.zrevrange(names.user_batches_key(user_id), 0, -1))
 
 
 async def batch(redis: Redis, batch_id: str) -> tuple[dict[str, str], list[UUID]] | None:
@@ -173,9 +168,7 @@ async def batch(redis: Redis, batch_id: str) -> tuple[dict[str, str], list[UUID]
         record, ids = await pipe.execute()
     if not record:
         return None
-    return {names.text(k): names.text(v) for k, v in record.items()}, [
-        UUID(names.text(v)) for v in ids
-    ]
+    return record, [UUID(v) for v in ids]
 
 
 async def drop_missing(redis: Redis, user_id: str, missing: list[UUID]) -> None:
@@ -184,9 +177,9 @@ async def drop_missing(redis: Redis, user_id: str, missing: list[UUID]) -> None:
         await redis.zrem(names.user_uploads_key(user_id), *(str(m) for m in missing))
 
 
-def positive_counts(raw: dict[bytes | str, bytes | str]) -> dict[str, int]:
+def positive_counts(raw: dict[str, str]) -> dict[str, int]:
     """A counts hash as read from Redis, by name, without the zeros of things now gone."""
-    return {names.text(k): int(v) for k, v in sorted(raw.items()) if int(v) > 0}
+    return {k: int(v) for k, v in sorted(raw.items()) if int(v) > 0}
 
 
 async def stats(redis: Redis) -> dict[str, Any]:

@@ -147,10 +147,12 @@ class JobStore:
     async def retry(self, upload_id: UUID) -> State | None:
         """Queue a failed job's failed stage again and publish ``job.retried``; the state it
         went back to, or None when the job is not failed or its stage cannot be retried."""
-        fields = await self.redis.hmget(
-            names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
+        state, stage, entry = cast(
+            list[str | None],
+            await self.redis.hmget(
+                names.status_key(upload_id), ["state", "failed_stage", "failed_event"]
+            ),
         )
-        state, stage, entry = (names.text(v) if v is not None else None for v in fields)
         if state != "failed" or stage not in RETRY_FROM or not entry:
             return None
         back_to = RETRY_FROM[stage]
@@ -184,8 +186,8 @@ class JobStore:
         """Forget an upload everywhere: its record and counts, its label entry, its user's and
         batch's lists, its search entry. Says what it removed; safe to run twice."""
         wanted = ("state", "sha256", "source_sha256", "label", "filename", "user_id", "batch_id")
-        values = await self.redis.hmget(names.status_key(upload_id), wanted)
-        job = {k: names.text(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        values = cast(list[str | None], await self.redis.hmget(names.status_key(upload_id), wanted))
+        job = {k: v for k, v in zip(wanted, values, strict=True) if v is not None}
         if "state" not in job:
             return await study_index.unindex(self.redis, upload_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -206,7 +208,7 @@ class JobStore:
             await study_index.queue_unindex(pipe, upload_id)
             forgotten, *_, unindexed = await pipe.execute()
         mine = ["job record", *removed] if forgotten else []  # else a twin forgot it first
-        return [*mine, *(names.text(r) for r in unindexed)]
+        return [*mine, *unindexed]
 
     # -- any event (the status service applies the stages' events through this) -------------
 
@@ -243,12 +245,10 @@ class JobStore:
 
     async def read(self, upload_id: UUID) -> JobStatus | None:
         """One job, or None when there is none."""
-        raw = await self.redis.hgetall(names.status_key(upload_id))
+        raw = cast(dict[str, str], await self.redis.hgetall(names.status_key(upload_id)))
         if not raw:
             return None
-        return JobStatus.from_hash(
-            upload_id, {names.text(k): names.text(v) for k, v in raw.items()}
-        )
+        return JobStatus.from_hash(upload_id, raw)
 
     async def read_many(self, upload_ids: list[UUID]) -> list[JobStatus | None]:
         """Several jobs in one round trip, in order; None for those that do not exist."""
@@ -257,9 +257,7 @@ class JobStore:
                 pipe.hgetall(names.status_key(upload_id))
             found = await pipe.execute()
         return [
-            JobStatus.from_hash(u, {names.text(k): names.text(v) for k, v in raw.items()})
-            if raw
-            else None
+            JobStatus.from_hash(u, raw) if raw else None
             for u, raw in zip(upload_ids, found, strict=True)
         ]
 

@@ -52,11 +52,6 @@ STATUS_FEED: Final = "dcm:feeds:status"
 STATUS_FEED_MAX: Final = 100_000
 
 
-def text(value: bytes | str) -> str:
-    """A key, member or value read back from Redis (bytes) as the text we stored."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def status_key(upload_id: UUID | str) -> str:
     """The job hash of one upload (written only through ``shared.jobs.JobStore``)."""
     return f"dcm:status:{upload_id}"

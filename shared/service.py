@@ -35,9 +35,16 @@ Check = Callable[[], Awaitable[None]]
 
 
 def connect(settings: ServiceSettings) -> Redis:
-    """A Redis client that retries briefly on connection errors and never hangs forever."""
+    """A Redis client that retries briefly on connection errors and never hangs forever.
+
+    Replies come decoded (``str``), as everywhere in dicomflow. A value that is not UTF-8 (none
+    of ours: they are JSON or text, but another program may write to a stream) reads with
+    U+FFFD in place of its bad bytes rather than raising in the middle of a read loop.
+    """
     return Redis.from_url(
         str(settings.redis_url),
+        decode_responses=True,
+        encoding_errors="replace",
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=15,
@@ -65,8 +72,7 @@ def redis_check(redis: Redis) -> Check:
 def groups_check(redis: Redis, group: str, streams: Sequence[str]) -> Check:
     async def check() -> None:
         for stream in streams:
-            groups = {g["name"] for g in await redis.xinfo_groups(stream)}
-            if group not in groups and group.encode() not in groups:
+            if group not in {g["name"] for g in await redis.xinfo_groups(stream)}:
                 raise RuntimeError(f"consumer group {group} missing on {stream}")
 
     return check

@@ -143,14 +143,14 @@ class StatusFeed:
             info: Any = await self.redis.xinfo_stream(names.STATUS_FEED)
         except ResponseError:  # no such key: nothing was ever kept, or it was all lost
             return key > (0, 0)
-        last = entry_key(names.text(info["last-generated-id"])) or (0, 0)
+        last = entry_key(info["last-generated-id"]) or (0, 0)
         if key > last:  # an id this stream never gave: it was reset since
             return True
-        deleted = entry_key(names.text(info.get("max-deleted-entry-id") or b"0-0")) or (0, 0)
+        deleted = entry_key(info.get("max-deleted-entry-id") or "0-0") or (0, 0)
         first = info.get("first-entry")
         if not first:  # empty: everything it ever held is gone
             return key < last or key < deleted
-        return key < deleted or key < (entry_key(names.text(first[0])) or (0, 0))
+        return key < deleted or key < (entry_key(first[0]) or (0, 0))
 
     async def close(self) -> None:
         """Stop the reader and answer every waiter (``FeedClosed``)."""
@@ -182,7 +182,7 @@ class StatusFeed:
             info: Any = await self.redis.xinfo_stream(names.STATUS_FEED)
         except ResponseError:  # the stream does not exist yet
             return "0-0"
-        return names.text(info["last-generated-id"])
+        return info["last-generated-id"]
 
     async def _read(self) -> None:
         idle_since: float | None = None
@@ -194,7 +194,7 @@ class StatusFeed:
                 )
                 for _, entries in reply or []:
                     for entry_id, fields in entries:
-                        self._keep(names.text(entry_id), fields)
+                        self._keep(entry_id, fields)
                 if reply:
                     self._notify()
                 if self._users:
@@ -209,7 +209,7 @@ class StatusFeed:
         finally:
             self._notify()
 
-    def _keep(self, entry_id: str, fields: dict[Any, Any]) -> None:
+    def _keep(self, entry_id: str, fields: dict[str, str]) -> None:
         change = _change(entry_id, fields)
         if change is not None:
             if len(self._recent) == self._recent.maxlen:
@@ -231,7 +231,7 @@ class StatusFeed:
             )
         except (RedisError, OSError) as exc:
             raise FeedUnavailable(safe_error(exc)) from exc
-        return [c for i, f in entries if (c := _change(names.text(i), f)) is not None]
+        return [c for i, f in entries if (c := _change(i, f)) is not None]
 
     def _notify(self) -> None:
         self._changed.set()
@@ -245,8 +245,8 @@ class StatusFeed:
             self._task.cancel()
 
 
-def _change(entry_id: str, fields: dict[Any, Any]) -> Change | None:
-    raw = fields.get(b"data", fields.get("data"))
+def _change(entry_id: str, fields: dict[str, str]) -> Change | None:
+    raw = fields.get("data")
     key = entry_key(entry_id)
     try:
         data = json.loads(raw) if raw is not None else None

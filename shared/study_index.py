@@ -168,4 +168,4 @@ async def unindex(redis: Redis, upload_id: UUID | str) -> list[str]:
     async with redis.pipeline(transaction=False) as pipe:
         await queue_unindex(pipe, upload_id)
         [removed] = await pipe.execute()
-    return [names.text(item) for item in removed]
+    return list(removed)

@@ -40,7 +40,7 @@ def flushed_redis(redis_url: str) -> str:
     """The session's Redis, emptied for this test."""
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushdb()
     client.close()
     return redis_url
@@ -49,6 +49,6 @@ def flushed_redis(redis_url: str) -> str:
 @pytest.fixture
 async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
     """An asyncio client of the emptied Redis, closed after the test."""
-    client = Redis.from_url(flushed_redis)
+    client = Redis.from_url(flushed_redis, decode_responses=True)
     yield client
     await client.aclose()

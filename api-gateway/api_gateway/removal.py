@@ -74,8 +74,8 @@ async def _remove_local(
         removed.append(str(upload))
     sop = job.details.get("sop_instance_uid")
     if sop and job.details.get("duplicate_of") is None:
-        holder = cast(bytes | None, await redis.get(names.instance_key(sop)))  # undecoded
-        if holder and holder.decode().split(" ")[0] == str(upload_id):
+        holder = cast(str | None, await redis.get(names.instance_key(sop)))
+        if holder and holder.split(" ")[0] == str(upload_id):
             await redis.delete(names.instance_key(sop))
             removed.append("duplicate-detection entry")
     return removed

@@ -274,7 +274,7 @@ async def _page_from_index(
         else:
             pipe.zrangebyscore(key, lo, hi, start=query.offset, num=query.limit)
         total, uids = await pipe.execute()
-    hashes = [h for h in await _read_hashes(redis, [names.text(u) for u in uids]) if h]
+    hashes = [h for h in await _read_hashes(redis, uids) if h]
     return StudyPage(
         total=total, offset=query.offset, limit=query.limit, studies=await _records(redis, hashes)
     )
@@ -312,8 +312,7 @@ async def _candidates(
         if literal:
             sources.append(([("zlexcount", lex)], "zrangebylex", lex))
     if not sources:
-        everything = await redis.zrange(names.STUDIES_BY_UPDATE, 0, -1)
-        return [names.text(u) for u in cast(list[bytes | str], everything)]
+        return cast(list[str], await redis.zrange(names.STUDIES_BY_UPDATE, 0, -1))
     async with redis.pipeline(transaction=False) as pipe:
         for estimates, _, _ in sources:
             for command, args in estimates:
@@ -328,16 +327,16 @@ async def _candidates(
     _, fetch, args = sources[counts.index(min(counts))]
     found = await getattr(redis, fetch)(*args)
     if fetch == "zrangebylex":
-        return [names.text(member).rsplit("\x00", 1)[-1] for member in found]
-    return [names.text(u) for u in found]
+        return [member.rsplit("\x00", 1)[-1] for member in found]
+    return list(found)
 
 
 async def _read_hashes(redis: Redis, uids: Iterable[str]) -> list[dict[str, str]]:
     async with redis.pipeline(transaction=False) as pipe:
         for uid in uids:
             pipe.hgetall(names.study_key(uid))
-        raw: list[dict[bytes | str, bytes | str]] = await pipe.execute()
-    return [{names.text(k): names.text(v) for k, v in h.items()} for h in raw]
+        found: list[dict[str, str]] = await pipe.execute()
+    return found
 
 
 def _matches(
@@ -386,11 +385,11 @@ async def _records(redis: Redis, hashes: list[dict[str, str]]) -> list[StudyReco
     async with redis.pipeline(transaction=False) as pipe:
         for h in hashes:
             pipe.hkeys(names.study_uploads_key(h["study_uid"]))
-        uploads: list[list[bytes | str]] = await pipe.execute()
+        uploads: list[list[str]] = await pipe.execute()
     return [_record(h, ids) for h, ids in zip(hashes, uploads, strict=True)]
 
 
-def _record(h: dict[str, str], upload_ids: list[bytes | str]) -> StudyRecord:
+def _record(h: dict[str, str], upload_ids: list[str]) -> StudyRecord:
     updated = h.get("updated_at")
     return StudyRecord.model_validate(
         {k: h[k] for k in ATTRIBUTES if h.get(k)}
@@ -399,7 +398,7 @@ def _record(h: dict[str, str], upload_ids: list[bytes | str]) -> StudyRecord:
             "modalities": _split(h.get("modalities")),
             "series_count": int(h.get("series_count") or 0),
             "instance_count": int(h.get("instance_count") or 0),
-            "upload_ids": sorted(UUID(names.text(u)) for u in upload_ids),
+            "upload_ids": sorted(UUID(u) for u in upload_ids),
             "updated_at": datetime.fromtimestamp(float(updated), UTC) if updated else None,
         }
     )

@@ -13,6 +13,7 @@ import json
 import shutil
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import structlog
@@ -52,7 +53,7 @@ async def handle(delivery: Delivery, bus: Bus, settings: DescriptorSettings) -> 
     # quick: a small file whose pixels need no decompression, described in the event loop
     quick = is_small(event.file.size) and _native(event.ids.transfer_syntax_uid)
     await bus.started(delivery, "descriptor", quick=quick)
-    holder = await bus.redis.get(names.instance_key(event.ids.sop_uid))
+    holder = cast(str | None, await bus.redis.get(names.instance_key(event.ids.sop_uid)))
     described = _existing_copy(holder, event, settings.archive_path)
     if described is None:
         described = await run_blocking(partial(archive, event, settings), inline=quick)
@@ -121,17 +122,14 @@ def _described(
     )
 
 
-def _holder(value: bytes | str | None) -> tuple[str, str] | None:
+def _holder(value: str | None) -> tuple[str, str] | None:
     if not value:
         return None
-    text = value.decode() if isinstance(value, bytes) else value
-    holder_id, _, sha256 = text.partition(" ")
+    holder_id, _, sha256 = value.partition(" ")
     return holder_id, sha256
 
 
-def _existing_copy(
-    value: bytes | str | None, event: FileValidated, root: Path
-) -> FileDescribed | None:
+def _existing_copy(value: str | None, event: FileValidated, root: Path) -> FileDescribed | None:
     """The first archived copy of this very instance (same SOP Instance UID, same bytes), from
     the value of its instance key."""
     holder = _holder(value)
@@ -152,7 +150,7 @@ async def _claim_instance(
     key, mine = names.instance_key(event.ids.sop_uid), f"{event.upload_id} {event.file.sha256}"
     if await redis.set(key, mine, nx=True):
         return described
-    twin = _existing_copy(await redis.get(key), event, root)
+    twin = _existing_copy(cast(str | None, await redis.get(key)), event, root)
     if twin is None:
         # Ours, from an earlier delivery; or the same UID with other bytes (a new version of
         # the instance): both copies are kept and the newest holds the UID.

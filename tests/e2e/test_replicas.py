@@ -54,7 +54,7 @@ class StreamTap:
     drop entries every group has acked; this has them first)."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, decode_responses=True)
         self.last = dict.fromkeys(names.TOPOLOGY, "0-0")
         self.events: list[dict[str, Any]] = []
         self.stop = threading.Event()
@@ -72,8 +72,8 @@ class StreamTap:
         read = 0
         for stream, entries in reply or []:
             for entry_id, fields in entries:
-                self.last[names.text(stream)] = names.text(entry_id)
-                self.events.append(json.loads(fields[b"data"]))
+                self.last[stream] = entry_id
+                self.events.append(json.loads(fields["data"]))
                 read += 1
         return read
 
@@ -89,7 +89,7 @@ def consumer_of(client: redis.Redis, group: str, replica: int) -> str:
     """The consumer name run.py gave a replica of a stage (``...-<stage>-<i>``)."""
     stream = next(s for s, groups in names.TOPOLOGY.items() if group in groups)
     for consumer in client.xinfo_consumers(stream, group):
-        name = names.text(consumer["name"])
+        name = consumer["name"]
         if name.endswith(f"-{group}-{replica}"):
             return name
     raise AssertionError(f"no consumer of replica {replica} in group {group} yet")
@@ -101,7 +101,7 @@ def pending_of(client: redis.Redis, group: str, consumer: str) -> set[tuple[str,
     for stream, groups in names.TOPOLOGY.items():
         if group in groups:
             for entry in client.xpending_range(stream, group, "-", "+", 10_000, consumer):
-                held.add((stream, names.text(entry["message_id"])))
+                held.add((stream, entry["message_id"]))
     return held
 
 
@@ -111,7 +111,7 @@ def kill_holding(system: System, stage: str) -> tuple[str, set[tuple[str, str]],
     Small files go through in milliseconds: a look at the pending list and a kill after it
     would race with the replica's ack. So the replica is frozen (SIGSTOP) for each look and
     let go (SIGCONT) when it holds nothing, until it does; then it is killed frozen."""
-    client = redis.Redis.from_url(system.redis.url)  # one per thread
+    client = redis.Redis.from_url(system.redis.url, decode_responses=True)  # one per thread
     consumer = consumer_of(client, stage, 1)
     pid = system.pid(stage, replica=1)
     deadline = time.monotonic() + 30
@@ -191,7 +191,7 @@ def test_two_replicas_of_each_stage_one_killed_mid_load_archive_every_upload_onc
 ) -> None:
     system = replicated
     paths = write_ct_series(tmp_path / "load", UPLOADS, seed=55, rows=64, columns=64)
-    client = redis.Redis.from_url(system.redis.url)
+    client = redis.Redis.from_url(system.redis.url, decode_responses=True)
     tap = StreamTap(system.redis.url)
     tap.thread.start()
     accepted: list[str] = []
@@ -276,4 +276,4 @@ def test_two_replicas_of_each_stage_one_killed_mid_load_archive_every_upload_onc
 
 def all_consumers(client: redis.Redis, group: str) -> list[str]:
     stream = next(s for s, groups in names.TOPOLOGY.items() if group in groups)
-    return [names.text(c["name"]) for c in client.xinfo_consumers(stream, group)]
+    return [c["name"] for c in client.xinfo_consumers(stream, group)]

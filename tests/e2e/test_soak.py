@@ -40,7 +40,7 @@ def drained(client: redis.Redis) -> bool:
     """True when every group has read and acked every entry of its streams."""
     for stream, groups in names.TOPOLOGY.items():
         for info in client.xinfo_groups(stream) if client.exists(stream) else []:
-            if names.text(info["name"]) in groups and (info["pending"] or info.get("lag")):
+            if info["name"] in groups and (info["pending"] or info.get("lag")):
                 return False
     return True
 
@@ -66,7 +66,7 @@ def test_sustained_load_through_the_housekeeping_crashes_no_service(soaked: Syst
     for thread in threads:
         thread.join()
 
-    store = redis.Redis.from_url(system.redis.url)
+    store = redis.Redis.from_url(system.redis.url, decode_responses=True)
     deadline = time.monotonic() + 60
     while not drained(store):
         assert time.monotonic() < deadline, "the pipeline did not drain within 60s"

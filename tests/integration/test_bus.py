@@ -29,6 +29,8 @@ from shared.events import (
     StudyKeys,
     parse_event,
 )
+from shared.service import connect
+from shared.settings import ServiceSettings
 from tests.support import RedisServer, dicom_ids
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,7 +59,7 @@ async def take(b: Bus, n: int, group: str = names.GROUP_VALIDATOR) -> list[Deliv
 
 async def dead_letters(redis: Redis) -> list[JobFailed]:
     entries = await redis.xrange(names.DEAD_LETTER)
-    return [parse_event(fields[b"data"]) for _, fields in entries]  # type: ignore[misc]
+    return [parse_event(fields["data"]) for _, fields in entries]  # type: ignore[misc]
 
 
 async def first_dead_letters(redis: Redis, count: int, seconds: float = 10) -> list[JobFailed]:
@@ -94,7 +96,7 @@ async def test_complete_publishes_outcome_and_acks_together(redis: Redis) -> Non
     pending = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
     assert pending["pending"] == 0
     [(_, fields)] = await redis.xrange(names.FILE_REJECTED)
-    assert parse_event(fields[b"data"]) == rejected
+    assert parse_event(fields["data"]) == rejected
 
 
 async def test_entry_left_by_a_dead_consumer_is_taken_over(redis: Redis) -> None:
@@ -244,6 +246,34 @@ async def test_an_unreadable_entry_is_set_aside_not_retried(redis: Redis) -> Non
     assert await redis.xlen(names.DEAD_LETTER_RAW) == 1
 
 
+async def test_an_entry_that_is_not_utf8_is_set_aside_not_a_crash(flushed_redis: str) -> None:
+    """Another program's bytes on a stream: the service client reads them (U+FFFD for what
+    is not UTF-8) and the bus dead-letters the entry instead of raising UnicodeDecodeError
+    out of its read loop."""
+    raw = Redis.from_url(flushed_redis)  # bytes in, bytes out: as a foreign producer
+    client = connect(ServiceSettings(REDIS_URL=flushed_redis, _env_file=None))  # type: ignore[call-arg]
+    try:
+        b = bus(client)
+        await b.ensure_groups()
+        foreign = await raw.xadd(names.FILE_RECEIVED, {b"data": b'{"type": "\xff\xfe"}'})
+        await b.publish(event := received())
+        [delivery] = await asyncio.wait_for(take(b, 1), 5)
+        assert delivery.event == event
+        [(_, aside)] = await client.xrange(names.DEAD_LETTER_RAW)
+        assert aside == {
+            "stream": names.FILE_RECEIVED,
+            "entry_id": foreign.decode(),
+            "data": '{"type": "\ufffd\ufffd"}',
+        }
+        pending = await client.xpending_range(
+            names.FILE_RECEIVED, names.GROUP_VALIDATOR, "-", "+", 10
+        )
+        assert [p["message_id"] for p in pending] == [delivery.entry_id]  # the foreign one acked
+    finally:
+        await raw.aclose()
+        await client.aclose()
+
+
 async def test_a_long_handler_keeps_its_entry_from_being_taken_over(redis: Redis) -> None:
     slow, other = bus(redis, "slow"), bus(redis, "other")
     await slow.ensure_groups()
@@ -304,9 +334,7 @@ async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> 
         summary = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
         if consumer is None:
             return int(summary["pending"])
-        return sum(
-            int(c["pending"]) for c in summary["consumers"] if c["name"] == consumer.encode()
-        )
+        return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] == consumer)
 
     async def started() -> bool:
         return bool(handled)
@@ -401,7 +429,7 @@ async def test_trim_drops_only_what_every_group_has_acked(redis: Redis) -> None:
     left = await redis.xrange(names.FILE_RECEIVED)
     ids = {e for e, _ in left}
     # every entry the status group has not acked is still there
-    assert {d.entry_id.encode() for d in status[200:]} <= ids
+    assert {d.entry_id for d in status[200:]} <= ids
     assert len(left) < 300 or await redis.xlen(names.FILE_RECEIVED) == 300  # approximate trim
 
 
@@ -427,7 +455,7 @@ async def test_trim_copes_with_entries_acked_between_its_two_reads(
     monkeypatch.setattr(redis, "xpending", acked_just_before)
     await b.trim(names.FILE_RECEIVED)
     monkeypatch.undo()
-    left = {e.decode() for e, _ in await redis.xrange(names.FILE_RECEIVED)}
+    left = {e for e, _ in await redis.xrange(names.FILE_RECEIVED)}
     later = await asyncio.wait_for(take(b, 2), 5)  # never delivered to the validator: kept
     assert {d.entry_id for d in later} <= left
     assert len(later) == 2
@@ -438,7 +466,7 @@ async def test_work_survives_a_redis_restart(tmp_path: Path) -> None:
     server = RedisServer(tmp_path, persistent=True)
     server.start()
     try:
-        client = Redis.from_url(server.url)
+        client = Redis.from_url(server.url, decode_responses=True)
         b = bus(client)
         await b.ensure_groups()
         event = received()
@@ -446,7 +474,7 @@ async def test_work_survives_a_redis_restart(tmp_path: Path) -> None:
         await client.aclose()
         server.kill()
         server.start()
-        client = Redis.from_url(server.url)
+        client = Redis.from_url(server.url, decode_responses=True)
         [delivery] = await asyncio.wait_for(take(bus(client), 1), 10)
         assert delivery.event == event
         await client.aclose()
@@ -458,7 +486,9 @@ async def test_consumer_rides_out_a_redis_outage(tmp_path: Path) -> None:
     server = RedisServer(tmp_path, persistent=True)
     server.start()
     try:
-        client = Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=1)
+        client = Redis.from_url(
+            server.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
+        )
         b = bus(client)
         await b.ensure_groups()
         got: list[Delivery] = []
@@ -472,7 +502,7 @@ async def test_consumer_rides_out_a_redis_outage(tmp_path: Path) -> None:
         server.kill()
         await asyncio.sleep(1.0)
         server.start()
-        producer = Redis.from_url(server.url)
+        producer = Redis.from_url(server.url, decode_responses=True)
         await bus(producer).publish(event := received())
         for _ in range(100):
             if got:
@@ -519,7 +549,7 @@ async def test_a_poison_entry_in_a_batch_fails_alone(redis: Redis) -> None:
 
 async def stage_starts(redis: Redis) -> list[StageStarted]:
     entries = await redis.xrange(names.STAGE_STARTED)
-    return [parse_event(fields[b"data"]) for _, fields in entries]  # type: ignore[misc]
+    return [parse_event(fields["data"]) for _, fields in entries]  # type: ignore[misc]
 
 
 async def test_the_start_of_quick_work_is_told_with_its_outcome(redis: Redis) -> None:

@@ -57,7 +57,7 @@ class Gateway:
 async def gateway(
     flushed_redis: str, gateway_app: FastAPI, served_gateway: str
 ) -> AsyncIterator[Gateway]:
-    redis = Redis.from_url(flushed_redis)
+    redis = Redis.from_url(flushed_redis, decode_responses=True)
     yield Gateway(served_gateway, gateway_app, JobStore(redis))
     await redis.aclose()
 
@@ -151,7 +151,7 @@ async def _received(store: JobStore, **origin: str) -> uuid.UUID:
 
 async def _feed_ids(store: JobStore) -> list[str]:
     entries: Any = await store.redis.xrange(names.STATUS_FEED)
-    return [i.decode() for i, _ in entries]
+    return [i for i, _ in entries]
 
 
 # --- GET /events ------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ async def test_accepted_file_is_on_disk_under_its_id_and_queued(
     body = answer.json()
     assert body["filename"] == "../../etc/passwd"  # echoed back, never used as a path
     assert sorted(p.name for p in uploads.iterdir()) == [f"{body['study_id']}.dcm"]
-    redis = Redis.from_url(flushed_redis)
+    redis = Redis.from_url(flushed_redis, decode_responses=True)
     assert await redis.xlen(names.FILE_RECEIVED) == 1
-    assert await redis.hget(names.status_key(body["study_id"]), "state") == b"accepted"
+    assert await redis.hget(names.status_key(body["study_id"]), "state") == "accepted"
     await redis.aclose()
 
 
@@ -50,7 +50,7 @@ async def test_a_file_too_large_is_refused_and_nothing_of_it_kept(
     assert alone.status_code == 413
     assert alone.headers["content-type"] == "application/problem+json"
     assert len(list(uploads.iterdir())) == 1
-    redis = Redis.from_url(flushed_redis)
+    redis = Redis.from_url(flushed_redis, decode_responses=True)
     assert await redis.xlen(names.FILE_RECEIVED) == 1
     await redis.aclose()
 

@@ -35,7 +35,7 @@ IDS = dicom_ids(modality="CT")
 
 @pytest.fixture
 async def store(flushed_redis: str) -> AsyncIterator[JobStore]:
-    client = Redis.from_url(flushed_redis)
+    client = Redis.from_url(flushed_redis, decode_responses=True)
     yield JobStore(client)
     await client.aclose()
 
@@ -146,7 +146,7 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     assert "error" not in job.details
     assert job.details["history"][-1]["state"] == "retried"
     [(_, fields)] = await store.redis.xrange(names.FILE_DESCRIBED)
-    assert parse_event(fields[b"data"]) == described
+    assert parse_event(fields["data"]) == described
     # only a failed job can be retried, and only once per failure
     assert await store.retry(upload_id) is None
     await apply(store, FileUploaded(upload_id=upload_id, targets=[]))
@@ -178,7 +178,7 @@ async def test_a_late_event_writes_nothing_that_a_later_state_wrote(store: JobSt
     for field in ("error", "failed_stage", "deliveries"):
         assert field not in job.details, field
     raw = await store.redis.hgetall(names.status_key(upload_id))
-    assert b"failed_event" not in raw
+    assert "failed_event" not in raw
 
 
 async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kept(
@@ -201,7 +201,7 @@ async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kep
     assert job.details["sop_instance_uid"] == IDS.sop_uid
     assert job.details["targets"] == [t.model_dump() for t in then]
     raw = await store.redis.hgetall(names.status_key(upload_id))
-    assert raw[b"deliveries:validator"] == b"2"
+    assert raw["deliveries:validator"] == "2"
 
 
 async def test_retries_keep_the_history_as_short_as_every_other_change(store: JobStore) -> None:

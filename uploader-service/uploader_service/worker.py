@@ -61,7 +61,7 @@ async def handle(delivery: Delivery, bus: Bus, targets: list[Target]) -> None:
     targets = chosen(targets, only)
     done_key = names.targets_key(event.upload_id)
     done = {  # with one target there is nothing to remember: it has the file or the job fails
-        _text(name): TargetResult.model_validate_json(result)
+        name: TargetResult.model_validate_json(result)
         for name, result in (await bus.redis.hgetall(done_key) if len(targets) > 1 else {}).items()
     }
     item = Item.of(event)
@@ -130,7 +130,3 @@ async def _attempt(
             error = f"{target.name}: {error}"
         failed = TargetResult(target=target.name, ok=False, error=error)
         return failed, isinstance(exc, PermanentError)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -90,21 +90,17 @@ async def audit(
 async def _rows(redis: Redis, low: float | str, high: float | str) -> AsyncIterator[str]:
     yield _line(COLUMNS)
     offset = 0
-    while page := await redis.zrangebyscore(names.JOBS_BY_TIME, low, high, offset, PAGE):
-        ids = [_text(upload_id) for upload_id in page]
+    while page := cast(
+        list[str], await redis.zrangebyscore(names.JOBS_BY_TIME, low, high, offset, PAGE)
+    ):
         async with redis.pipeline(transaction=False) as pipe:
-            for upload_id in ids:
+            for upload_id in page:
                 pipe.hgetall(names.status_key(upload_id))
             hashes = await pipe.execute()
-        for upload_id, raw in zip(ids, hashes, strict=True):
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+        for upload_id, fields in zip(page, hashes, strict=True):
             for row in _job_rows(upload_id, fields) if fields else []:
                 yield _line(row)
-        offset += len(ids)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        offset += len(page)
 
 
 def _job_rows(upload_id: str, h: dict[str, str]) -> list[list[object]]:

@@ -10,7 +10,7 @@ reported as not ready with a one-line reason; the answer itself is always 200.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from fastapi import APIRouter, Request
@@ -148,7 +148,7 @@ async def _queues(redis: Redis) -> list[QueueDepth]:
             out.append(
                 QueueDepth(
                     stream=stream,
-                    group=names.text(g["name"]),
+                    group=g["name"],
                     pending=int(g.get("pending") or 0),
                     lag=None if lag is None else int(lag),
                 )
@@ -157,4 +157,5 @@ async def _queues(redis: Redis) -> list[QueueDepth]:
 
 
 async def _state_counts(redis: Redis) -> dict[str, int]:
-    return catalog.positive_counts(await redis.hgetall(names.STATE_COUNTS))  # type: ignore[misc]
+    counts = cast(dict[str, str], await redis.hgetall(names.STATE_COUNTS))  # type: ignore[misc]
+    return catalog.positive_counts(counts)

@@ -93,7 +93,7 @@ async def list_uploads(
     scanned, cursor = 0, f"({before}" if before is not None else "+inf"
     while len(found) < limit and scanned < MAX_SCAN:
         page = cast(
-            list[tuple[bytes, float]],
+            list[tuple[str, float]],
             await store.redis.zrevrangebyscore(
                 names.JOBS_BY_TIME, cursor, "-inf", start=0, num=limit * 2, withscores=True
             ),
@@ -102,7 +102,7 @@ async def list_uploads(
             break
         scanned += len(page)
         cursor = f"({page[-1][1]}"
-        jobs = await store.read_many([UUID(m.decode()) for m, _ in page])
+        jobs = await store.read_many([UUID(m) for m, _ in page])
         for (_, score), job in zip(page, jobs, strict=True):
             if job and (not wanted or job.status in wanted) and len(found) < limit:
                 found.append(job)
@@ -196,7 +196,7 @@ async def deid_secret(settings: GatewaySettings, redis: Redis) -> bytes:
     if configured:
         return str(configured).encode()
     await redis.set(names.DEID_SECRET, secrets.token_hex(32), nx=True)
-    return cast(bytes, await redis.get(names.DEID_SECRET))  # undecoded replies
+    return cast(str, await redis.get(names.DEID_SECRET)).encode()  # the HMAC key is bytes
 
 
 WINDOW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
