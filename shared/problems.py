@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared.errors import AppError, safe_error
+from shared.errors import AppError, frames, safe_error
 
 log = structlog.get_logger()
 
@@ -51,7 +51,8 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request.crashed", path=request.url.path, error=safe_error(exc))
+    # where it broke (file, line, function), never its message: it may quote patient data
+    log.error("request.crashed", path=request.url.path, error=safe_error(exc), frames=frames(exc))
     return _body(request, 500, "internal-error", "an unexpected error; it has been logged")
 
 

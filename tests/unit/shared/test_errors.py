@@ -6,11 +6,14 @@ import json
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import structlog
+from fastapi import FastAPI
 
 from shared.errors import RetryableError, described, frames
 from shared.logging import configure_logging
+from shared.problems import install
 
 
 def parse(name: str) -> None:
@@ -86,3 +89,43 @@ def test_a_logged_exception_keeps_its_frames_and_drops_its_message(
         assert [f["function"] for f in line["frames"]][-2:] == ["read", "parse"]
     assert "Doe" not in err
     assert "DOE" not in err
+
+
+async def test_a_request_that_crashes_logs_where_and_answers_a_bare_500(
+    restored_logging: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("test-service", "INFO", "json")
+    app = FastAPI()
+    install(app)
+
+    @app.get("/study")
+    async def study() -> None:
+        read("Doe^Jane")
+
+    # Starlette raises the error again once the 500 is sent, for the server to see
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.get("/study")
+
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json() == {
+        "type": "/problems/internal-error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "an unexpected error; it has been logged",
+        "instance": "/study",
+    }
+    err = capfd.readouterr().err
+    [crash] = [
+        line for line in map(json.loads, err.splitlines()) if line["event"] == "request.crashed"
+    ]
+    assert crash["error"] == "ValueError"
+    *_, caller, raiser = crash["frames"]
+    assert raiser == {
+        "file": "test_errors.py",
+        "line": parse.__code__.co_firstlineno + 2,
+        "function": "parse",
+    }
+    assert (caller["function"], crash["frames"][-3]["function"]) == ("read", "study")
+    assert "DOE" not in err.upper()
