@@ -71,6 +71,16 @@ async def first_dead_letters(redis: Redis, count: int, seconds: float = 10) -> l
     return await dead_letters(redis)
 
 
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def test_published_event_is_delivered_once_to_each_group(redis: Redis) -> None:
     b = bus(redis)
     await b.ensure_groups()
@@ -125,15 +135,15 @@ async def test_a_failing_handler_leaves_the_entry_for_a_retry(redis: Redis) -> N
             raise RuntimeError("passing fault")
         await b.complete(delivery)
 
+    async def handled_and_acked() -> bool:
+        pending = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
+        return len(calls) >= 3 and pending["pending"] == 0  # acked with the next read
+
     task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
-    for _ in range(100):
-        if len(calls) >= 3:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)
+    acked = await until(handled_and_acked, 10)
     task.cancel()
-    assert calls[:3] == [1, 2, 3]
-    assert (await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR))["pending"] == 0
+    assert calls == [1, 2, 3]
+    assert acked
     assert await dead_letters(redis) == []
 
 
@@ -289,27 +299,26 @@ async def test_a_long_handler_keeps_its_entry_from_being_taken_over(redis: Redis
         seen.append("other")
         await other.complete(delivery)
 
+    async def taken() -> bool:
+        return bool(seen)
+
+    async def acked() -> bool:
+        pending = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
+        return int(pending["pending"]) == 0
+
     tasks = [
         asyncio.create_task(slow.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle)),
     ]
-    await asyncio.sleep(0.2)
-    tasks.append(
-        asyncio.create_task(other.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, steal))
-    )
-    await asyncio.sleep(1.5)
-    for task in tasks:
-        task.cancel()
+    try:
+        assert await until(taken)
+        tasks.append(
+            asyncio.create_task(other.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, steal))
+        )
+        assert await until(acked)  # by the slow handler once done, or by a thief before it
+    finally:
+        for task in tasks:
+            task.cancel()
     assert seen == ["slow"]
-
-
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` pass; whether it held."""
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> None:
@@ -497,17 +506,20 @@ async def test_consumer_rides_out_a_redis_outage(tmp_path: Path) -> None:
             got.append(delivery)
             await b.complete(delivery)
 
+        async def reading() -> bool:  # a connection of the client waits in XREADGROUP
+            return any(c["cmd"] == "xreadgroup" for c in await client.client_list())
+
+        async def delivered() -> bool:
+            return bool(got)
+
         task = asyncio.create_task(b.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle))
-        await asyncio.sleep(0.2)
+        assert await until(reading)
         server.kill()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the outage the consumer must ride out
         server.start()
         producer = Redis.from_url(server.url, decode_responses=True)
         await bus(producer).publish(event := received())
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.1)
+        await until(delivered, 10)
         task.cancel()
         await producer.aclose()
         await client.aclose()
