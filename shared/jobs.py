@@ -321,6 +321,12 @@ class JobStatus(BaseModel):
             details=details,
         )
 
+    def dicom_ids(self) -> DicomIds:
+        """The instance's identifiers as the validator found them (a job validated at least)."""
+        return DicomIds(
+            **{k: self.details[out] for k, out in _ID_FIELDS.items() if out in self.details}
+        )
+
 
 def _timings(h: dict[str, str]) -> dict[str, float]:
     """Milliseconds spent waiting for and inside each stage, and in all, from state times."""

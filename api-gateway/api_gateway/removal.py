@@ -20,7 +20,7 @@ from api_gateway.settings import GatewaySettings
 from shared import redis_names as names
 from shared.bus import add_event
 from shared.errors import JobStateConflict
-from shared.events import CopiesDeletionRequested, DicomIds
+from shared.events import CopiesDeletionRequested
 from shared.jobs import FINAL, JobStatus, JobStore
 
 
@@ -43,13 +43,7 @@ async def remove(
     targets = job.details.get("targets", []) if cloud else []
     copies = [t["target"] for t in targets if t["ok"] and t["target"] != "local"]
     if copies:
-        d = job.details
-        ids = DicomIds(
-            study_uid=d["study_instance_uid"], series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"], sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"], modality=d.get("modality"),
-        )  # fmt: skip
-        event = CopiesDeletionRequested(upload_id=upload_id, ids=ids, targets=copies)
+        event = CopiesDeletionRequested(upload_id=upload_id, ids=job.dicom_ids(), targets=copies)
         async with store.redis.pipeline(transaction=True) as pipe:
             await store.queue_deletion_request(pipe, event)
             add_event(pipe, event)

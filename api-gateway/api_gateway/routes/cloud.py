@@ -33,7 +33,7 @@ from shared.errors import (
     UploadNotFound,
     UpstreamError,
 )
-from shared.events import CopyRequested, DicomIds, FileRef
+from shared.events import CopyRequested, FileRef
 from shared.jobs import JobStore
 from shared.s3 import S3Settings, presign_get, presign_put, s3_client
 from shared.status_api import find_job
@@ -193,14 +193,7 @@ async def _push(object_key: str, platform: str, store: JobStore) -> UUID:
         upload_id=uuid4(),
         copy_of=source,
         file=FileRef(path=str(archive / "original.dcm"), sha256=d["sha256"], size=d["size"]),
-        ids=DicomIds(
-            study_uid=d["study_instance_uid"],
-            series_uid=d["series_instance_uid"],
-            sop_uid=d["sop_instance_uid"],
-            sop_class_uid=d["sop_class_uid"],
-            transfer_syntax_uid=d["transfer_syntax_uid"],
-            modality=d.get("modality"),
-        ),
+        ids=job.dicom_ids(),
         archive_path=str(archive),
         metadata_file=d["metadata_file"],
         preview_file=d.get("preview_file"),
