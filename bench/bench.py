@@ -234,9 +234,13 @@ def target_env(name: str, folder: Path) -> Iterator[dict[str, str]]:
         with servers.moto_s3(folder) as s3:
             import boto3
 
-            boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="x",
-                         aws_secret_access_key="x", region_name="us-east-1",
-                         ).create_bucket(Bucket=bucket)  # fmt: skip
+            boto3.client(
+                "s3",
+                endpoint_url=s3.url,
+                aws_access_key_id="x",
+                aws_secret_access_key="x",
+                region_name="us-east-1",
+            ).create_bucket(Bucket=bucket)
             yield {**s3.env(bucket), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
     elif name == "azure":
         with servers.azurite(folder) as azure:
@@ -297,9 +301,13 @@ def target_rows(folder: Path, paths: list[Path]) -> list[tuple[str, dict[str, fl
         print(f"uploading to {name} ...", file=sys.stderr)
         try:
             with target_env(name, folder / f"{name}-server") as env:
-                system = start_system(folder / f"{name}-system", redis_fsync="everysec",
-                                      UPLOAD_TARGETS=f"local,{name}", CLAIM_IDLE_MS="15000",
-                                      **env)  # fmt: skip
+                system = start_system(
+                    folder / f"{name}-system",
+                    redis_fsync="everysec",
+                    UPLOAD_TARGETS=f"local,{name}",
+                    CLAIM_IDLE_MS="15000",
+                    **env,
+                )
                 try:
                     rows.append((name, run_load(system, paths, 8)))
                 finally:
@@ -368,14 +376,18 @@ def main() -> None:
         print("| target   | uploads/s |   p50 ms |   p95 ms |")
         print("|----------|-----------|----------|----------|")
         for name, r in targets:
-            print(f"| {name:<8} | {r['uploads/s']:>9.1f} | {r['p50 ms']:>8.1f} "
-                  f"| {r['p95 ms']:>8.1f} |")  # fmt: skip
+            print(
+                f"| {name:<8} | {r['uploads/s']:>9.1f} | {r['p50 ms']:>8.1f} "
+                f"| {r['p95 ms']:>8.1f} |"
+            )
     print()
     print("Gateway memory while streaming a 1 GB upload")
     print("| rss before MB | rss peak MB | growth MB | MB/s |")
     print("|---------------|-------------|-----------|------|")
-    print(f"| {memory['rss before MB']:>13.1f} | {memory['rss peak MB']:>11.1f} "
-          f"| {memory['growth MB']:>9.1f} | {memory['MB/s']:>4.0f} |")  # fmt: skip
+    print(
+        f"| {memory['rss before MB']:>13.1f} | {memory['rss peak MB']:>11.1f} "
+        f"| {memory['growth MB']:>9.1f} | {memory['MB/s']:>4.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def main() -> None:
         out.write_text("".join(f"{k}='{v}'\n" for k, v in env.items()))  # shell and .env
         print(f"[emulators] variables written to {out}:", file=sys.stderr)
         print(out.read_text(), end="")
-        print("[emulators] in another terminal: set -a; . data/emulators.env; set +a; make run",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "[emulators] in another terminal: set -a; . data/emulators.env; set +a; make run",
+            file=sys.stderr,
+        )
         print("[emulators] Ctrl-C stops them", file=sys.stderr)
         stop.wait()
 
@@ -64,10 +66,13 @@ def prepare(name: str, server: object) -> dict[str, str]:
         import boto3
 
         env = {**server.env(NAME)}
-        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
-                     aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                     ).create_bucket(Bucket=NAME)  # fmt: skip
+        boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket=NAME)
         return env
     if isinstance(server, servers.AzureServer):
         from azure.storage.blob import BlobServiceClient

@@ -94,12 +94,20 @@ def start_redis(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = next(p for p in range(6380, 6480) if port_free(p))
     folder = data / "redis"
     folder.mkdir(parents=True, exist_ok=True)
+    options = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "dir": str(folder),
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "save": "",
+        "protected-mode": "yes",
+        "logfile": str(folder / "redis.log"),
+    }
     proc = subprocess.Popen(
-        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-         "--protected-mode", "yes", "--logfile", str(folder / "redis.log")],
+        [redis_binary(), *(arg for k, v in options.items() for arg in (f"--{k}", v))],
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     if not wait_for_port(port):
         proc.kill()
         sys.exit(f"[run] redis-server did not start; see {folder / 'redis.log'}")

@@ -147,15 +147,21 @@ async def queue_unindex(
 ) -> None:
     """Queue ``unindex`` on a pipeline (or run it), e.g. beside the deletion of a job record."""
     keys = [
-        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
+        names.STUDY_OF_UPLOAD,
+        names.STUDIES_BY_DATE,
+        names.STUDIES_BY_PATIENT_NAME,
         names.STUDIES_BY_UPDATE,
-    ]  # fmt: skip
+    ]
     args: list[str | float] = [
-        str(upload_id), now if now is not None else datetime.now(UTC).timestamp(),
-        names.STUDY_PREFIX, names.STUDY_UPLOADS_PREFIX, names.STUDY_SERIES_PREFIX,
-        names.STUDY_INSTANCES_PREFIX, names.STUDY_MODALITIES_PREFIX,
+        str(upload_id),
+        now if now is not None else datetime.now(UTC).timestamp(),
+        names.STUDY_PREFIX,
+        names.STUDY_UPLOADS_PREFIX,
+        names.STUDY_SERIES_PREFIX,
+        names.STUDY_INSTANCES_PREFIX,
+        names.STUDY_MODALITIES_PREFIX,
         names.STUDIES_BY_MODALITY_PREFIX,
-    ]  # fmt: skip
+    ]
     for field, prefix in EXACT_INDEXES.items():
         args += [f"ix:{field}", prefix]
     await _UNINDEX_SCRIPT(keys=keys, args=args, client=client)

@@ -56,10 +56,20 @@ class RedisServer:
             else ["--appendonly", "no"]
         )
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--dir", str(self.folder), *persistence],
+            [
+                redis_server_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--dir",
+                str(self.folder),
+                *persistence,
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         wait_for_port(self.port)
 
     def kill(self) -> None:

@@ -21,7 +21,7 @@ from redis.exceptions import WatchError
 from starlette.requests import ClientDisconnect
 
 from api_gateway.receive import ReceivedFile, RefusedFile
-from api_gateway.secondary_capture import ImageConversionError, image_to_dicom, sniff
+from api_gateway.secondary_capture import ImageConversionError, Kind, image_to_dicom, sniff
 from shared import catalog, metrics
 from shared import redis_names as names
 from shared.bus import REDIS_DOWN, add_event
@@ -111,14 +111,19 @@ def undone_on_failure(undo: Callable[[], None]) -> Iterator[None]:
         raise ServiceUnavailable("the uploads folder cannot be written; nothing was kept") from None
 
 
-def _convert(f: ReceivedFile, kind: str) -> ReceivedFile:
+def _convert(f: ReceivedFile, kind: Kind) -> ReceivedFile:
     """The image as a Secondary Capture instance, in place of the image (the image is read
     whole before the instance replaces it, atomically); blocking."""
-    image_to_dicom(f.path, f.path, kind=kind, filename=f.filename)  # type: ignore[arg-type]
+    image_to_dicom(f.path, f.path, kind=kind, filename=f.filename)
     return ReceivedFile(
-        f.upload_id, f.path, sha256_of(f.path), f.path.stat().st_size, f.filename,
-        converted_from=kind, source_sha256=f.sha256,  # type: ignore[arg-type]
-    )  # fmt: skip
+        f.upload_id,
+        f.path,
+        sha256_of(f.path),
+        f.path.stat().st_size,
+        f.filename,
+        converted_from=kind,
+        source_sha256=f.sha256,
+    )
 
 
 async def queue(
@@ -208,10 +213,18 @@ def drop_taken(
 def received_file(f: ReceivedFile, source: str, **origin: str | None) -> FileReceived:
     """The FileReceived of a file a client sent; an image converted to DICOM is filed under
     its own hash too, so a client that looks the image up finds it."""
-    return received(f.upload_id, f.path, f.sha256, f.size, Origin(
-        filename=catalog.clean_filename(f.filename), source="image" if f.converted_from else source,
-        source_sha256=f.source_sha256, **origin,
-    ))  # fmt: skip
+    return received(
+        f.upload_id,
+        f.path,
+        f.sha256,
+        f.size,
+        Origin(
+            filename=catalog.clean_filename(f.filename),
+            source="image" if f.converted_from else source,
+            source_sha256=f.source_sha256,
+            **origin,
+        ),
+    )
 
 
 def received(

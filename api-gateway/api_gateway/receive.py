@@ -93,9 +93,13 @@ class Sink:
         final = self.folder / f"{self.upload_id}.dcm"
         os.replace(self.part, final)
         return ReceivedFile(
-            self.upload_id, final, self.digest.hexdigest(), self.size, self.filename,
+            self.upload_id,
+            final,
+            self.digest.hexdigest(),
+            self.size,
+            self.filename,
             bytes(self.head),
-        )  # fmt: skip
+        )
 
     def abort(self) -> None:
         if self.fd is not None:

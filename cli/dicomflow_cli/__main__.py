@@ -76,12 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     up.add_argument("-r", "--recursive", action="store_true", help="descend into folders")
     up.add_argument("--label", help="file the uploads under this study label")
-    up.add_argument("-c", "--concurrency", type=_positive, default=4,
-                    help="requests at once (default 4)")  # fmt: skip
-    up.add_argument("--no-follow", action="store_true",
-                    help="stop once sent; do not wait for processing")  # fmt: skip
-    up.add_argument("--timeout", type=_seconds, default=600.0,
-                    help="seconds to wait for processing (default 600)")  # fmt: skip
+    up.add_argument(
+        "-c", "--concurrency", type=_positive, default=4, help="requests at once (default 4)"
+    )
+    up.add_argument(
+        "--no-follow", action="store_true", help="stop once sent; do not wait for processing"
+    )
+    up.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=600.0,
+        help="seconds to wait for processing (default 600)",
+    )
     up.set_defaults(handler=upload.run)
 
     st = sub.add_parser(
@@ -122,14 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gt.add_argument("id", metavar="ID", help="the upload id (study_id)")
     what = gt.add_mutually_exclusive_group(required=True)
-    what.add_argument("--png", dest="what", action="store_const", const="png",
-                      help="the image, rendered as PNG")  # fmt: skip
-    what.add_argument("--original", dest="what", action="store_const", const="original",
-                      help="the original DICOM file, byte for byte")  # fmt: skip
-    what.add_argument("--deidentified", dest="what", action="store_const",
-                      const="deidentified", help="a de-identified DICOM copy")  # fmt: skip
-    gt.add_argument("-o", "--output", required=True, metavar="FILE",
-                    help="where to write it (- for standard output)")  # fmt: skip
+    what.add_argument(
+        "--png", dest="what", action="store_const", const="png", help="the image, rendered as PNG"
+    )
+    what.add_argument(
+        "--original",
+        dest="what",
+        action="store_const",
+        const="original",
+        help="the original DICOM file, byte for byte",
+    )
+    what.add_argument(
+        "--deidentified",
+        dest="what",
+        action="store_const",
+        const="deidentified",
+        help="a de-identified DICOM copy",
+    )
+    gt.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write it (- for standard output)",
+    )
     gt.set_defaults(handler=commands.get)
     return parser
 
@@ -148,8 +170,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"dicomflow: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:  # connected, but the answer broke off or never came
-        print(f"dicomflow: the gateway at {args.url} did not answer ({type(exc).__name__})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dicomflow: the gateway at {args.url} did not answer ({type(exc).__name__})",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("dicomflow: interrupted (an upload run again resumes)", file=sys.stderr)

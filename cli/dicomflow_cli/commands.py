@@ -30,8 +30,18 @@ GET_PATHS = {
     "deidentified": "/uploads/{id}/deidentified",
 }
 WATCH_DEFAULT_S = 24 * 3600.0
-SHOWN = ("modality", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "size",
-         "sha256", "duplicate_of", "failed_stage", "error", "preview_note")  # fmt: skip
+SHOWN = (
+    "modality",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "size",
+    "sha256",
+    "duplicate_of",
+    "failed_stage",
+    "error",
+    "preview_note",
+)
 
 
 def status(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
@@ -98,9 +108,10 @@ def _show_status(answer: dict[str, Any], out: Output) -> None:
 def search(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
     """Studies matching the filters, as a table (``GET /studies``)."""
     params = {
-        name: getattr(args, arg) for arg, name in SEARCH_PARAMS.items()
+        name: getattr(args, arg)
+        for arg, name in SEARCH_PARAMS.items()
         if getattr(args, arg) is not None
-    }  # fmt: skip
+    }
     answer = gw.json("GET", "/studies", params=params)
     if out.as_json:
         out.json(answer)
@@ -119,8 +130,19 @@ def search(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
         )
         for s in studies
     ]
-    out.table(["study uid", "patient", "patient id", "date", "modalities", "series",
-               "instances", "uploads"], rows)  # fmt: skip
+    out.table(
+        [
+            "study uid",
+            "patient",
+            "patient id",
+            "date",
+            "modalities",
+            "series",
+            "instances",
+            "uploads",
+        ],
+        rows,
+    )
     offset = int(answer.get("offset") or 0)
     total = answer.get("total", len(studies))
     shown = f"{offset + 1}-{offset + len(studies)}" if studies else "none"

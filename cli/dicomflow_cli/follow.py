@@ -32,8 +32,11 @@ class _NoEvents(Exception):
 
 def gone(upload_id: str) -> dict[str, Any]:
     """The answer for an upload the gateway no longer knows (deleted meanwhile)."""
-    return {"study_id": upload_id, "status": "failed",
-            "details": {"error": "the gateway no longer knows this upload"}}  # fmt: skip
+    return {
+        "study_id": upload_id,
+        "status": "failed",
+        "details": {"error": "the gateway no longer knows this upload"},
+    }
 
 
 class Follower:

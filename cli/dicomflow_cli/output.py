@@ -120,8 +120,10 @@ class PlainReporter(Reporter):
 
     def followed(self, final: int, counts: dict[str, int]) -> None:
         states = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        self._say(f"processing: {final}/{self.follow_total} final ({states})",
-                  force=final == self.follow_total)  # fmt: skip
+        self._say(
+            f"processing: {final}/{self.follow_total} final ({states})",
+            force=final == self.follow_total,
+        )
 
 
 class RichReporter(Reporter):

@@ -32,8 +32,16 @@ from shared.files import sha256_of
 
 LOOKUP_CHUNK = 1000
 ON_SERVER = frozenset({"archived", "already_there", "duplicate"})
-ORDER = ("archived", "already_there", "duplicate", "accepted", "rejected", "failed", "pending",
-         "skipped")  # fmt: skip
+ORDER = (
+    "archived",
+    "already_there",
+    "duplicate",
+    "accepted",
+    "rejected",
+    "failed",
+    "pending",
+    "skipped",
+)
 
 
 def run(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
@@ -200,9 +208,12 @@ def settle(item: Item, answer: dict[str, Any] | None, timeout: float) -> None:
     item.status, item.details = answer.get("status"), details
     if item.status == "archived":
         item.outcome = (
-            "already_there" if item.known else "duplicate" if details.get("duplicate_of")
+            "already_there"
+            if item.known
+            else "duplicate"
+            if details.get("duplicate_of")
             else "archived"
-        )  # fmt: skip
+        )
         if item.outcome == "duplicate":
             item.message = f"the same instance was archived as {details['duplicate_of']}"
     elif item.status == "rejected":
@@ -219,12 +230,14 @@ def summarise(items: list[Item], out: Output, url: str, ok: bool) -> None:
     """The counts per outcome and every file not plainly on the server, or all as JSON."""
     counts = Counter(i.outcome for i in items)
     if out.as_json:
-        out.json({
-            "gateway": url,
-            "ok": ok,
-            "counts": {k: counts[k] for k in ORDER if counts[k]},
-            "files": [i.as_json() for i in items],
-        })  # fmt: skip
+        out.json(
+            {
+                "gateway": url,
+                "ok": ok,
+                "counts": {k: counts[k] for k in ORDER if counts[k]},
+                "files": [i.as_json() for i in items],
+            }
+        )
         return
     out.table(["outcome", "files"], [(k, counts[k]) for k in ORDER if counts[k]], "Summary")
     noted = [i for i in items if i.outcome not in ("archived", "already_there", "accepted")]

@@ -45,22 +45,33 @@ async def queue_index(
     if score == 0:
         attributes.pop("study_date", None)  # not a date: neither shown nor searched
     args: list[str | float] = [
-        str(upload_id), uid, ids.series_uid, ids.sop_uid, modality_key(ids.modality or ""),
+        str(upload_id),
+        uid,
+        ids.series_uid,
+        ids.sop_uid,
+        modality_key(ids.modality or ""),
         now if now is not None else datetime.now(UTC).timestamp(),
-        names.STUDIES_BY_MODALITY_PREFIX, str(score) if score else "",
-        name_key(attributes.get("patient_name", "")), len(EXACT_INDEXES),
-    ]  # fmt: skip
+        names.STUDIES_BY_MODALITY_PREFIX,
+        str(score) if score else "",
+        name_key(attributes.get("patient_name", "")),
+        len(EXACT_INDEXES),
+    ]
     for field, prefix in EXACT_INDEXES.items():
         value = exact_key(attributes.get(field, ""))
         args += [f"ix:{field}", prefix, value_digest(value) if value else ""]
     for field, value in attributes.items():
         args += [field, value]
     keys = [
-        names.STUDY_OF_UPLOAD, names.STUDIES_BY_DATE, names.STUDIES_BY_PATIENT_NAME,
-        names.STUDIES_BY_UPDATE, names.study_key(uid), names.study_uploads_key(uid),
-        names.study_series_key(uid), names.study_instances_key(uid),
+        names.STUDY_OF_UPLOAD,
+        names.STUDIES_BY_DATE,
+        names.STUDIES_BY_PATIENT_NAME,
+        names.STUDIES_BY_UPDATE,
+        names.study_key(uid),
+        names.study_uploads_key(uid),
+        names.study_series_key(uid),
+        names.study_instances_key(uid),
         names.study_modalities_key(uid),
-    ]  # fmt: skip
+    ]
     await _INDEX(keys=keys, args=args, client=client)
 
 

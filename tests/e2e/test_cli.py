@@ -30,8 +30,12 @@ def cli(
     env["DICOMFLOW_URL"] = url or (system.url() if system else "http://127.0.0.1:9")
     return subprocess.run(
         [sys.executable, "-m", "dicomflow_cli", *args],
-        capture_output=True, text=True, env=env, timeout=240, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
 
 
 def _json(done: subprocess.CompletedProcess[str]) -> Any:
@@ -185,8 +189,14 @@ def test_get_saves_the_png_and_the_original(
     done = cli(system, "get", upload_id, "--deidentified", "-o", str(deidentified))
     assert done.returncode == 0, done.stderr  # needs GET /uploads/{id}/deidentified
     assert deidentified.read_bytes()[128:132] == b"DICM"
-    refused = cli(system, "get", files["scans/bad/text.dcm"]["upload_id"], "--png", "-o",
-                  str(tmp_path / "no.png"))  # fmt: skip
+    refused = cli(
+        system,
+        "get",
+        files["scans/bad/text.dcm"]["upload_id"],
+        "--png",
+        "-o",
+        str(tmp_path / "no.png"),
+    )
     assert refused.returncode == 1
     assert "HTTP 409" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -106,8 +106,7 @@ def _dicom_files(folder: Path, count: int, patient: str = "Dashboard^Tester") ->
     paths = []
     for i in range(count):
         path = folder / f"dashboard_{i}.dcm"
-        data = ct_slice(i, rows=192, columns=192, study_uid=study, seed=5,
-                        patient_name=patient)  # fmt: skip
+        data = ct_slice(i, rows=192, columns=192, study_uid=study, seed=5, patient_name=patient)
         path.write_bytes(data)
         paths.append(path)
     return paths
@@ -129,9 +128,12 @@ def test_dashboard_uploads_follows_shows_searches_and_reports(
     elsewhere: list[str] = []
     page.on(
         "request",
-        lambda r: None if r.url.startswith(ours) or urlsplit(r.url).scheme in ("data", "blob")
-        else elsewhere.append(r.url),
-    )  # fmt: skip
+        lambda r: (
+            None
+            if r.url.startswith(ours) or urlsplit(r.url).scheme in ("data", "blob")
+            else elsewhere.append(r.url)
+        ),
+    )
     crashes: list[str] = []
     page.on("pageerror", lambda exc: crashes.append(str(exc)))
 
@@ -184,8 +186,9 @@ def test_dashboard_uploads_follows_shows_searches_and_reports(
     page.fill("#tags-filter", "")
     expect(rows).to_have_count(everything)
     page.click('#viewer-presets button:has-text("Lung")')
-    expect(page.locator("#viewer-img")).to_have_attribute("src", "/uploads/" + str(ids[0]) +
-        "/image?frame=1&window=-600%2C1500&size=1024&format=png")  # fmt: skip
+    expect(page.locator("#viewer-img")).to_have_attribute(
+        "src", "/uploads/" + str(ids[0]) + "/image?frame=1&window=-600%2C1500&size=1024&format=png"
+    )
     page.wait_for_function(
         "() => { const i = document.getElementById('viewer-img');"
         " return i.complete && i.naturalWidth > 0 && !i.classList.contains('stale') }"

@@ -369,21 +369,34 @@ def test_header_tags_of_an_archived_upload(system: System) -> None:
     with system.client() as c:
         answer = c.get(
             f"/uploads/{upload_id}/tags",
-            params=[("tag", "(0028,0011)"), ("tag", "Rows"), ("tag", "00100010"),
-                    ("tag", "(0018,1030)"), ("tag", "PixelData")],
-        )  # fmt: skip
+            params=[
+                ("tag", "(0028,0011)"),
+                ("tag", "Rows"),
+                ("tag", "00100010"),
+                ("tag", "(0018,1030)"),
+                ("tag", "PixelData"),
+            ],
+        )
         assert answer.status_code == 200, answer.text
         columns, rows, name, absent, pixels = answer.json()["tags"]
-        assert columns == {"tag": "(0028,0011)", "keyword": "Columns", "name": "Columns",
-                           "VR": "US", "VM": 1, "value": 64, "present": True}  # fmt: skip
+        assert columns == {
+            "tag": "(0028,0011)",
+            "keyword": "Columns",
+            "name": "Columns",
+            "VR": "US",
+            "VM": 1,
+            "value": 64,
+            "present": True,
+        }
         assert rows["value"] == 64
         assert name["VR"] == "PN"
         assert isinstance(name["value"], str)
         assert absent["present"] is False
         assert absent["value"] is None
         assert pixels["value"] == {"size": 8192}
-        invalid = c.get(f"/uploads/{upload_id}/tags", params=[("tag", "(2222,2222)"),
-                                                              ("tag", "Rows")])  # fmt: skip
+        invalid = c.get(
+            f"/uploads/{upload_id}/tags", params=[("tag", "(2222,2222)"), ("tag", "Rows")]
+        )
         assert invalid.status_code == 400
         assert invalid.json()["invalidTags"] == ["(2222,2222)"]
         missing = c.get(f"/uploads/{upload_id}/tags")

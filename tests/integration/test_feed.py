@@ -172,8 +172,10 @@ async def test_every_change_applied_arrives_live_with_its_entry_id(gateway: Gate
     assert first["upload_id"] == str(upload_id)
     assert first["label"] == "knee"
     assert [(e.json["status"], e.json["event"]) for e in got] == [
-        ("accepted", "accepted"), ("validating", "validating"), ("validated", "validated"),
-    ]  # fmt: skip
+        ("accepted", "accepted"),
+        ("validating", "validating"),
+        ("validated", "validated"),
+    ]
 
 
 async def test_a_stream_starts_from_now_when_no_id_is_given(gateway: Gateway) -> None:

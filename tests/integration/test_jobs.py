@@ -95,8 +95,9 @@ async def test_a_late_event_never_moves_a_job_backwards(store: JobStore) -> None
     await apply(store, archived)
     # a stage start seen late, and a dead letter of a duplicate delivery
     assert await apply(store, StageStarted(upload_id=upload_id, stage="uploader")) is False
-    failed = JobFailed(upload_id=upload_id, stage="uploader", error="x", deliveries=6,
-                       stream="s", entry_id="1-1")  # fmt: skip
+    failed = JobFailed(
+        upload_id=upload_id, stage="uploader", error="x", deliveries=6, stream="s", entry_id="1-1"
+    )
     assert await apply(store, failed) is False
     job = await store.read(upload_id)
     assert job is not None
@@ -130,15 +131,27 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
 ) -> None:
     upload_id = uuid.uuid4()
     described = FileDescribed(
-        upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
+        upload_id=upload_id,
+        file=FILE,
+        ids=IDS,
+        archive_path="/a",
+        metadata_file="/a/m.json",
         preview_file=None,
-    )  # fmt: skip
+    )
     await apply(store, FileReceived(upload_id=upload_id, file=FILE))
     await apply(store, described)
-    await apply(store,
-        JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
-                  stream=names.FILE_DESCRIBED, entry_id="1-1", event=described.model_dump_json())
-    )  # fmt: skip
+    await apply(
+        store,
+        JobFailed(
+            upload_id=upload_id,
+            stage="uploader",
+            error="s3: down",
+            deliveries=5,
+            stream=names.FILE_DESCRIBED,
+            entry_id="1-1",
+            event=described.model_dump_json(),
+        ),
+    )
     assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
     assert job is not None
@@ -166,9 +179,16 @@ async def test_a_late_event_writes_nothing_that_a_later_state_wrote(store: JobSt
         UploadAttempted(
             upload_id=upload_id, delivery=2, targets=[TargetResult(target="local", ok=False)]
         ),
-        JobFailed(upload_id=upload_id, stage="uploader", error="local: disk full",
-                  deliveries=6, stream=names.FILE_DESCRIBED, entry_id="1-1", event="{}"),
-    ]  # fmt: skip
+        JobFailed(
+            upload_id=upload_id,
+            stage="uploader",
+            error="local: disk full",
+            deliveries=6,
+            stream=names.FILE_DESCRIBED,
+            entry_id="1-1",
+            event="{}",
+        ),
+    ]
     for event in late:
         assert await apply(store, event) is False
     job = await store.read(upload_id)
@@ -207,17 +227,28 @@ async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kep
 async def test_retries_keep_the_history_as_short_as_every_other_change(store: JobStore) -> None:
     upload_id = uuid.uuid4()
     described = FileDescribed(
-        upload_id=upload_id, file=FILE, ids=IDS, archive_path="/a", metadata_file="/a/m.json",
+        upload_id=upload_id,
+        file=FILE,
+        ids=IDS,
+        archive_path="/a",
+        metadata_file="/a/m.json",
         preview_file=None,
-    )  # fmt: skip
+    )
     await apply(store, FileReceived(upload_id=upload_id, file=FILE))
     await apply(store, described)
     for _ in range(HISTORY_MAX):
-        await apply(store,
-            JobFailed(upload_id=upload_id, stage="uploader", error="s3: down", deliveries=5,
-                      stream=names.FILE_DESCRIBED, entry_id="1-1",
-                      event=described.model_dump_json())
-        )  # fmt: skip
+        await apply(
+            store,
+            JobFailed(
+                upload_id=upload_id,
+                stage="uploader",
+                error="s3: down",
+                deliveries=5,
+                stream=names.FILE_DESCRIBED,
+                entry_id="1-1",
+                event=described.model_dump_json(),
+            ),
+        )
         assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
     assert job is not None
@@ -234,9 +265,15 @@ async def test_a_deletion_that_gave_up_leaves_the_job_archived_and_says_why(
     await apply(store, FileUploaded(upload_id=upload_id, targets=[]))
     asked = CopiesDeletionRequested(upload_id=upload_id, ids=IDS, targets=["dicomweb"])
     await apply(store, asked)
-    gave_up = JobFailed(upload_id=upload_id, stage="uploader", error="no DELETE", deliveries=1,
-                        stream=asked.published_on, entry_id="1-1",
-                        event=asked.model_dump_json())  # fmt: skip
+    gave_up = JobFailed(
+        upload_id=upload_id,
+        stage="uploader",
+        error="no DELETE",
+        deliveries=1,
+        stream=asked.published_on,
+        entry_id="1-1",
+        event=asked.model_dump_json(),
+    )
     assert await apply(store, gave_up) is False
     job = await store.read(upload_id)
     assert job is not None

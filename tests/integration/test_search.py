@@ -30,11 +30,30 @@ from tests.support import dicom_ids
 pytestmark = pytest.mark.timeout(60)
 
 MODALITIES = ("CT", "MR", "US", "CR")
-FAMILY = ("SMITH", "SMITHSON", "JOHNSON", "ANNAN", "DOE", "JONES", "BROWN", "MÜLLER", "O'NEIL",
-          "VAN DER BERG", "HANNAFORD", "NGUYEN", "SMYTH")  # fmt: skip
+FAMILY = (
+    "SMITH",
+    "SMITHSON",
+    "JOHNSON",
+    "ANNAN",
+    "DOE",
+    "JONES",
+    "BROWN",
+    "MÜLLER",
+    "O'NEIL",
+    "VAN DER BERG",
+    "HANNAFORD",
+    "NGUYEN",
+    "SMYTH",
+)
 GIVEN = ("JANE", "JONE", "JUNE", "ANN", "ANNA", "JOHN", "MARY", "HANNAH", "PETER", "JEAN")
-INSTITUTIONS = ("General Hospital", "general hospital ", "GENERAL HOSPITAL", "St. Mary's",
-                "City Clinic", None)  # fmt: skip
+INSTITUTIONS = (
+    "General Hospital",
+    "general hospital ",
+    "GENERAL HOSPITAL",
+    "St. Mary's",
+    "City Clinic",
+    None,
+)
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -226,9 +245,26 @@ async def test_each_exact_filter_finds_exactly_its_studies(indexed: Redis) -> No
 
 
 async def test_patient_name_wildcards_match_as_dicom_says_in_any_case(indexed: Redis) -> None:
-    for pattern in ("SMITH*", "smith*", "*ANN*", "J?NE*", "*^J?NE", "DOE^JANE", "doe^jane^^",
-                    "SMITH^*", "*", "S*H^*", "?????^*", "MÜLLER*", "müller*", "O'NEIL^J*",
-                    "VAN DER*", "NOBODY*", "*N", "*^ANN"):  # fmt: skip
+    for pattern in (
+        "SMITH*",
+        "smith*",
+        "*ANN*",
+        "J?NE*",
+        "*^J?NE",
+        "DOE^JANE",
+        "doe^jane^^",
+        "SMITH^*",
+        "*",
+        "S*H^*",
+        "?????^*",
+        "MÜLLER*",
+        "müller*",
+        "O'NEIL^J*",
+        "VAN DER*",
+        "NOBODY*",
+        "*N",
+        "*^ANN",
+    ):
         if pattern.strip("*") == "":  # universal: also the studies without a name
             want = set(DATA)
         elif "*" in pattern or "?" in pattern:
@@ -377,16 +413,25 @@ def ids(series: str, sop: str, modality: str | None) -> DicomIds:
     )
 
 
-KEYS = StudyKeys(patient_name="Tester^Tina", patient_id="T-1", study_date="20210304",
-                 accession_number="A-9", institution_name="Test Clinic")  # fmt: skip
+KEYS = StudyKeys(
+    patient_name="Tester^Tina",
+    patient_id="T-1",
+    study_date="20210304",
+    accession_number="A-9",
+    institution_name="Test Clinic",
+)
 
 
 async def test_removing_instances_keeps_the_study_until_the_last_one_goes(redis: Redis) -> None:
     u1, u2, u3, u4 = (str(uuid.uuid4()) for _ in range(4))
     await index_all(redis, DATA)
     everything = await snapshot(redis)
-    for upload_id, instance in ((u1, ids("1", "1", "CT")), (u2, ids("1", "2", "CT")),
-                                (u3, ids("2", "1", "MR")), (u4, ids("1", "1", "CT"))):  # fmt: skip
+    for upload_id, instance in (
+        (u1, ids("1", "1", "CT")),
+        (u2, ids("1", "2", "CT")),
+        (u3, ids("2", "1", "MR")),
+        (u4, ids("1", "1", "CT")),
+    ):
         await queue_index(redis, upload_id, instance, KEYS)  # u4: the same SOP uid as u1
     record = await get_study(redis, S)
     assert record is not None
@@ -406,10 +451,18 @@ async def test_removing_instances_keeps_the_study_until_the_last_one_goes(redis:
     assert await unindex(redis, u4) == ["search index entry"]
     assert await unindex(redis, u2) == ["search index entry", "study search record"]
     assert await get_study(redis, S) is None
-    for query in ({}, {"patient_id": "T-1"}, {"patient_name": "TESTER*"},
-                  {"accession_number": "A-9"}, {"institution": "test clinic"},
-                  {"study_date": "20210304"}, {"modality": ["CT"]}, {"study_uid": [S]},
-                  {"sort": "patient_name"}, {"sort": "updated_at"}):  # fmt: skip
+    for query in (
+        {},
+        {"patient_id": "T-1"},
+        {"patient_name": "TESTER*"},
+        {"accession_number": "A-9"},
+        {"institution": "test clinic"},
+        {"study_date": "20210304"},
+        {"modality": ["CT"]},
+        {"study_uid": [S]},
+        {"sort": "patient_name"},
+        {"sort": "updated_at"},
+    ):
         assert S not in await found(redis, **query), query
     assert await snapshot(redis) == everything  # no key, member or field of it is left
     assert await unindex(redis, u2) == []
@@ -420,9 +473,13 @@ async def test_a_later_instance_with_other_values_moves_the_study_in_the_indexes
 ) -> None:
     await queue_index(redis, uuid.uuid4(), ids("1", "1", "CT"), KEYS)
     corrected = KEYS.model_copy(
-        update={"patient_id": "T-2", "patient_name": "Tester^Tanja", "study_date": "20220101",
-                "institution_name": None},
-    )  # fmt: skip
+        update={
+            "patient_id": "T-2",
+            "patient_name": "Tester^Tanja",
+            "study_date": "20220101",
+            "institution_name": None,
+        },
+    )
     await queue_index(redis, uuid.uuid4(), ids("1", "2", "CT"), corrected)
     assert await found(redis, patient_id="T-1") == set()
     assert await found(redis, patient_id="T-2") == {S}

@@ -340,8 +340,9 @@ async def test_stats_count_users_states_and_time(client: httpx.AsyncClient, redi
     assert empty["latest_upload"] is None
     ids = []
     for user in ("a", "b", "a"):
-        answer = await client.post("/upload", files={"file": ("x", small_ct())},
-                                   headers={"X-User-ID": user})  # fmt: skip
+        answer = await client.post(
+            "/upload", files={"file": ("x", small_ct())}, headers={"X-User-ID": user}
+        )
         ids.append(answer.json()["upload_id"])
     await reject(redis, ids[0])
     stats = (await client.get("/stats")).json()

@@ -23,10 +23,19 @@ _ROWS, _COLUMNS, _SAMPLES, _PHOTOMETRIC = 0x00280010, 0x00280011, 0x00280002, 0x
 _FRAMES, _BITS_ALLOCATED, _BITS_STORED = 0x00280008, 0x00280100, 0x00280101
 _BITS_ALLOWED = (1, 8, 16, 32, 64)
 _SAMPLES_FOR = {  # PhotometricInterpretation -> the SamplesPerPixel it requires
-    "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
-    "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
-    "HSV": 3, "XYB": 3,
-}  # fmt: skip
+    "MONOCHROME1": 1,
+    "MONOCHROME2": 1,
+    "PALETTE COLOR": 1,
+    "RGB": 3,
+    "YBR_FULL": 3,
+    "YBR_FULL_422": 3,
+    "YBR_PARTIAL_422": 3,
+    "YBR_PARTIAL_420": 3,
+    "YBR_ICT": 3,
+    "YBR_RCT": 3,
+    "HSV": 3,
+    "XYB": 3,
+}
 
 
 @dataclass(frozen=True)
@@ -155,9 +164,13 @@ def _geometry(ds: Dataset, pixel_tag: int, found: _Findings) -> _Geometry | None
     if len(found.reasons) > before or photometric is None:
         return None
     return _Geometry(
-        values[_ROWS], values[_COLUMNS], values[_SAMPLES], values[_BITS_ALLOCATED],
-        frames or 1, photometric,
-    )  # fmt: skip
+        values[_ROWS],
+        values[_COLUMNS],
+        values[_SAMPLES],
+        values[_BITS_ALLOCATED],
+        frames or 1,
+        photometric,
+    )
 
 
 def _photometric(ds: Dataset, samples: int | None, found: _Findings) -> str | None:
@@ -295,11 +308,13 @@ def _fragment_items(body: bytes, pos: int) -> tuple[list[int], list[int]]:
         if length == _UNDEFINED:
             raise ValueError(f"the fragment item at byte offset {pos} has undefined length")
         if pos + 8 + length > end:
-            raise _Stop(_reason(
-                "truncated",
-                f"the pixel data fragment at byte offset {pos} declares {length} bytes but the "
-                f"file ends after {end - pos - 8}",
-            ))  # fmt: skip
+            raise _Stop(
+                _reason(
+                    "truncated",
+                    f"the pixel data fragment at byte offset {pos} declares {length} bytes but the "
+                    f"file ends after {end - pos - 8}",
+                )
+            )
         fragments.append(pos - first)
         pos += 8 + length
     return offsets, fragments

@@ -76,16 +76,21 @@ def _require_part10(data: bytes) -> None:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return
     if _looks_like_dataset(data):
-        raise _Stop(_reason(
-            "missing-file-meta",
-            "the file is a bare DICOM dataset: it lacks the 128-byte preamble, the 'DICM' prefix "
-            "and the group 0002 File Meta Information that a DICOM Part 10 file starts with",
-        ))  # fmt: skip
+        raise _Stop(
+            _reason(
+                "missing-file-meta",
+                "the file is a bare DICOM dataset: it lacks the 128-byte preamble, the 'DICM' "
+                "prefix and the group 0002 File Meta Information that a DICOM Part 10 file "
+                "starts with",
+            )
+        )
     where = "at byte offset 128" if len(data) >= 132 else f"(the file is only {len(data)} bytes)"
-    raise _Stop(_reason(
-        "not-dicom",
-        f"no 'DICM' prefix {where}, and the content does not parse as DICOM data elements",
-    ))  # fmt: skip
+    raise _Stop(
+        _reason(
+            "not-dicom",
+            f"no 'DICM' prefix {where}, and the content does not parse as DICOM data elements",
+        )
+    )
 
 
 def _looks_like_dataset(data: bytes) -> bool:
@@ -130,10 +135,12 @@ def _read_meta(data: bytes, budget: _Budget) -> tuple[Dataset, int]:
     fp.seek(132)
     meta = _read_run(fp, data, _Run.META, implicit=False, little=True)
     if not meta:
-        raise _Stop(_reason(
-            "missing-file-meta",
-            "the 'DICM' prefix is not followed by group 0002 File Meta Information elements",
-        ))  # fmt: skip
+        raise _Stop(
+            _reason(
+                "missing-file-meta",
+                "the 'DICM' prefix is not followed by group 0002 File Meta Information elements",
+            )
+        )
     return meta, fp.tell()
 
 
@@ -151,20 +158,24 @@ def _inflate(payload: memoryview, limit: int) -> bytes:
             if not produced and not pending and offset >= len(payload):
                 break  # all input used and nothing more comes out
         if total > limit:
-            raise _Stop(_reason(
-                "too-large-decoded",
-                f"the deflated dataset inflates to more than {limit} bytes "
-                f"from {len(payload)} compressed bytes",
-            ))  # fmt: skip
+            raise _Stop(
+                _reason(
+                    "too-large-decoded",
+                    f"the deflated dataset inflates to more than {limit} bytes "
+                    f"from {len(payload)} compressed bytes",
+                )
+            )
         if not inflater.eof:
-            raise _Stop(_reason(
-                "truncated", "the file ends before the end of the deflated dataset's stream"
-            ))  # fmt: skip
+            raise _Stop(
+                _reason(
+                    "truncated", "the file ends before the end of the deflated dataset's stream"
+                )
+            )
         return zlib.decompress(payload, -zlib.MAX_WBITS, max(total, 1))
     except zlib.error as exc:
-        raise _Stop(_reason(
-            "unreadable", "the deflated dataset is not a valid deflate stream (zlib.error)"
-        )) from exc  # fmt: skip
+        raise _Stop(
+            _reason("unreadable", "the deflated dataset is not a valid deflate stream (zlib.error)")
+        ) from exc
 
 
 # --- the dataset: structure --------------------------------------------------------------------
@@ -286,10 +297,13 @@ def _check_lengths(ds: Dataset, end: int, budget: _Budget) -> None:
             else:
                 continue
             if items and depth + 1 > MAX_NESTING:
-                raise _Stop(_reason(
-                    "too-deep",
-                    f"sequences are nested more than {MAX_NESTING} levels deep (at {_label(tag)})",
-                ))  # fmt: skip
+                raise _Stop(
+                    _reason(
+                        "too-deep",
+                        f"sequences are nested more than {MAX_NESTING} levels deep "
+                        f"(at {_label(tag)})",
+                    )
+                )
             stack.extend((child, depth + 1, inner) for child in items)
 
 

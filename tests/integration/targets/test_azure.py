@@ -192,9 +192,12 @@ async def test_a_missing_container_fails_at_once(env: pytest.MonkeyPatch, small_
 
 
 async def test_a_wrong_account_key_fails_at_once(
-    env: pytest.MonkeyPatch, azurite: servers.AzureServer, service: BlobServiceClient,
-    container: str, small_item: Item,
-) -> None:  # fmt: skip
+    env: pytest.MonkeyPatch,
+    azurite: servers.AzureServer,
+    service: BlobServiceClient,
+    container: str,
+    small_item: Item,
+) -> None:
     env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string(WRONG_KEY))
     env.setenv("AZURE_RETRY_TOTAL", "3")
     env.setenv("AZURE_RETRY_BACKOFF", "30")
@@ -227,9 +230,12 @@ async def test_azurite_down_is_worth_a_retry(env: pytest.MonkeyPatch, small_item
     ],
 )
 async def test_a_blob_that_does_not_match_the_file_is_refused(
-    target: AzureTarget, monkeypatch: pytest.MonkeyPatch, which: str, why: str,
+    target: AzureTarget,
+    monkeypatch: pytest.MonkeyPatch,
+    which: str,
+    why: str,
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
+) -> None:
     """The local MD5 disagrees with the bytes sent: the service refuses a single put; a block
     upload, whose Content-MD5 the service stores unchecked, fails the read-back."""
     item: Item = request.getfixturevalue(which)
@@ -260,10 +266,12 @@ async def test_an_account_url_with_its_key_or_a_sas_token_works(
     assert (await target.put(small_item)).ok
     target.close()
     sas = generate_account_sas(
-        servers.AZURITE_ACCOUNT, servers.AZURITE_KEY, ResourceTypes(container=True, object=True),
+        servers.AZURITE_ACCOUNT,
+        servers.AZURITE_KEY,
+        ResourceTypes(container=True, object=True),
         AccountSasPermissions(read=True, write=True, create=True),
         expiry=datetime.now(UTC) + timedelta(hours=1),
-    )  # fmt: skip
+    )
     env.delenv("AZURE_STORAGE_KEY")
     env.setenv("AZURE_STORAGE_SAS_TOKEN", f"?{sas}")
     target = AzureTarget.from_env()
@@ -279,10 +287,17 @@ def test_from_env_without_an_endpoint_stops_with_one_line(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
     env["AZURE_CONTAINER"] = "dicom"
     done = subprocess.run(
-        [sys.executable, "-c",
-         "from uploader_service.targets.azure import AzureTarget; AzureTarget.from_env()"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from uploader_service.targets.azure import AzureTarget; AzureTarget.from_env()",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -294,20 +309,30 @@ def test_from_env_without_an_endpoint_stops_with_one_line(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("variables", "names"),
     [
-        ({"AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net"},
-         ["AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN"]),
-        ({"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
-          "AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net"},
-         ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL"]),
-        ({"AZURE_STORAGE_CONNECTION_STRING": "nonsense", "AZURE_CONTAINER": "Not_Valid"},
-         ["AZURE_CONTAINER"]),
+        (
+            {"AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net"},
+            ["AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN"],
+        ),
+        (
+            {
+                "AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
+                "AZURE_STORAGE_ACCOUNT_URL": "https://x.blob.core.windows.net",
+            },
+            ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL"],
+        ),
+        (
+            {"AZURE_STORAGE_CONNECTION_STRING": "nonsense", "AZURE_CONTAINER": "Not_Valid"},
+            ["AZURE_CONTAINER"],
+        ),
         ({"AZURE_STORAGE_CONNECTION_STRING": "nonsense"}, ["AZURE_STORAGE_CONNECTION_STRING"]),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_stop_with_lines_naming_the_variables(
-    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    variables: dict[str, str], names: list[str],
-) -> None:  # fmt: skip
+    env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str],
+    names: list[str],
+) -> None:
     env.delenv("AZURE_STORAGE_CONNECTION_STRING")
     for name, value in variables.items():
         env.setenv(name, value)
@@ -330,9 +355,12 @@ def blobs_in(service: BlobServiceClient, container: str) -> list[str]:
 
 
 async def test_delete_removes_the_three_blobs_and_nothing_else(
-    target: AzureTarget, service: BlobServiceClient, container: str, small_item: Item,
+    target: AzureTarget,
+    service: BlobServiceClient,
+    container: str,
+    small_item: Item,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     ids = small_item.ids.model_copy(update={"sop_uid": "1.2.826.0.1.3680043.8.498.99"})
     sibling = make_item(tmp_path / "sibling", b"another instance of the series", ids=ids)
     await target.put(small_item)
@@ -383,9 +411,13 @@ async def test_delete_from_a_missing_container_is_a_permanent_error(
 
 
 async def test_delete_with_a_wrong_account_key_is_a_permanent_error(
-    target: AzureTarget, env: pytest.MonkeyPatch, azurite: servers.AzureServer,
-    service: BlobServiceClient, container: str, small_item: Item,
-) -> None:  # fmt: skip
+    target: AzureTarget,
+    env: pytest.MonkeyPatch,
+    azurite: servers.AzureServer,
+    service: BlobServiceClient,
+    container: str,
+    small_item: Item,
+) -> None:
     await target.put(small_item)
     env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string(WRONG_KEY))
     wrong = AzureTarget.from_env()

@@ -252,10 +252,18 @@ def test_from_env_stops_with_a_line_naming_the_variable(
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
     done = subprocess.run(
-        [sys.executable, "-c",
-         "from uploader_service.targets.dicomweb import DicomwebTarget; DicomwebTarget.from_env()"],
-        env={**clean, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from uploader_service.targets.dicomweb import DicomwebTarget; "
+            "DicomwebTarget.from_env()",
+        ],
+        env={**clean, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(first_line), done.stderr
 

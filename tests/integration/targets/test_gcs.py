@@ -194,14 +194,17 @@ async def test_archived_files_not_on_disk_are_a_retryable_error(
 def test_from_env_without_a_bucket_stops_the_process(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GCS_")}
     done = subprocess.run(
-        [sys.executable, "-c", "from uploader_service.targets.gcs import GcsTarget\n"
-         "GcsTarget.from_env()"],
+        [
+            sys.executable,
+            "-c",
+            "from uploader_service.targets.gcs import GcsTarget\nGcsTarget.from_env()",
+        ],
         cwd=tmp_path,  # no .env here
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("configuration error: GCS_BUCKET: ")
     assert len(done.stderr.splitlines()) == 1

@@ -301,9 +301,14 @@ def jpeg_with_frame(width: int, height: int, precision: int = 8) -> bytes:
     sof = bytes([precision]) + struct.pack(">HH", height, width) + b"\x01\x01\x11\x00"
     sos = b"\x01\x01\x00\x00\x3f\x00"
     return (
-        b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof
-        + b"\xff\xda" + struct.pack(">H", len(sos) + 2) + sos + b"\x00\xff\xd9"
-    )  # fmt: skip
+        b"\xff\xd8\xff\xc0"
+        + struct.pack(">H", len(sof) + 2)
+        + sof
+        + b"\xff\xda"
+        + struct.pack(">H", len(sos) + 2)
+        + sos
+        + b"\x00\xff\xd9"
+    )
 
 
 def refused(tmp_path: Path, data: bytes, kind: str) -> ImageConversionError:
