@@ -40,13 +40,13 @@ def upload_id_of(text: str) -> UUID:
         raise UploadNotFound("that is not an upload id: upload ids are UUIDs") from None
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     """The app's job store: the one place that reads it from the app."""
     store: JobStore = request.app.state.store
     return store
 
 
-def get_feed(request: Request) -> StatusFeed:
+async def get_feed(request: Request) -> StatusFeed:
     """The process's status feed (one ``XREAD BLOCK`` for every watcher), made on first use."""
     return feed_of(request.app)
 

@@ -29,13 +29,13 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     """The settings the app was built with."""
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_redis(store: Store) -> Redis:
+async def get_redis(store: Store) -> Redis:
     """The Redis client of the job store."""
     return store.redis
 

@@ -7,6 +7,7 @@ would reach Redis are replaced by one that answers 418, so no handler touches th
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 from collections.abc import Iterator
@@ -219,3 +220,18 @@ def test_no_two_routes_answer_the_same_request() -> None:
         if ma & mb and overlap(segments(a), segments(b))
     ]
     assert clashes == []
+
+
+def test_every_dependency_is_a_coroutine() -> None:
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a thread handoff on every
+    request for what is a lookup. The gateway's dependencies are ``async def``."""
+    app = build()
+    plain: set[str] = set()
+    for context in iter_route_contexts(app.routes):
+        stack = list(getattr(getattr(context.route, "dependant", None), "dependencies", []))
+        while stack:
+            dependant = stack.pop()
+            stack.extend(dependant.dependencies)
+            if dependant.call is not None and not inspect.iscoroutinefunction(dependant.call):
+                plain.add(handler_name(dependant.call))
+    assert not plain, f"dependencies run in a thread on every request: {sorted(plain)}"
