@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from tests.support import RedisServer, docker_answers
@@ -52,3 +54,14 @@ async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(flushed_redis, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The logging set-up as it was before the test configured the services' own."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
+    logging.getLogger("pydicom").disabled = False

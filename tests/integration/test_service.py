@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
@@ -25,17 +22,6 @@ def check_name(name: str) -> None:
 
 async def work_that_crashes() -> None:
     check_name(PATIENT)
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """The logging set-up as it was before the test configured the services' own."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
-    logging.getLogger("pydicom").disabled = False
 
 
 async def test_a_crash_logs_the_frames_it_came_through_and_never_the_message(

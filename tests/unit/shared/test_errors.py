@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -62,16 +61,6 @@ def test_our_errors_are_described_by_their_words_others_by_where_they_came_from(
     assert library["error"] == "ValueError"
     assert library["frames"] == frames(raised())
     assert "Doe" not in json.dumps(library)
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
-    logging.getLogger("pydicom").disabled = False
 
 
 def test_a_logged_exception_keeps_its_frames_and_drops_its_message(

@@ -33,7 +33,7 @@ from shared.logging import configure_logging
 
 
 def test_log_lines_are_json_with_the_service_and_no_exception_text(
-    capfd: pytest.CaptureFixture[str],
+    restored_logging: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging("test-service", "INFO", "json")
     try:
@@ -47,7 +47,6 @@ def test_log_lines_are_json_with_the_service_and_no_exception_text(
         assert line["service"] == "test-service"
         assert line["error"] == "ValueError"
         assert "Doe" not in json.dumps(line)
-    structlog.reset_defaults()
 
 
 def test_safe_error_keeps_our_words_and_drops_a_librarys() -> None:
