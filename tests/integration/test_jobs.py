@@ -33,6 +33,31 @@ FILE = FileRef(path="/u/x.dcm", sha256="ab" * 32, size=10)
 IDS = dicom_ids(modality="CT")
 
 
+def described_of(upload_id: uuid.UUID) -> FileDescribed:
+    """A described instance without a preview."""
+    return FileDescribed(
+        upload_id=upload_id,
+        file=FILE,
+        ids=IDS,
+        archive_path="/a",
+        metadata_file="/a/m.json",
+        preview_file=None,
+    )
+
+
+def uploader_gave_up(described: FileDescribed) -> JobFailed:
+    """The dead letter of an uploader that kept failing on ``described``."""
+    return JobFailed(
+        upload_id=described.upload_id,
+        stage="uploader",
+        error="s3: down",
+        deliveries=5,
+        stream=names.FILE_DESCRIBED,
+        entry_id="1-1",
+        event=described.model_dump_json(),
+    )
+
+
 @pytest.fixture
 async def store(flushed_redis: str) -> AsyncIterator[JobStore]:
     client = Redis.from_url(flushed_redis, decode_responses=True)
@@ -130,27 +155,12 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     store: JobStore,
 ) -> None:
     upload_id = uuid.uuid4()
-    described = FileDescribed(
-        upload_id=upload_id,
-        file=FILE,
-        ids=IDS,
-        archive_path="/a",
-        metadata_file="/a/m.json",
-        preview_file=None,
-    )
+    described = described_of(upload_id)
     await apply(store, FileReceived(upload_id=upload_id, file=FILE))
     await apply(store, described)
     await apply(
         store,
-        JobFailed(
-            upload_id=upload_id,
-            stage="uploader",
-            error="s3: down",
-            deliveries=5,
-            stream=names.FILE_DESCRIBED,
-            entry_id="1-1",
-            event=described.model_dump_json(),
-        ),
+        uploader_gave_up(described),
     )
     assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
@@ -226,28 +236,13 @@ async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kep
 
 async def test_retries_keep_the_history_as_short_as_every_other_change(store: JobStore) -> None:
     upload_id = uuid.uuid4()
-    described = FileDescribed(
-        upload_id=upload_id,
-        file=FILE,
-        ids=IDS,
-        archive_path="/a",
-        metadata_file="/a/m.json",
-        preview_file=None,
-    )
+    described = described_of(upload_id)
     await apply(store, FileReceived(upload_id=upload_id, file=FILE))
     await apply(store, described)
     for _ in range(HISTORY_MAX):
         await apply(
             store,
-            JobFailed(
-                upload_id=upload_id,
-                stage="uploader",
-                error="s3: down",
-                deliveries=5,
-                stream=names.FILE_DESCRIBED,
-                entry_id="1-1",
-                event=described.model_dump_json(),
-            ),
+            uploader_gave_up(described),
         )
         assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
