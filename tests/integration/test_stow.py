@@ -2,7 +2,7 @@
 upload job through the intake; hostile bodies get the standard's answer and leave nothing.
 
 Without a validator every instance stays pending: the answer says so (202, WarningReason
-0xB0F0) once STOW_VALIDATION_TIMEOUT_S has passed. tests/e2e/test_stow.py runs the pipeline.
+0xB0F0) once STOW_VALIDATION_TIMEOUT_S has passed. tests/e2e/test_stow_e2e.py runs the pipeline.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 from python_multipart.multipart import parse_options_header
 
 from api_gateway import intake
@@ -156,7 +155,7 @@ def _read_uids(instance: Instance) -> None:
         instance.series_uid = str(ds.SeriesInstanceUID)
         instance.sop_class_uid = str(ds.SOPClassUID)
         instance.sop_uid = str(ds.SOPInstanceUID)
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, KeyError, TypeError) as exc:
+    except Exception as exc:  # pydicom raises many kinds of error on a malformed file
         instance.failure = CANNOT_UNDERSTAND
         instance.reason = f"not a readable DICOM instance ({type(exc).__name__})"
 
