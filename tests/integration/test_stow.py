@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pydicom
 import pytest
 from api_gateway.dicomweb import stow
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.support import pydicom_file
 
@@ -199,3 +200,42 @@ async def test_a_chunked_body_is_stored(served_gateway: str, uploads: Path) -> N
     assert answer.status_code == 202  # stored, validation pending (no validator here)
     assert len(pydicom.Dataset.from_json(answer.json()).ReferencedSOPSequence) == 2
     assert len(leftovers(uploads)) == 2
+
+
+def large_part_head(pixel_bytes: int) -> bytes:
+    """A CT instance up to its Pixel Data header: the pixel bytes are the caller's to send."""
+    ds = instances(1)[0]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    del ds.PixelData
+    header = b"\xe0\x7f\x10\x00OB\x00\x00" + pixel_bytes.to_bytes(4, "little")
+    return encoded(ds) + header
+
+
+@pytest.mark.parametrize(
+    "gateway_env", [{"STOW_VALIDATION_TIMEOUT_S": 0, "MAX_FILE_SIZE": 200 * 2**20}]
+)
+async def test_a_large_part_streams_to_disk_in_flat_memory(
+    served_gateway: str, uploads: Path
+) -> None:
+    size, chunk = 96 * 2**20, b"\0" * 2**20
+    head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield head + large_part_head(size)
+        for _ in range(size // len(chunk)):
+            yield chunk  # the same bytes each time: the client holds one chunk
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    tracemalloc.start()
+    try:
+        async with httpx.AsyncClient(base_url=served_gateway, timeout=60) as http:
+            answer = await http.post(
+                "/dicomweb/studies", content=stream(), headers={"content-type": related()}
+            )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 202, answer.text
+    (stored,) = list(uploads.glob("*.dcm"))
+    assert stored.stat().st_size > size
+    assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MiB at the peak for a {size >> 20} MiB part"

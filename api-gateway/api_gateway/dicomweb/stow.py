@@ -42,7 +42,7 @@ from api_gateway import intake
 from api_gateway.deps import Feed, Settings, Store
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
 from shared import metrics
-from shared.errors import BadRequest, UnsupportedMediaType
+from shared.errors import AppError, BadRequest, UnsupportedMediaType
 from shared.jobs import JobStatus
 from shared.status_api import wait_until
 
@@ -278,7 +278,12 @@ async def store_instances(
     async def settle(instance: Instance) -> None:
         assert instance.upload_id is not None
         remaining = max(0.0, deadline - time.monotonic())
-        job, timed_out = await wait_until(store, feed, instance.upload_id, SETTLED, remaining)
+        try:
+            job, timed_out = await wait_until(store, feed, instance.upload_id, SETTLED, remaining)
+        except AppError as exc:  # Redis stopped answering, or the job was deleted meanwhile:
+            instance.warning = VALIDATION_PENDING  # it was stored and queued all the same
+            instance.reason = f"accepted; its validation could not be followed ({exc})"
+            return
         _settle(instance, job, timed_out)
 
     await asyncio.gather(*(settle(i) for i in kept))
