@@ -58,6 +58,19 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900  # the validator rejected the instance
 CANNOT_UNDERSTAND = 0xC000  # not DICOM, or pydicom cannot read it
 STUDY_UID_MISMATCH = 0xC409  # implementation-specific (Cxxx): not the study of the URL
 PROCESSING_FAILURE = 0x0110  # the pipeline gave up on the job (failed)
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+# the validator's rejection codes that are not "does not match its SOP Class" (0xA900)
+_FAILURE_OF_CODE = {
+    "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
+    "not-dicom": CANNOT_UNDERSTAND,
+    "empty-file": CANNOT_UNDERSTAND,
+    "missing-file-meta": CANNOT_UNDERSTAND,
+    "bad-file-meta": CANNOT_UNDERSTAND,
+    "too-deep": CANNOT_UNDERSTAND,
+    "too-many-elements": OUT_OF_RESOURCES,
+    "too-large": OUT_OF_RESOURCES,
+    "too-large-decoded": OUT_OF_RESOURCES,
+}
 # Warning Reason (0008,1196), implementation-specific (Bxxx): accepted, not yet validated
 VALIDATION_PENDING = 0xB0F0
 
@@ -191,9 +204,10 @@ async def _screen(
 def _settle(instance: Instance, job: JobStatus, timed_out: bool) -> None:
     """What the pipeline did with a queued instance, as the answer will say it."""
     if job.status == "rejected":
-        instance.failure = DOES_NOT_MATCH_SOP_CLASS
-        reasons = job.details.get("reasons") or []
-        instance.reason = "; ".join(str(r.get("message", r)) for r in reasons) or "rejected"
+        reasons = job.details.get("reasons") or [{}]
+        code = reasons[0].get("code")
+        instance.failure = _FAILURE_OF_CODE.get(code, DOES_NOT_MATCH_SOP_CLASS)
+        instance.reason = "; ".join(r.get("message", "") for r in reasons) or "rejected"
     elif job.status == "failed":
         instance.failure = PROCESSING_FAILURE
         instance.reason = "the pipeline gave up on this instance"
