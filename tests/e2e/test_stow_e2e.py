@@ -4,6 +4,7 @@ the answer reports what the validator decided for each instance (PS3.18 §10.5, 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -12,6 +13,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.uid import generate_uid
 
 from testbed.system import System
+from tests.e2e.test_pipeline import ENCODINGS
 from tests.support import pydicom_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -67,3 +69,21 @@ def test_every_instance_stored_is_a_200_and_another_study_is_a_409(system: Syste
     assert refused.value.response.status_code == 409
     body = pydicom.Dataset.from_json(refused.value.response.json())
     assert body.FailedSOPSequence[0].FailureReason == 0xC409
+
+
+def test_compressed_and_other_transfer_syntaxes_are_stored_as_sent(system: System) -> None:
+    files = [pydicom_file(name) for name in ENCODINGS]
+    client = DICOMwebClient(url=f"{system.url()}/dicomweb")
+    answer = client.store_instances([pydicom.dcmread(f) for f in files])
+    assert "FailedSOPSequence" not in answer
+    stored = answer.ReferencedSOPSequence
+    assert len(stored) == len(files)
+    assert all("WarningReason" not in i for i in stored)
+    finals = system.wait_final([upload_id(i) for i in stored])
+    for item, source in zip(stored, files, strict=True):
+        final = finals[upload_id(item)]
+        assert final["status"] == "archived", final
+        kept = Path(final["details"]["archive_path"]) / "original.dcm"
+        assert pydicom.dcmread(kept).file_meta.TransferSyntaxUID == (
+            pydicom.dcmread(source).file_meta.TransferSyntaxUID
+        )
