@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from pydicom import Dataset, dcmread
 from python_multipart.multipart import parse_options_header
 
-from api_gateway import intake
+from api_gateway import http_intake, intake
 from api_gateway.deps import Feed, Settings, Store
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
 from shared import metrics
@@ -271,7 +271,7 @@ async def store_instances(
     boundary = boundary_of(request.headers.get("content-type"))
     receiver: StowReceiver | None = None
     files: list[ReceivedFile] = []
-    with intake.undone_on_failure(lambda: _abort(receiver, files)):
+    with http_intake.undone_on_failure(lambda: _abort(receiver, files)):
         receiver = StowReceiver(
             boundary, settings.uploads_path, settings.max_file_size, settings.fsync_uploads
         )
@@ -283,7 +283,8 @@ async def store_instances(
         instances = await _screen(receiver, files, study)
         kept = [i for i in instances if i.file is not None]
         user_id = request.headers.get("x-user-id")
-        events = [intake.received_file(i.file, "stow", user_id=user_id) for i in kept if i.file]
+        files_kept = [i.file for i in kept if i.file is not None]
+        events = [http_intake.received_file(f, "stow", user_id=user_id) for f in files_kept]
         await intake.queue(store, events)
     for i in instances:
         metrics.UPLOADS.labels("accepted" if i.file is not None else "stow-failed").inc()
