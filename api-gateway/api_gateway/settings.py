@@ -22,6 +22,9 @@ class GatewaySettings(ServiceSettings):
     uploader_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8004"), alias="UPLOADER_URL")
     max_batch_size: int = Field(512 * 1024 * 1024, gt=0, alias="MAX_BATCH_SIZE")
     deid_secret: str | None = Field(None, min_length=16, alias="DEID_SECRET")
+    # STOW-RS: how long its answer waits for the instances' validation, and for a stalled body
+    stow_validation_timeout_s: float = Field(10.0, ge=0, alias="STOW_VALIDATION_TIMEOUT_S")
+    stow_read_timeout_s: float = Field(30.0, gt=0, alias="STOW_READ_TIMEOUT_S")
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import ijson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api_gateway import intake
+from api_gateway import http_intake, intake
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
 from api_gateway.routes.upload import FileRefused, UploadAccepted
@@ -100,7 +100,7 @@ async def accept_batch(
         for f in files:
             f.path.unlink(missing_ok=True)
 
-    with intake.undone_on_failure(undo):
+    with http_intake.undone_on_failure(undo):
         size = 0
         with spool.open("wb") as out:
             async for chunk in request.stream():
@@ -110,12 +110,12 @@ async def accept_batch(
                 out.write(chunk)
         files, refused = await asyncio.to_thread(_unpack, spool, settings)
         spool.unlink()
-        files, screened = await intake.screen(files, dicom_only=False)
+        files, screened = await http_intake.screen(files, dicom_only=False)
         refused += screened
         if not files:
-            raise intake.refusal(refused) if refused else BadRequest("the batch has no files")
+            raise http_intake.refusal(refused) if refused else BadRequest("the batch has no files")
         events = [
-            intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
+            http_intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
         ]
         await intake.queue(store, events, batch=(batch_id, user_id))
     accepted = [UploadAccepted.of(f) for f in files]

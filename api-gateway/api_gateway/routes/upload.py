@@ -9,7 +9,7 @@ import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api_gateway import intake
+from api_gateway import http_intake, intake
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import (
     MultipartReceiver,
@@ -146,7 +146,7 @@ async def accept_uploads(
     request: Request, settings: GatewaySettings, store: JobStore
 ) -> tuple[list[UploadAccepted], list[RefusedFile], str | None]:
     """Stream the files of an upload request to disk, screen them, and queue each as a job;
-    when every file was refused, the refusal (``intake.refusal``)."""
+    when every file was refused, the refusal (``http_intake.refusal``)."""
     content_type = request.headers.get("content-type", "")
     user_id = catalog.clean_name(request.headers.get("x-user-id"), "X-User-ID header")
     label = catalog.clean_name(request.query_params.get("label"), "label")
@@ -154,7 +154,7 @@ async def accept_uploads(
     receiver: MultipartReceiver | None = None
     files: list[ReceivedFile] = []
     refused: list[RefusedFile] = []
-    with intake.undone_on_failure(lambda: _abort(receiver, files)):
+    with http_intake.undone_on_failure(lambda: _abort(receiver, files)):
         if content_type.lower().startswith("multipart/"):
             receiver = MultipartReceiver(
                 boundary_of(content_type),
@@ -181,11 +181,11 @@ async def accept_uploads(
             files = [await receive_raw(stream, folder, limit, settings.fsync_uploads, filename)]
         if not files and not refused:
             raise NoFilePart("the request has no 'file' part: send the DICOM file as field 'file'")
-        files, screened = await intake.screen(files, dicom_only=bool(label))
+        files, screened = await http_intake.screen(files, dicom_only=bool(label))
         refused += screened
-        events = [intake.received_file(f, source, label=label, user_id=user_id) for f in files]
+        events = [http_intake.received_file(f, source, label=label, user_id=user_id) for f in files]
         taken = await intake.queue(store, events)
-        files, refused = intake.drop_taken(files, taken, refused)
+        files, refused = http_intake.drop_taken(files, taken, refused)
     accepted = [UploadAccepted.of(f) for f in files]
     for f in files:
         metrics.UPLOADS.labels("accepted").inc()
@@ -194,7 +194,7 @@ async def accept_uploads(
     for r in refused:
         metrics.UPLOADS.labels(r.reason).inc()
     if not accepted:
-        raise intake.refusal(refused)
+        raise http_intake.refusal(refused)
     return accepted, refused, label
 
 

@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18) served by the gateway under ``/dicomweb``."""

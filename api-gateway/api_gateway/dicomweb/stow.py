@@ -1,0 +1,353 @@
+"""STOW-RS, the Studies Store transaction (DICOM PS3.18 §10.5), through the gateway's one intake.
+
+``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take a
+``multipart/related; type="application/dicom"`` body (boundary quoted or not, Content-Length or
+chunked). Each part is streamed to ``UPLOADS_PATH`` by the upload route's sinks (never a whole
+part in memory), read for its UIDs, and becomes one upload job through ``intake.queue``, like
+``POST /upload`` (same MAX_FILE_SIZE, status and feed; source ``stow``).
+
+The answer is PS3.18's Store Instances Response Module (Annex I) in ``application/dicom+json``.
+It waits, up to STOW_VALIDATION_TIMEOUT_S, for each instance's validation, so that an instance
+the validator rejects is reported in FailedSOPSequence, never as stored. An instance still
+unvalidated at the timeout is listed in ReferencedSOPSequence with WarningReason 0xB0F0
+(``VALIDATION_PENDING``) and the answer is 202. Every item carries the instance's upload id in
+the private attribute (0009,1001) of private creator ``dicomflow`` (block (0009,0010)), for
+``GET /status/{upload_id}``, and (0009,1002) a readable reason when there is one.
+
+Status codes (PS3.18 Table 10.5.3-1): 200 every instance stored; 202 some stored, with
+failures or warnings for others; 409 none stored; 400 a malformed body (no or wrong boundary,
+a body cut short, a body that stops arriving for STOW_READ_TIMEOUT_S); 415 a Content-Type
+other than ``multipart/related; type="application/dicom"``. A request that fails as a whole
+leaves nothing written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from uuid import UUID
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from pydicom import Dataset, dcmread
+from python_multipart.multipart import parse_options_header
+
+from api_gateway import http_intake, intake
+from api_gateway.deps import Feed, Settings, Store
+from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
+from shared import metrics
+from shared.errors import AppError, BadRequest, UnsupportedMediaType
+from shared.jobs import JobStatus
+from shared.status_api import wait_until
+
+log = structlog.get_logger()
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+MEDIA_TYPE = "application/dicom+json"
+PART_TYPE = b"application/dicom"
+
+# Failure Reason (0008,1197) values, PS3.18 Table I.2-2, and ours in its ranges
+OUT_OF_RESOURCES = 0xA700  # over MAX_FILE_SIZE
+DOES_NOT_MATCH_SOP_CLASS = 0xA900  # the validator rejected the instance
+CANNOT_UNDERSTAND = 0xC000  # not DICOM, or pydicom cannot read it
+STUDY_UID_MISMATCH = 0xC409  # implementation-specific (Cxxx): not the study of the URL
+PROCESSING_FAILURE = 0x0110  # the pipeline gave up on the job (failed)
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+# the validator's rejection codes that are not "does not match its SOP Class" (0xA900)
+_FAILURE_OF_CODE = {
+    "unsupported-transfer-syntax": TRANSFER_SYNTAX_NOT_SUPPORTED,
+    "not-dicom": CANNOT_UNDERSTAND,
+    "empty-file": CANNOT_UNDERSTAND,
+    "missing-file-meta": CANNOT_UNDERSTAND,
+    "bad-file-meta": CANNOT_UNDERSTAND,
+    "too-deep": CANNOT_UNDERSTAND,
+    "too-many-elements": OUT_OF_RESOURCES,
+    "too-large": OUT_OF_RESOURCES,
+    "too-large-decoded": OUT_OF_RESOURCES,
+}
+# Warning Reason (0008,1196), implementation-specific (Bxxx): accepted, not yet validated
+VALIDATION_PENDING = 0xB0F0
+
+PRIVATE_CREATOR = "dicomflow"
+PRIVATE_GROUP = 0x0009
+UPLOAD_ID_ELEMENT = 0x01  # (0009,1001) LO: the instance's upload id
+REASON_ELEMENT = 0x02  # (0009,1002) LT: why it failed or what the warning means
+
+SETTLED = frozenset({"validated", "rejected"})  # or past them: described, archived, failed
+
+
+class StowReceiver(MultipartReceiver):
+    """The upload route's streaming receiver, taking every part of a multipart/related body
+    as a file (its parts have no Content-Disposition); a part whose Content-Type is not
+    application/dicom is kept aside as not understood."""
+
+    def __init__(self, boundary: bytes, folder: Path, max_file_size: int, fsync: bool):
+        super().__init__(boundary, folder, max_file_size, fsync)
+        self.parts = 0
+        self.wrong_type: set[UUID] = set()
+
+    def _headers_finished(self) -> None:
+        self.parts += 1
+        media, _ = parse_options_header(self._headers.get(b"content-type", PART_TYPE))
+        self._field = b"file"
+        self._sink = Sink(self.folder, self.max_file_size, self.fsync, f"part {self.parts}")
+        if media != PART_TYPE:
+            self.wrong_type.add(self._sink.upload_id)
+
+
+@dataclass
+class Instance:
+    """One part of the request and what became of it."""
+
+    name: str  # "part 3"
+    upload_id: UUID | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+    failure: int | None = None
+    warning: int | None = None
+    reason: str | None = None
+    file: ReceivedFile | None = None
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    """The boundary of a ``multipart/related; type="application/dicom"`` Content-Type."""
+    media, options = parse_options_header(content_type or "")
+    if media != b"multipart/related":
+        got = media.decode(errors="replace") or "none"
+        raise UnsupportedMediaType(
+            f'send multipart/related; type="application/dicom" (got Content-Type {got})'
+        )
+    kind = options.get(b"type", b"").strip(b'"').lower()
+    if kind != PART_TYPE:
+        got = kind.decode(errors="replace") or "none"
+        raise UnsupportedMediaType(
+            f'the multipart/related type must be "application/dicom" ({got})'
+        )
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("the multipart/related Content-Type has no boundary")
+    return boundary
+
+
+async def _chunks(request: Request, idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a body that stops arriving for ``idle_s`` is a 400."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BadRequest(f"the body stopped arriving for {idle_s:g} s") from None
+        yield chunk
+
+
+def _read_uids(instance: Instance) -> None:
+    """The instance's UIDs from its file, or its failure; blocking, for a thread."""
+    assert instance.file is not None
+    try:
+        ds = dcmread(
+            instance.file.path,
+            stop_before_pixels=True,
+            specific_tags=[
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "SOPClassUID",
+                "SOPInstanceUID",
+            ],
+        )
+        instance.study_uid = str(ds.StudyInstanceUID)
+        instance.series_uid = str(ds.SeriesInstanceUID)
+        instance.sop_class_uid = str(ds.SOPClassUID)
+        instance.sop_uid = str(ds.SOPInstanceUID)
+    except Exception as exc:  # pydicom raises many kinds of error on a malformed file
+        instance.failure = CANNOT_UNDERSTAND
+        instance.reason = f"not a readable DICOM instance ({type(exc).__name__})"
+
+
+async def _screen(
+    receiver: StowReceiver, files: list[ReceivedFile], study: str | None
+) -> list[Instance]:
+    instances: list[Instance] = []
+    for f in files:
+        instance = Instance(f.filename or "", upload_id=f.upload_id, file=f)
+        if f.upload_id in receiver.wrong_type:
+            instance.failure = CANNOT_UNDERSTAND
+            instance.reason = "the part's Content-Type is not application/dicom"
+        elif f.head[128:132] != b"DICM":
+            instance.failure = CANNOT_UNDERSTAND
+            instance.reason = "the part is not DICOM (no 'DICM' after its 128-byte preamble)"
+        else:
+            await asyncio.to_thread(_read_uids, instance)
+            if instance.failure is None and study is not None and instance.study_uid != study:
+                instance.failure = STUDY_UID_MISMATCH
+                instance.reason = f"the instance is of study {instance.study_uid}, not of the URL's"
+        if instance.failure is not None:
+            f.path.unlink(missing_ok=True)
+            instance.file = None
+        instances.append(instance)
+    for refused in receiver.refused:  # over MAX_FILE_SIZE, dropped as it came
+        instances.append(
+            Instance(refused.name or "", failure=OUT_OF_RESOURCES, reason=refused.message)
+        )
+    return instances
+
+
+def _settle(instance: Instance, job: JobStatus, timed_out: bool) -> None:
+    """What the pipeline did with a queued instance, as the answer will say it."""
+    if job.status == "rejected":
+        reasons = job.details.get("reasons") or [{}]
+        code = reasons[0].get("code")
+        instance.failure = _FAILURE_OF_CODE.get(code, DOES_NOT_MATCH_SOP_CLASS)
+        instance.reason = "; ".join(r.get("message", "") for r in reasons) or "rejected"
+    elif job.status == "failed":
+        instance.failure = PROCESSING_FAILURE
+        instance.reason = "the pipeline gave up on this instance"
+    elif timed_out and job.status in ("accepted", "validating"):
+        instance.warning = VALIDATION_PENDING
+        instance.reason = "accepted; validation still pending: follow GET /status/{upload id}"
+
+
+def _item(instance: Instance, base: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = instance.sop_class_uid or ""
+    item.ReferencedSOPInstanceUID = instance.sop_uid or ""
+    if instance.failure is not None:
+        item.FailureReason = instance.failure
+    else:
+        item.RetrieveURL = (
+            f"{base}/studies/{instance.study_uid}/series/{instance.series_uid}"
+            f"/instances/{instance.sop_uid}"
+        )
+        if instance.warning is not None:
+            item.WarningReason = instance.warning
+    block = item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    if instance.upload_id is not None and instance.file is not None:
+        block.add_new(UPLOAD_ID_ELEMENT, "LO", str(instance.upload_id))
+    if instance.reason:
+        block.add_new(REASON_ELEMENT, "LT", f"{instance.name}: {instance.reason}")
+    return item
+
+
+def store_response(instances: list[Instance], base: str, study: str | None) -> tuple[int, dict]:
+    """PS3.18 Annex I's module as DICOM JSON, and the status code of Table 10.5.3-1."""
+    stored = [i for i in instances if i.failure is None]
+    failed = [i for i in instances if i.failure is not None]
+    ds = Dataset()
+    studies = {i.study_uid for i in stored}
+    one = study or (studies.pop() if len(studies) == 1 else None)
+    ds.RetrieveURL = f"{base}/studies/{one}" if one else ""
+    if stored:
+        ds.ReferencedSOPSequence = [_item(i, base) for i in stored]
+    if failed:
+        ds.FailedSOPSequence = [_item(i, base) for i in failed]
+    if not stored:
+        status = 409
+    elif failed or any(i.warning is not None for i in stored):
+        status = 202
+    else:
+        status = 200
+    return status, ds.to_json_dict()
+
+
+def _abort(receiver: StowReceiver | None, files: list[ReceivedFile]) -> None:
+    if receiver is not None:
+        receiver.abort()
+    for f in files:
+        f.path.unlink(missing_ok=True)
+
+
+async def store_instances(
+    request: Request, settings: Settings, store: Store, feed: Feed, study: str | None
+) -> JSONResponse:
+    boundary = boundary_of(request.headers.get("content-type"))
+    receiver: StowReceiver | None = None
+    files: list[ReceivedFile] = []
+    with http_intake.undone_on_failure(lambda: _abort(receiver, files)):
+        receiver = StowReceiver(
+            boundary, settings.uploads_path, settings.max_file_size, settings.fsync_uploads
+        )
+        async for chunk in _chunks(request, settings.stow_read_timeout_s):
+            receiver.feed(chunk)
+        files = receiver.finish()
+        if not files and not receiver.refused:
+            raise BadRequest("the multipart/related body has no part")
+        instances = await _screen(receiver, files, study)
+        kept = [i for i in instances if i.file is not None]
+        user_id = request.headers.get("x-user-id")
+        files_kept = [i.file for i in kept if i.file is not None]
+        events = [http_intake.received_file(f, "stow", user_id=user_id) for f in files_kept]
+        await intake.queue(store, events)
+    for i in instances:
+        metrics.UPLOADS.labels("accepted" if i.file is not None else "stow-failed").inc()
+    deadline = time.monotonic() + settings.stow_validation_timeout_s
+
+    async def settle(instance: Instance) -> None:
+        assert instance.upload_id is not None
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            job, timed_out = await wait_until(store, feed, instance.upload_id, SETTLED, remaining)
+        except AppError as exc:  # Redis stopped answering, or the job was deleted meanwhile:
+            instance.warning = VALIDATION_PENDING  # it was stored and queued all the same
+            instance.reason = f"accepted; its validation could not be followed ({exc})"
+            return
+        _settle(instance, job, timed_out)
+
+    await asyncio.gather(*(settle(i) for i in kept))
+    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    status, body = store_response(instances, base, study)
+    log.info(
+        "stow.stored",
+        instances=len(instances),
+        failed=sum(i.failure is not None for i in instances),
+        pending=sum(i.warning is not None for i in instances),
+        status=status,
+    )
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
+
+
+_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "Every instance stored (validated)", "content": {MEDIA_TYPE: {}}},
+    202: {"description": "Some stored; failures or warnings (validation pending) for others"},
+    400: {"description": "A malformed body: boundary, a part cut short, a body that stalls"},
+    409: {"description": "No instance stored; FailedSOPSequence says why for each"},
+    415: {"description": 'Not multipart/related; type="application/dicom"'},
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            'multipart/related; type="application/dicom"': {
+                "schema": {"type": "string", "format": "binary"}
+            }
+        },
+    }
+}
+
+
+@router.post("/studies", responses=_RESPONSES, openapi_extra=_BODY)
+async def store_studies(
+    request: Request, settings: Settings, store: Store, feed: Feed
+) -> JSONResponse:
+    """STOW-RS (PS3.18 §10.5): store the instances of any studies, one upload job each."""
+    return await store_instances(request, settings, store, feed, None)
+
+
+@router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_BODY)
+async def store_study(
+    request: Request,
+    settings: Settings,
+    store: Store,
+    feed: Feed,
+    study: Annotated[str, PathParam(max_length=64)],
+) -> JSONResponse:
+    """STOW-RS (PS3.18 §10.5) into one study: an instance of another study fails (0xC409)."""
+    return await store_instances(request, settings, store, feed, study)
