@@ -1,4 +1,4 @@
-"""The gateway's settings: the shared ones plus its port, upload durability and peers' URLs."""
+"""The gateway's settings: the shared ones plus its port, upload durability, peers' URLs, CORS."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ class GatewaySettings(ServiceSettings):
     uploader_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8004"), alias="UPLOADER_URL")
     max_batch_size: int = Field(512 * 1024 * 1024, gt=0, alias="MAX_BATCH_SIZE")
     deid_secret: str | None = Field(None, min_length=16, alias="DEID_SECRET")
+    # the DICOMweb root as clients reach it (behind a proxy), for the URLs in answers
+    dicomweb_public_url: AnyHttpUrl | None = Field(None, alias="DICOMWEB_PUBLIC_URL")
+    # browser origins (scheme://host[:port]) allowed to call the API, comma-separated; "*" any
+    cors_allow_origins: str = Field("", alias="CORS_ALLOW_ORIGINS")
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS as a list: none by default, so no browser page of another origin
+        may read an answer."""
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
 
 @functools.cache
