@@ -298,7 +298,8 @@ async def test_errors_are_problems_with_the_standards_status(
         (instance_url(served_gateway, ct), {"Accept": "text/html"}, 406),
         (instance_url(served_gateway, ct) + "/frames/0", {}, 400),
         (instance_url(served_gateway, ct) + "/frames/one", {}, 400),
-        (instance_url(served_gateway, ct) + "/frames/2", {}, 404),
+        (instance_url(served_gateway, ct) + "/frames/2", {}, 400),  # out of range: PS3.18 9.5.2
+        (instance_url(served_gateway, ct) + "/frames/2/rendered", {}, 400),
         (instance_url(served_gateway, ct) + "/frames/1,2/rendered", {}, 400),
         (instance_url(served_gateway, ct) + "/rendered?window=a,b", {}, 400),
         (instance_url(served_gateway, ct) + "/rendered?viewport=1,2,3,4", {}, 400),

@@ -53,14 +53,15 @@ def number_of_frames(ds: Dataset) -> int:
 
 def read_frames(path: Path, numbers: list[int], decode: bool) -> list[bytes]:
     """The frames ``numbers`` (from 1) of an archived instance: as stored, or decoded to native
-    little-endian bytes. 404 for an instance without pixel data or a frame it does not have."""
+    little-endian bytes. 400 for an instance without pixel data or a frame it does not have
+    (as PS3.18 §9.5.2 answers a frame number out of range)."""
     ds = pydicom.dcmread(path)
     if PIXEL_DATA not in ds:
-        raise InstanceNotFound("the instance has no pixel data, so no frames")
+        raise BadRequest("the instance has no pixel data, so no frames")
     frames = number_of_frames(ds)
     missing = [n for n in numbers if n > frames]
     if missing:
-        raise InstanceNotFound(f"frame {missing[0]} asked for; the instance has {frames}")
+        raise BadRequest(f"frame {missing[0]} asked for; the instance has {frames}")
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax.is_encapsulated and not decode:
         offsets = None

@@ -42,9 +42,9 @@ from fastapi.responses import FileResponse, StreamingResponse
 from api_gateway.deps import RedisClient, Settings
 from api_gateway.dicomweb import locate, media, pixels
 from api_gateway.dicomweb.locate import Instance
-from api_gateway.rendering import NoSuchFrame, View, parse_window, rendered
+from api_gateway.rendering import View, parse_window, rendered
 from api_gateway.settings import GatewaySettings
-from shared.errors import BadRequest, InstanceNotFound, NotAcceptable
+from shared.errors import BadRequest, NotAcceptable
 
 log = structlog.get_logger()
 
@@ -120,7 +120,7 @@ async def _instance_parts(
             stored = await asyncio.to_thread(pixels.stored_syntax, instance.original)
             syntax = chosen or stored
             head = f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}"
-            yield f"{head}\r\nContent-Location: {instance.sop}\r\n\r\n".encode()
+            yield f"{head}\r\n\r\n".encode()
             if syntax == stored:
                 async for chunk in _file_chunks(instance.original):
                     yield chunk
@@ -289,7 +289,7 @@ async def retrieve_bulkdata(
     ):
         raise NotAcceptable("bulk data is application/octet-stream")
     assert isinstance(value, bytes)
-    return _multipart([value], media.OCTET, "application/octet-stream")
+    return _multipart([value], media.OCTET, media.OCTET, location=str(request.url))
 
 
 def _all_frames(path: Path) -> list[int]:
@@ -304,11 +304,16 @@ async def _frames_response(found: Instance, numbers: list[int], request: Request
     return _multipart(data, coding.content_type, coding.content_type.split(";")[0])
 
 
-def _multipart(parts: list[bytes], content_type: str, part_type: str) -> Response:
+def _multipart(
+    parts: list[bytes], content_type: str, part_type: str, location: str | None = None
+) -> Response:
     boundary = secrets.token_hex(16)
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+    if location:  # PS3.18 10.4.3.3.5: a bulk data part names the BulkDataURI it answers
+        head += f"Content-Location: {location}\r\n"
     chunks: list[bytes] = []
     for part in parts:
-        chunks += [f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(), part, b"\r\n"]
+        chunks += [f"{head}\r\n".encode(), part, b"\r\n"]
     chunks.append(f"--{boundary}--\r\n".encode())
     return Response(
         b"".join(chunks),
@@ -475,10 +480,7 @@ async def _rendered(
         format="png" if format == "png" else "jpeg",
         quality=quality or 90,
     )
-    try:
-        path = await rendered(found.folder, view)
-    except NoSuchFrame as exc:
-        raise InstanceNotFound(str(exc)) from None
+    path = await rendered(found.folder, view)  # 400 for a frame the instance does not have
     return FileResponse(path, media_type=view.media_type)
 
 
