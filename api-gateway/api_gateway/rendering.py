@@ -54,8 +54,11 @@ class View:
         shown = f"{self.window[0]:g}_{self.window[1]:g}" if self.window else "file"
         if self.function:
             shown += f"_{self.function.lower()}"
-        size = f"{self.viewport[0]}x{self.viewport[1]}" if self.viewport else "full"
-        quality = f"_q{self.quality}" if self.format == "jpeg" else ""
+        size = "full"  # a square viewport is named by its side, as before it had two
+        if self.viewport:
+            width, height = self.viewport
+            size = str(width) if width == height else f"{width}x{height}"
+        quality = f"_q{self.quality}" if self.format == "jpeg" and self.quality != 90 else ""
         return f"{self.frame}_{shown}_{size}{quality}.{self.format}"
 
 

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.utils import pack_bits
+from pydicom.pixels.utils import get_expected_length, pack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from shared.errors import BadRequest, InstanceNotFound
@@ -73,7 +73,7 @@ def read_frames(path: Path, numbers: list[int], decode: bool) -> list[bytes]:
             for n in numbers
         ]
     if not syntax.is_encapsulated and syntax.is_little_endian and ds.BitsAllocated % 8 == 0:
-        size = ds.Rows * ds.Columns * ds.get("SamplesPerPixel", 1) * (ds.BitsAllocated // 8)
+        size = get_expected_length(ds, "bytes") // frames  # YBR_FULL_422 is 2 bytes a pixel
         data = ds.PixelData
         return [bytes(data[(n - 1) * size : n * size]) for n in numbers]
     return [_native(ds, syntax, n - 1) for n in numbers]
