@@ -346,3 +346,29 @@ async def test_no_cors_by_default(served_gateway: str, archived: dict[str, Archi
         )
     assert answer.status_code == 200
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_a_uid_archived_twice_is_served_from_its_newest_copy(
+    served_gateway: str,
+    archived: dict[str, Archived],
+    redis: Redis,
+    gateway_settings: GatewaySettings,
+) -> None:
+    """Same SOP Instance UID, other bytes: both stay archived, the instance key names the newest."""
+    ct = archived["ct"]
+    ds = pydicom.dcmread(ct.path)
+    ds.SeriesDescription = "corrected"
+    upload_id = str(uuid4())
+    folder = gateway_settings.archive_path / upload_id
+    folder.mkdir(parents=True)
+    ds.save_as(folder / "original.dcm", enforce_file_format=True)
+    (folder / "metadata.json").write_text(json.dumps(describe(ds)))
+    await redis.hset(names.study_uploads_key(STUDY), upload_id, f"{ct.series}\t{ct.sop}\tCT")
+    await redis.set(names.instance_key(ct.sop), f"{upload_id} newer")
+    client = dicomweb(served_gateway)
+    study = await asyncio.to_thread(client.retrieve_study, STUDY)
+    assert len(study) == len(archived)
+    newest = await asyncio.to_thread(client.retrieve_instance, STUDY, ct.series, ct.sop)
+    assert newest.SeriesDescription == "corrected"
+    [metadata] = await asyncio.to_thread(client.retrieve_series_metadata, STUDY, ct.series)
+    assert metadata["0008103E"]["Value"] == ["corrected"]
