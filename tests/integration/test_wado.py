@@ -238,6 +238,24 @@ async def test_frame_parts_name_their_transfer_syntax(
     )
 
 
+async def test_one_frame_asked_for_as_a_bare_media_type_is_a_single_part(
+    served_gateway: str, archived: dict[str, Archived]
+) -> None:
+    """OHIF's ``singlepart`` option: ``application/octet-stream`` alone gets the frame alone."""
+    j2k = archived["j2k"]
+    url = instance_url(served_gateway, j2k) + "/frames/1"
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(
+            url, headers={"Accept": "application/octet-stream; transfer-syntax=*"}
+        )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == (
+        "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.90"
+    )
+    stored = pydicom.dcmread(j2k.path)
+    assert answer.content == get_frame(stored.PixelData, 0, number_of_frames=1)
+
+
 async def test_rendered_and_thumbnails_at_every_level(
     served_gateway: str, archived: dict[str, Archived]
 ) -> None:

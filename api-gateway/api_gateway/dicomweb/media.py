@@ -8,7 +8,7 @@ satisfy gets 406 (``NotAcceptable``) rather than a broken stream.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
@@ -139,38 +139,43 @@ def instance_syntax(syntaxes: list[str], stored: str) -> str | None:
 
 @dataclass(frozen=True)
 class FrameCoding:
-    """How frames go out: as stored (``decode`` False) or decoded to native bytes, and the
-    Content-Type of each part."""
+    """How frames go out: as stored (``decode`` False) or decoded to native bytes, the
+    Content-Type of each part, and whether the client asked for a single-part answer (a bare
+    media type such as ``application/octet-stream``, as OHIF's ``singlepart`` option sends)."""
 
     decode: bool
     content_type: str
+    single: bool = False
 
 
 def frame_coding(accept: list[Accepted], stored: str) -> FrameCoding:
     """How to send frames of an instance stored in ``stored`` for this Accept header; 406
     when no media range fits."""
-    uid = UID(stored)
-    native = FrameCoding(False, f"{OCTET}; transfer-syntax={NATIVE}")
-    decoded = FrameCoding(True, f"{OCTET}; transfer-syntax={NATIVE}")
     for a in accept:
-        part = a.part if a.media in ("multipart/related", "multipart/*") else a.media
-        if not uid.is_compressed:  # native pixels: raw little-endian bytes
-            if (_any(part) or part == OCTET) and a.syntax in (None, ANY, NATIVE, stored):
-                return native
-            continue
-        media = FRAME_MEDIA.get(stored, ())
-        if part in media and a.syntax in (None, ANY, stored):
-            return FrameCoding(False, f"{part}; transfer-syntax={stored}")
-        if _any(part) and a.syntax in (None, ANY, stored):
-            label = media[0] if media else OCTET
-            return FrameCoding(False, f"{label}; transfer-syntax={stored}")
-        if part == OCTET and a.syntax in (ANY, stored):
-            return FrameCoding(False, f"{OCTET}; transfer-syntax={stored}")
-        if part == OCTET and a.syntax in (None, NATIVE) and decodable(stored):
-            return decoded
+        multipart = a.media in ("multipart/related", "multipart/*")
+        coding = _frame_coding(a.part if multipart else a.media, a.syntax, stored)
+        if coding is not None:
+            return replace(coding, single=not multipart and not _any(a.media))
     raise NotAcceptable(
         f"frames are stored as {stored}; the Accept header allows neither it nor a decoding"
     )
+
+
+def _frame_coding(part: str | None, syntax: str | None, stored: str) -> FrameCoding | None:
+    if not UID(stored).is_compressed:  # native pixels: raw little-endian bytes
+        if (_any(part) or part == OCTET) and syntax in (None, ANY, NATIVE, stored):
+            return FrameCoding(False, f"{OCTET}; transfer-syntax={NATIVE}")
+        return None
+    media = FRAME_MEDIA.get(stored, ())
+    if part in media and syntax in (None, ANY, stored):
+        return FrameCoding(False, f"{part}; transfer-syntax={stored}")
+    if _any(part) and syntax in (None, ANY, stored):
+        return FrameCoding(False, f"{media[0] if media else OCTET}; transfer-syntax={stored}")
+    if part == OCTET and syntax in (ANY, stored):
+        return FrameCoding(False, f"{OCTET}; transfer-syntax={stored}")
+    if part == OCTET and syntax in (None, NATIVE) and decodable(stored):
+        return FrameCoding(True, f"{OCTET}; transfer-syntax={NATIVE}")
+    return None
 
 
 RENDERED = {"image/jpeg": "jpeg", "image/png": "png"}

@@ -301,6 +301,8 @@ async def _frames_response(found: Instance, numbers: list[int], request: Request
     stored = await asyncio.to_thread(pixels.stored_syntax, found.original)
     coding = media.frame_coding(media.parse_accept(request.headers.get("accept")), stored)
     data = await asyncio.to_thread(pixels.read_frames, found.original, numbers, coding.decode)
+    if coding.single and len(data) == 1:  # a bare media type asked for: one frame, one body
+        return Response(data[0], media_type=coding.content_type)
     return _multipart(data, coding.content_type, coding.content_type.split(";")[0])
 
 
