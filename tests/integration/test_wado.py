@@ -100,6 +100,21 @@ async def test_retrieve_study_streams_every_instance_as_stored(
         assert ds.PixelData == stored.PixelData
 
 
+async def test_a_study_is_streamed_part_by_part(
+    served_gateway: str, archived: dict[str, Archived]
+) -> None:
+    """Sent as it is read (chunked, no length known in advance), never built whole first."""
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream("GET", f"{served_gateway}/dicomweb/studies/{STUDY}") as answer,
+    ):
+        assert answer.status_code == 200
+        assert "content-length" not in answer.headers
+        assert answer.headers["transfer-encoding"] == "chunked"
+        body = b"".join([chunk async for chunk in answer.aiter_bytes()])
+    assert body.count(b"Content-Type: application/dicom; transfer-syntax=") == len(archived)
+
+
 async def test_retrieve_series_and_instance_transcoded_to_explicit_vr_little_endian(
     served_gateway: str, archived: dict[str, Archived]
 ) -> None:
@@ -280,6 +295,9 @@ async def test_rendered_and_thumbnails_at_every_level(
         params={"quality": 50},
     )
     assert jpeg[:2] == b"\xff\xd8"
+    # the cache of /uploads/{id}/image: one file per parameter set, beside the archive
+    assert (ct.path.parent / "renders" / "1_40_400_linear_32.png").is_file()
+    assert (ct.path.parent / "renders" / "1_file_full_q50.jpeg").is_file()
     multi = archived["multi"]
     base = f"{served_gateway}/dicomweb/studies/{STUDY}"
     async with httpx.AsyncClient() as http:
