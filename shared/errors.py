@@ -45,6 +45,18 @@ class BatchNotFound(AppError):
     status, code = 404, "batch-not-found"
 
 
+class InstanceNotFound(AppError):
+    """A DICOMweb resource (study, series, instance, frame, bulk data) that is not archived."""
+
+    status, code = 404, "instance-not-found"
+
+
+class NotAcceptable(AppError):
+    """No representation of the resource matches the request's Accept (DICOMweb: 406)."""
+
+    status, code = 406, "not-acceptable"
+
+
 class JobNotFailed(AppError):
     status, code = 409, "job-not-failed"
 

@@ -121,11 +121,17 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def to_display(ds: Dataset, frame: int = 0, window: tuple[float, float] | None = None) -> Image8:
+def to_display(
+    ds: Dataset,
+    frame: int = 0,
+    window: tuple[float, float] | None = None,
+    function: str | None = None,
+) -> Image8:
     """uint8 (rows, cols) or (rows, cols, 3) array after the display pipeline — the testable core.
 
     An explicit window replaces the file's Window Center/Width and VOI LUT Sequence but keeps
-    its VOI LUT Function. Raises ValueError for a window whose width is below 1, IndexError for
+    its VOI LUT Function unless ``function`` (LINEAR, LINEAR_EXACT, SIGMOID) is given. Raises
+    ValueError for a window whose width is below 1, IndexError for
     a frame the dataset does not have, and RenderError when the pixel data is missing or cannot
     be decoded or shown.
     """
@@ -137,7 +143,10 @@ def to_display(ds: Dataset, frame: int = 0, window: tuple[float, float] | None =
     pi = str(properties["photometric_interpretation"])
     try:
         if pi in _GRAY:
-            gray = _grayscale(arr, _frame_attributes(ds, frame), window)
+            attrs = _frame_attributes(ds, frame)
+            if window is not None and function in _VOI_FUNCTIONS:
+                attrs.VOILUTFunction = function
+            gray = _grayscale(arr, attrs, window)
             return 255 - gray if pi == "MONOCHROME1" else gray
         if pi == "PALETTE COLOR":
             return _palette(arr, ds)

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
-from api_gateway.dicomweb import stow
+from api_gateway.dicomweb import stow, wado
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
     batches,
@@ -64,7 +65,12 @@ ROUTERS: tuple[APIRouter, ...] = (
     cloud_jobs.router,
     dicom_file_service.router,
     stow.router,
+    wado.router,
 )
+
+# What a browser viewer on an allowed origin may send and read (CORS_ALLOW_ORIGINS).
+CORS_HEADERS = ("Authorization", "Accept", "Content-Type", "Range")
+CORS_EXPOSED = ("ETag", "Content-Length", "Content-Range", "Content-Location", "Location")
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -105,6 +111,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings  # read through deps.get_settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+            allow_headers=list(CORS_HEADERS),
+            expose_headers=list(CORS_EXPOSED),
+            max_age=600,
+        )
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)

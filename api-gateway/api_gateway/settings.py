@@ -1,4 +1,4 @@
-"""The gateway's settings: the shared ones plus its port, upload durability and peers' URLs."""
+"""The gateway's settings: the shared ones plus its port, upload durability, peers' URLs, CORS."""
 
 from __future__ import annotations
 
@@ -25,6 +25,16 @@ class GatewaySettings(ServiceSettings):
     # STOW-RS: how long its answer waits for the instances' validation, and for a stalled body
     stow_validation_timeout_s: float = Field(10.0, ge=0, alias="STOW_VALIDATION_TIMEOUT_S")
     stow_read_timeout_s: float = Field(30.0, gt=0, alias="STOW_READ_TIMEOUT_S")
+    # the DICOMweb root as clients reach it (behind a proxy), for the URLs in answers
+    dicomweb_public_url: AnyHttpUrl | None = Field(None, alias="DICOMWEB_PUBLIC_URL")
+    # browser origins (scheme://host[:port]) allowed to call the API, comma-separated; "*" any
+    cors_allow_origins: str = Field("", alias="CORS_ALLOW_ORIGINS")
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS as a list: none by default, so no browser page of another origin
+        may read an answer."""
+        return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
 
 
 @functools.cache

@@ -1,1 +1,1 @@
-"""DICOMweb (PS3.18) served by the gateway under ``/dicomweb``."""
+"""DICOMweb (PS3.18) under /dicomweb: one module per service, named as the standard names it."""

@@ -40,6 +40,7 @@ from python_multipart.multipart import parse_options_header
 
 from api_gateway import http_intake, intake
 from api_gateway.deps import Feed, Settings, Store
+from api_gateway.dicomweb.wado import public_root
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
 from shared import metrics
 from shared.errors import AppError, BadRequest, UnsupportedMediaType
@@ -302,8 +303,7 @@ async def store_instances(
         _settle(instance, job, timed_out)
 
     await asyncio.gather(*(settle(i) for i in kept))
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
-    status, body = store_response(instances, base, study)
+    status, body = store_response(instances, public_root(request, settings), study)
     log.info(
         "stow.stored",
         instances=len(instances),

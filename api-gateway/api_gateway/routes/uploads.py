@@ -11,32 +11,26 @@ forms (``compat``) are thin layers over these.
 from __future__ import annotations
 
 import asyncio
-import io
-import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal, cast
 from uuid import UUID
 
-import numpy as np
-import pydicom
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from PIL import Image
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from api_gateway import removal
 from api_gateway.deid import DeidentificationError, write_deidentified
 from api_gateway.deps import Settings, Store
+from api_gateway.rendering import View, parse_window, rendered
 from api_gateway.settings import GatewaySettings
 from api_gateway.tags import Unreadable, parse_tags, read_tags
 from shared import catalog
 from shared import redis_names as names
 from shared.errors import BadRequest, JobStateConflict, NotRenderable
-from shared.files import write_atomic
 from shared.jobs import JobStatus, JobStore
-from shared.render import RenderError, encode_png, to_display
 from shared.status_api import find_job, wanted_states
 
 router = APIRouter(tags=["uploads"])
@@ -199,10 +193,6 @@ async def deid_secret(settings: GatewaySettings, redis: Redis) -> bytes:
     return cast(str, await redis.get(names.DEID_SECRET)).encode()  # the HMAC key is bytes
 
 
-WINDOW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
-MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
-
-
 async def archive_folder(store: JobStore, study_id: str) -> Path:
     """The archive folder of an upload that has one."""
     upload_id, job = await find_job(store, study_id)
@@ -241,54 +231,14 @@ async def image(
     """One frame through the display pipeline: modality LUT, then ``window`` if given, else
     the file's first window or VOI LUT, else min-max; MONOCHROME1 inverted; colour as RGB.
     ``size`` fits the image in a square viewport of that side, never enlarging it."""
-    center_width = _window(window)
+    view = View(
+        frame=frame,
+        window=parse_window(window),
+        viewport=(size, size) if size else None,
+        format=format,
+    )
     folder = await archive_folder(store, study_id)
-    shown = f"{center_width[0]:g}_{center_width[1]:g}" if center_width else "file"
-    name = f"{frame}_{shown}_{size or 'full'}.{format}"  # one file per parameter set
-    cached = folder / "renders" / name
-    if not cached.is_file():
-        await asyncio.to_thread(
-            _render, folder / "original.dcm", cached, frame, center_width, size, format
-        )
-    return FileResponse(cached, media_type=MEDIA[format])
-
-
-def _window(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    match = WINDOW.match(text)
-    if not match or float(match[2]) < 1:
-        raise BadRequest("window must be center,width with a width of at least 1, e.g. 40,400")
-    return float(match[1]), float(match[2])
-
-
-def _render(
-    source: Path,
-    dest: Path,
-    frame: int,
-    window: tuple[float, float] | None,
-    size: int | None,
-    format: str,
-) -> None:
-    ds = pydicom.dcmread(source)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frame > frames:
-        raise BadRequest(f"frame {frame} asked for; the instance has {frames}")
-    try:
-        pixels = to_display(ds, frame - 1, window)
-    except RenderError as exc:
-        raise NotRenderable(str(exc)) from None
-    picture = Image.fromarray(pixels)
-    if size is not None:
-        picture.thumbnail((size, size), Image.Resampling.LANCZOS)
-    if format == "jpeg":
-        out = io.BytesIO()
-        picture.save(out, format="JPEG", quality=90)
-        image = out.getvalue()
-    else:
-        image = encode_png(np.asarray(picture))
-    dest.parent.mkdir(exist_ok=True)
-    write_atomic(dest, image, durable=False)
+    return FileResponse(await rendered(folder, view), media_type=view.media_type)
 
 
 @router.get(

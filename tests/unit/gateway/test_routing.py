@@ -26,6 +26,8 @@ from shared.errors import AppError
 
 UUID = "7c0e8a1e-5a8b-4a53-9a38-3b1e6f0d2c11"
 
+WADO = "/dicomweb/studies/1.2/series/1.3/instances/1.4"  # a WADO-RS instance
+
 # (method, path, the handler that must answer it: module suffix and function name)
 PROBES: list[tuple[str, str, str]] = [
     ("POST", "/upload", "routes.upload.upload"),
@@ -78,6 +80,23 @@ PROBES: list[tuple[str, str, str]] = [
     ("GET", "/files/s-1/png/tag", "compat.study_folders.file_tags"),  # a file named png
     ("GET", "/files/s-1/tag/png", "compat.study_folders.file_png"),  # a file named tag
     ("GET", f"/status/{UUID}", "shared.status_api.get_status"),
+    ("GET", "/dicomweb/studies/1.2", "dicomweb.wado.retrieve_study"),
+    ("GET", "/dicomweb/studies/1.2/metadata", "dicomweb.wado.study_metadata"),
+    ("GET", "/dicomweb/studies/1.2/rendered", "dicomweb.wado.study_rendered"),
+    ("GET", "/dicomweb/studies/1.2/thumbnail", "dicomweb.wado.study_thumbnail"),
+    ("GET", "/dicomweb/studies/1.2/series/1.3", "dicomweb.wado.retrieve_series"),
+    ("GET", "/dicomweb/studies/1.2/series/1.3/metadata", "dicomweb.wado.series_metadata"),
+    ("GET", "/dicomweb/studies/1.2/series/1.3/rendered", "dicomweb.wado.series_rendered"),
+    ("GET", "/dicomweb/studies/1.2/series/1.3/thumbnail", "dicomweb.wado.series_thumbnail"),
+    ("GET", WADO, "dicomweb.wado.retrieve_instance"),
+    ("GET", WADO + "/metadata", "dicomweb.wado.instance_metadata"),
+    ("GET", WADO + "/rendered", "dicomweb.wado.instance_rendered"),
+    ("GET", WADO + "/thumbnail", "dicomweb.wado.instance_thumbnail"),
+    ("GET", WADO + "/frames/1,3", "dicomweb.wado.retrieve_frames"),
+    ("GET", WADO + "/frames/1/rendered", "dicomweb.wado.frame_rendered"),
+    ("GET", WADO + "/frames/1/thumbnail", "dicomweb.wado.frame_thumbnail"),
+    ("GET", WADO + "/bulkdata/7FE00010", "dicomweb.wado.retrieve_bulkdata"),
+    ("GET", WADO + "/bulkdata/00880200/0/7FE00010", "dicomweb.wado.retrieve_bulkdata"),
     ("GET", "/", "routes.dashboard.root"),
     ("GET", "/ui/app.js", "routes.dashboard.asset"),
     ("GET", "/ui/dictionary.json", "routes.dashboard.asset"),
