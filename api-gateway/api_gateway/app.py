@@ -14,6 +14,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
+from api_gateway.dicomweb import qido
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
     batches,
@@ -62,6 +63,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     study_folders.router,
     cloud_jobs.router,
     dicom_file_service.router,
+    qido.router,
 )
 
 
