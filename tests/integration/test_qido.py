@@ -302,3 +302,16 @@ async def test_forgotten_instances_leave_every_level(
         await unindex(redis, upload)
     left = [k async for k in redis.scan_iter() if not k.startswith("dcm:events:")]
     assert left == []  # the gateway made its streams; of the indexes nothing is left
+
+
+async def test_each_result_has_its_retrieve_url(
+    client: httpx.AsyncClient, indexed: dict[str, str]
+) -> None:
+    base = "http://gateway/dicomweb/studies"
+    [study] = await get(client, "/studies", StudyInstanceUID=study_uid(0, 0))
+    assert study["00081190"] == {"vr": "UR", "Value": [f"{base}/{study_uid(0, 0)}"]}
+    series = await get(client, f"/studies/{study_uid(0, 0)}/series", SeriesNumber="1")
+    assert values(series, "00081190") == [f"{base}/{study_uid(0, 0)}/series/{study_uid(0, 0)}.0"]
+    [one] = await get(client, "/instances", SOPInstanceUID=f"{study_uid(0, 0)}.0.2")
+    want = f"{base}/{study_uid(0, 0)}/series/{study_uid(0, 0)}.0/instances/{study_uid(0, 0)}.0.2"
+    assert one["00081190"]["Value"] == [want]

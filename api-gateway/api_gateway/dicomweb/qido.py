@@ -16,7 +16,7 @@ query function of ``/studies``, QIDO-RS and C-FIND.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -75,10 +75,29 @@ async def _answer(
         warnings.append(
             f'299 {service}: "The following attributes are not supported for matching: {keys}"'
         )
+    for dataset in result.datasets:
+        dataset["00081190"] = {"vr": "UR", "Value": [_retrieve_url(service, level, dataset)]}
     headers = {"X-Total-Count": str(result.total)}
     if warnings:
         headers["Warning"] = ", ".join(warnings)
     return JSONResponse(result.datasets, headers=headers, media_type=MEDIA_TYPE)
+
+
+_PATH = (
+    ("study", "studies", "0020000D"),
+    ("series", "series", "0020000E"),
+    ("instance", "instances", "00080018"),
+)
+
+
+def _retrieve_url(service: str, level: q.Level, dataset: dict[str, Any]) -> str:
+    """The WADO-RS URL of one result (RetrieveURL, PS3.18 Table 10.6.3-3/4/5)."""
+    path = [service]
+    for name, resource, tag in _PATH:
+        path += [resource, dataset[tag]["Value"][0]]
+        if name == level:
+            break
+    return "/".join(path)
 
 
 @router.get("/studies", responses=_RESPONSES)
