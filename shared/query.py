@@ -28,8 +28,15 @@ from redis.asyncio import Redis
 from shared import redis_names as names
 from shared.dicom_json import element
 from shared.errors import BadRequest
+from shared.lua import Lua
 from shared.study_index import exact_key, name_key, yyyymmdd
-from shared.study_search import StudyQuery, has_wildcards, is_universal, matching_studies
+from shared.study_search import (
+    StudyQuery,
+    has_wildcards,
+    is_universal,
+    matching_studies,
+    study_page,
+)
 from shared.study_search import wildcard_match as _wildcard
 
 Level = Literal["study", "series", "instance"]
@@ -38,19 +45,19 @@ LEVELS: tuple[Level, ...] = ("study", "series", "instance")
 
 @dataclass(frozen=True)
 class Attribute:
-    """An attribute the indexes hold: its keyword, tag, VR, level and index hash field."""
+    """An attribute the indexes hold: its keyword, level, index hash field, tag and VR."""
 
     keyword: str
     level: Level
     field: str
+    tag: str  # 8 upper-case hex digits, as DICOM JSON names it
+    vr: str
 
-    @property
-    def tag(self) -> str:
-        return f"{tag_for_keyword(self.keyword):08X}"
-
-    @property
-    def vr(self) -> str:
-        return str(dictionary_VR(self.keyword))
+    @classmethod
+    def of(cls, keyword: str, level: Level, field: str) -> Attribute:
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        return cls(keyword, level, field, f"{tag:08X}", str(dictionary_VR(tag)))
 
 
 _TABLE: tuple[tuple[str, Level, str], ...] = (
@@ -87,7 +94,7 @@ _TABLE: tuple[tuple[str, Level, str], ...] = (
     ("BitsAllocated", "instance", "bits_allocated"),
     ("NumberOfFrames", "instance", "number_of_frames"),
 )
-ATTRIBUTES: dict[str, Attribute] = {k: Attribute(k, lv, f) for k, lv, f in _TABLE}
+ATTRIBUTES: dict[str, Attribute] = {k: Attribute.of(k, lv, f) for k, lv, f in _TABLE}
 BY_TAG: dict[str, Attribute] = {a.tag: a for a in ATTRIBUTES.values()}
 COUNTS = frozenset(
     {
@@ -252,42 +259,129 @@ class Result:
 
 
 async def find(redis: Redis, query: Query) -> Result:
-    """Every record of ``query.level`` matching its keys and scope, paged, as DICOM JSON."""
-    studies = await _studies(redis, query)
-    if query.level == "study":
-        return _page(query, [(s,) for s in studies])
-    series = await _children(
-        redis, studies, lambda s: names.study_series_key(s["study_uid"]), names.series_key
-    )
-    series = [
-        (st, se)
-        for st, se in series
-        if (query.series_uid is None or se.get("series_uid") == query.series_uid)
-        and _level_matches(query, "series", se)
-    ]
-    order = {id(st): i for i, st in enumerate(studies)}  # studies first, newest first
-    series.sort(key=lambda p: (order[id(p[0])], *_number_key(p[1], "series_number", "series_uid")))
+    """Every record of ``query.level`` matching its keys and scope, paged, as DICOM JSON.
+
+    Studies come from the study index (``matching_studies``), series from their studies,
+    instances from their series; a UID list of the level asked for (or of series) is read
+    straight from its hashes instead. Without an instance key, an instance page reads only
+    the series it falls in (the series' counts say which).
+    """
+    if query.level == "instance" and _listed(query, "SOPInstanceUID"):
+        return _page(query, await _instances_by_uid(redis, query))
+    if query.level != "study" and _listed(query, "SeriesInstanceUID"):
+        series = await _series_by_uid(redis, query)
+    else:
+        if query.level == "study" and set(query.keys) <= set(_STUDY_QUERY):
+            # every key is one the study index matches on: its page is the answer
+            total, hashes = await study_page(redis, _study_query(query, paged=True))
+            return Result(total, [_dataset(query, (h,)) for h in hashes])
+        studies = await _studies(redis, query)
+        if query.level == "study":
+            return _page(query, [(s,) for s in studies])
+        series = [
+            (st, se)
+            for st, children in zip(studies, await _children(redis, studies, "series"), strict=True)
+            for se in children
+            if _in_scope(query, se) and _level_matches(query, "series", se)
+        ]
+        series.sort(key=lambda p: _number_key(p[1], "series_number", "series_uid"))
+        order = {id(st): i for i, st in enumerate(studies)}  # studies first, newest first
+        series.sort(key=lambda p: order[id(p[0])])
     if query.level == "series":
         return _page(query, series)
-    instances: list[tuple[dict[str, str], ...]] = []
-    found = await _children(
-        redis,
-        [se for _, se in series],
-        lambda se: names.series_instances_key(se["series_uid"]),
-        names.sop_instance_key,
+    if any(ATTRIBUTES[k].level == "instance" for k in query.keys):
+        return _page(query, await _instances(redis, query, series))
+    # no instance key: every instance of these series matches; read the page's series only
+    counts = [int(se.get("instance_count") or 0) for _, se in series]
+    start = stop = skipped = 0
+    while stop < len(series) and skipped + counts[stop] <= query.offset:
+        skipped += counts[stop]
+        stop += 1
+    start, seen = stop, skipped
+    while stop < len(series) and seen < query.offset + query.limit:
+        seen += counts[stop]
+        stop += 1
+    rows = await _instances(redis, query, series[start:stop])
+    first = query.offset - skipped
+    page = rows[first : first + query.limit]
+    return Result(total=sum(counts), datasets=[_dataset(query, row) for row in page])
+
+
+def _listed(query: Query, keyword: str) -> bool:
+    value = query.keys.get(keyword)
+    return value is not None and not is_universal(value)
+
+
+def _in_scope(query: Query, record: Mapping[str, str]) -> bool:
+    return (query.study_uid is None or record.get("study_uid") == query.study_uid) and (
+        query.series_uid is None or record.get("series_uid") == query.series_uid
     )
-    parents = {id(se): (i, st) for i, (st, se) in enumerate(series)}
-    for se, inst in found:
-        if _level_matches(query, "instance", inst):
-            instances.append((parents[id(se)][1], se, inst))
-    instances.sort(
-        key=lambda t: (parents[id(t[1])][0], *_number_key(t[2], "instance_number", "sop_uid"))
-    )
-    return _page(query, instances)
+
+
+def _uids(value: str) -> list[str]:
+    return list(dict.fromkeys(u.strip() for u in value.replace("\\", ",").split(",") if u.strip()))
+
+
+async def _instances(
+    redis: Redis, query: Query, series: list[tuple[dict[str, str], dict[str, str]]]
+) -> list[tuple[dict[str, str], ...]]:
+    """(study, series, instance) of the matching instances of these series, in their order
+    and by instance number within each."""
+    found = await _children(redis, [se for _, se in series], "instances")
+    rows: list[tuple[dict[str, str], ...]] = []
+    for (st, se), children in zip(series, found, strict=True):
+        children.sort(key=lambda h: _number_key(h, "instance_number", "sop_uid"))
+        rows += [(st, se, i) for i in children if _level_matches(query, "instance", i)]
+    return rows
+
+
+async def _series_by_uid(redis: Redis, query: Query) -> list[tuple[dict[str, str], dict[str, str]]]:
+    uids = _uids(query.keys["SeriesInstanceUID"])
+    series = [h for h in await _hashes(redis, [names.series_key(u) for u in uids]) if h]
+    studies = await _hashes(redis, [names.study_key(h["study_uid"]) for h in series])
+    return [
+        (st, se)
+        for st, se in zip(studies, series, strict=True)
+        if st
+        and _in_scope(query, se)
+        and _level_matches(query, "study", st)
+        and _level_matches(query, "series", se)
+    ]
+
+
+async def _instances_by_uid(redis: Redis, query: Query) -> list[tuple[dict[str, str], ...]]:
+    uids = _uids(query.keys["SOPInstanceUID"])
+    found = [h for h in await _hashes(redis, [names.sop_instance_key(u) for u in uids]) if h]
+    series = await _hashes(redis, [names.series_key(h["series_uid"]) for h in found])
+    studies = await _hashes(redis, [names.study_key(h["study_uid"]) for h in found])
+    return [
+        (st, se, inst)
+        for st, se, inst in zip(studies, series, found, strict=True)
+        if st
+        and se
+        and _in_scope(query, inst)
+        and all(_level_matches(query, lv, h) for lv, h in zip(LEVELS, (st, se, inst), strict=True))
+    ]
+
+
+async def _hashes(redis: Redis, keys: list[str]) -> list[dict[str, str]]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        found: list[dict[str, str]] = await pipe.execute()
+    return found
 
 
 async def _studies(redis: Redis, query: Query) -> list[dict[str, str]]:
+    hashes = await matching_studies(redis, _study_query(query))
+    return [h for h in hashes if _level_matches(query, "study", h)]
+
+
+def _study_query(query: Query, *, paged: bool = False) -> StudyQuery:
+    """The study index's query for the study keys it matches on (newest first)."""
     asked: dict[str, Any] = {"sort": "-study_date"}
+    if paged:
+        asked |= {"limit": query.limit, "offset": query.offset}
     for keyword, field_name in _STUDY_QUERY.items():
         value = query.keys.get(keyword)
         if value is not None and not is_universal(value):
@@ -295,13 +389,11 @@ async def _studies(redis: Redis, query: Query) -> list[dict[str, str]]:
     if query.study_uid is not None:
         asked["study_uid"] = [query.study_uid]
     try:
-        study_query = StudyQuery.model_validate(asked)
+        return StudyQuery.model_validate(asked)
     except ValidationError as exc:
         fields = {str(e["loc"][0]) for e in exc.errors(include_input=False) if e["loc"]}
         keys = [k for k, f in _STUDY_QUERY.items() if f in fields] or ["a study key"]
         raise BadRequest(f"not a valid value of {', '.join(sorted(keys))}") from None
-    hashes = await matching_studies(redis, study_query)
-    return [h for h in hashes if _level_matches(query, "study", h)]
 
 
 def _level_matches(query: Query, level: Level, record: Mapping[str, str]) -> bool:
@@ -312,23 +404,36 @@ def _level_matches(query: Query, level: Level, record: Mapping[str, str]) -> boo
     return True
 
 
+# For each listing hash in KEYS (a study's series, a series' instances), the hashes its fields
+# name (ARGV[1] .. field), each as a flat field/value list: one round trip for them all.
+_CHILDREN = Lua("""
+local out = {}
+for n, listing in ipairs(KEYS) do
+  local found = {}
+  for _, uid in ipairs(redis.call('HKEYS', listing)) do
+    local h = redis.call('HGETALL', ARGV[1] .. uid)
+    if #h > 0 then found[#found + 1] = h end
+  end
+  out[n] = found
+end
+return out
+""")
+
+
 async def _children(
-    redis: Redis,
-    parents: list[dict[str, str]],
-    listing: Any,
-    record_key: Any,
-) -> list[tuple[dict[str, str], dict[str, str]]]:
-    """(parent, child hash) for every child listed in each parent's listing hash."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for parent in parents:
-            pipe.hkeys(listing(parent))
-        listed: list[list[str]] = await pipe.execute()
-    pairs = [(p, uid) for p, uids in zip(parents, listed, strict=True) for uid in sorted(uids)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for _, uid in pairs:
-            pipe.hgetall(record_key(uid))
-        hashes: list[dict[str, str]] = await pipe.execute()
-    return [(p, h) for (p, _), h in zip(pairs, hashes, strict=True) if h]
+    redis: Redis, parents: list[dict[str, str]], kind: Literal["series", "instances"]
+) -> list[list[dict[str, str]]]:
+    """The series of each study, or the instances of each series, as hashes."""
+    if not parents:
+        return []
+    if kind == "series":
+        keys = [names.study_series_key(p["study_uid"]) for p in parents]
+        prefix = names.SERIES_PREFIX
+    else:
+        keys = [names.series_instances_key(p["series_uid"]) for p in parents]
+        prefix = names.SOP_INSTANCE_PREFIX
+    found = await _CHILDREN(keys=keys, args=[prefix], client=redis)
+    return [[dict(zip(h[::2], h[1::2], strict=True)) for h in hashes] for hashes in found]
 
 
 def _number_key(h: Mapping[str, str], number: str, uid: str) -> tuple[int, str]:

@@ -201,7 +201,18 @@ class StudyPage(BaseModel):
 
 
 async def search(redis: Redis, query: StudyQuery) -> StudyPage:
-    """The studies matching ``query``, sorted and paged.
+    """The studies matching ``query``, sorted and paged (``study_page``), as records."""
+    total, hashes = await study_page(redis, query)
+    return StudyPage(
+        total=total,
+        offset=query.offset,
+        limit=query.limit,
+        studies=await _records(redis, hashes),
+    )
+
+
+async def study_page(redis: Redis, query: StudyQuery) -> tuple[int, list[dict[str, str]]]:
+    """How many studies match ``query``, and the hashes of its page.
 
     Candidates come from the index that promises the fewest (the intersection of the exact
     sets, the date range, or the name's literal prefix); they are read in one pipeline and
@@ -209,20 +220,17 @@ async def search(redis: Redis, query: StudyQuery) -> StudyPage:
     date (the usual worklist), the page is read straight from the date index.
     """
     low, high = _score_range(query)
-    pattern = _name_pattern(query)
-    exact = {f: v for f, v in _exact_filters(query).items() if v is not None}
-    filtered = bool(pattern or exact or query.modality or query.study_uid)
+    filtered = bool(
+        _name_pattern(query)
+        or any(v is not None for v in _exact_filters(query).values())
+        or query.modality
+        or query.study_uid
+    )
     sort = query.sort.removeprefix("-")
     if not filtered and (sort == "study_date" or (sort == "updated_at" and low is None)):
         return await _page_from_index(redis, query, low, high)
     matching = await matching_studies(redis, query)
-    page = matching[query.offset : query.offset + query.limit]
-    return StudyPage(
-        total=len(matching),
-        offset=query.offset,
-        limit=query.limit,
-        studies=await _records(redis, page),
-    )
+    return len(matching), matching[query.offset : query.offset + query.limit]
 
 
 async def matching_studies(redis: Redis, query: StudyQuery) -> list[dict[str, str]]:
@@ -274,7 +282,7 @@ def _exact_filters(query: StudyQuery) -> dict[str, str | None]:
 
 async def _page_from_index(
     redis: Redis, query: StudyQuery, low: int | None, high: int | None
-) -> StudyPage:
+) -> tuple[int, list[dict[str, str]]]:
     """A page read straight from the date (or update) index: no other filter, sorted by it."""
     key = names.STUDIES_BY_DATE if query.sort.endswith("study_date") else names.STUDIES_BY_UPDATE
     lo, hi = (low if low is not None else "-inf"), (high if high is not None else "+inf")
@@ -285,10 +293,7 @@ async def _page_from_index(
         else:
             pipe.zrangebyscore(key, lo, hi, start=query.offset, num=query.limit)
         total, uids = await pipe.execute()
-    hashes = [h for h in await _read_hashes(redis, uids) if h]
-    return StudyPage(
-        total=total, offset=query.offset, limit=query.limit, studies=await _records(redis, hashes)
-    )
+    return total, [h for h in await _read_hashes(redis, uids) if h]
 
 
 async def _candidates(
