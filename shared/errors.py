@@ -65,6 +65,10 @@ class UnsupportedMediaType(AppError):
     status, code = 415, "unsupported-media-type"
 
 
+class NotAcceptable(AppError):
+    status, code = 406, "not-acceptable"
+
+
 class NotConfigured(AppError):
     status, code = 501, "not-configured"
 

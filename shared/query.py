@@ -114,6 +114,7 @@ _STUDY_QUERY = {
     "StudyInstanceUID": "study_uid",
 }
 MAX_LIMIT = 1000
+INSTANCE_AVAILABILITY = "00080056"  # Table 10.6.3-3 and -5; always ONLINE here
 
 
 def attribute(key: str) -> Attribute | None:
@@ -476,4 +477,6 @@ def _dataset(query: Query, row: tuple[dict[str, str], ...]) -> dict[str, Any]:
             out[attr.tag] = element(attr.vr, [m for m in (value or "").split(",") if m])
         else:
             out[attr.tag] = element(attr.vr, value)
+    if query.level != "series":  # every indexed instance is archived: on line
+        out[INSTANCE_AVAILABILITY] = element("CS", "ONLINE")
     return dict(sorted(out.items()))

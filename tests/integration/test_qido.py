@@ -114,6 +114,7 @@ async def test_studies_carry_the_required_attributes_and_counts(
     assert one["00080061"] == {"vr": "CS", "Value": ["CT", "MR"]}
     assert one["00201206"] == {"vr": "IS", "Value": [2]}
     assert one["00201208"] == {"vr": "IS", "Value": [5]}
+    assert one["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}  # InstanceAvailability
     for tag in (
         "00080020",
         "00080030",
@@ -315,3 +316,12 @@ async def test_each_result_has_its_retrieve_url(
     [one] = await get(client, "/instances", SOPInstanceUID=f"{study_uid(0, 0)}.0.2")
     want = f"{base}/{study_uid(0, 0)}/series/{study_uid(0, 0)}.0/instances/{study_uid(0, 0)}.0.2"
     assert one["00081190"]["Value"] == [want]
+
+
+async def test_only_dicom_json_is_offered(client: httpx.AsyncClient) -> None:
+    xml = 'multipart/related; type="application/dicom+xml"'
+    response = await client.get("/dicomweb/studies", headers={"Accept": xml})
+    assert response.status_code == 406
+    for accept in ("application/dicom+json", "application/json", "*/*", f"{xml}, */*;q=0.1"):
+        response = await client.get("/dicomweb/studies", headers={"Accept": accept})
+        assert (response.status_code, response.json()) == (200, []), accept

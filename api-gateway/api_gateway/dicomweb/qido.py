@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 from api_gateway.deps import RedisClient
 from shared import query as q
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotAcceptable
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -33,7 +33,9 @@ _PAGING = {"limit", "offset", "fuzzymatching"}
 _RESPONSES: dict[int | str, dict[str, str]] = {
     200: {"description": "The matches as DICOM JSON (an empty array when none match)"},
     400: {"description": "A query key or value is not valid (application/problem+json)"},
+    406: {"description": "The Accept header allows no DICOM JSON (XML is not offered)"},
 }
+_ACCEPTED = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
 Limit = Annotated[int, Query(description=f"1 to {q.MAX_LIMIT}")]
 Offset = Annotated[int, Query(description="results to skip")]
@@ -53,6 +55,10 @@ async def _answer(
     for name, uid in (("study", study), ("series", series)):
         if uid is not None and (len(uid) > 64 or not UID.match(uid)):
             raise BadRequest(f"the {name} in the path is not a UID: digits and dots, up to 64")
+    accept = request.headers.get("accept", "")
+    ranges = {r.split(";")[0].strip().lower() for r in accept.split(",") if r.strip()}
+    if ranges and not ranges & _ACCEPTED:
+        raise NotAcceptable("QIDO-RS answers application/dicom+json only")
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in _PAGING]
     query = q.Query.parse(
         level, params, study_uid=study, series_uid=series, limit=limit, offset=offset
