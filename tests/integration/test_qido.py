@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from api_gateway.deps import get_redis
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from status_service.indexes import queue_index
 
@@ -325,3 +327,18 @@ async def test_only_dicom_json_is_offered(client: httpx.AsyncClient) -> None:
     for accept in ("application/dicom+json", "application/json", "*/*", f"{xml}, */*;q=0.1"):
         response = await client.get("/dicomweb/studies", headers={"Accept": accept})
         assert (response.status_code, response.json()) == (200, []), accept
+
+
+async def test_redis_down_is_a_503_not_a_500(
+    client: httpx.AsyncClient, gateway_app: FastAPI
+) -> None:
+    async def unreachable() -> Redis:
+        return Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+
+    gateway_app.dependency_overrides[get_redis] = unreachable
+    try:
+        response = await client.get("/dicomweb/instances")
+    finally:
+        gateway_app.dependency_overrides.clear()
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"

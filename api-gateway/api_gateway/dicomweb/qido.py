@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 
 from api_gateway.deps import RedisClient
 from shared import query as q
-from shared.errors import BadRequest, NotAcceptable
+from shared.bus import REDIS_DOWN
+from shared.errors import BadRequest, NotAcceptable, ServiceUnavailable
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -34,6 +35,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     200: {"description": "The matches as DICOM JSON (an empty array when none match)"},
     400: {"description": "A query key or value is not valid (application/problem+json)"},
     406: {"description": "The Accept header allows no DICOM JSON (XML is not offered)"},
+    503: {"description": "Redis, which holds the indexes, does not answer"},
 }
 _ACCEPTED = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
@@ -63,7 +65,10 @@ async def _answer(
     query = q.Query.parse(
         level, params, study_uid=study, series_uid=series, limit=limit, offset=offset
     )
-    result = await q.find(redis, query)
+    try:
+        result = await q.find(redis, query)
+    except REDIS_DOWN:
+        raise ServiceUnavailable("the index cannot be read now: Redis does not answer") from None
     service = f"{request.url.scheme}://{request.url.netloc}/dicomweb"
     warnings = []
     if query.offset + len(result.datasets) < result.total:
