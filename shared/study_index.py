@@ -78,7 +78,7 @@ if entry then
   if redis.call('HINCRBY', series, s, -1) <= 0 then
     redis.call('HDEL', series, s)
     redis.call('DEL', sh, si)
-  else
+  elseif redis.call('EXISTS', sh) == 1 then  -- (not for an upload indexed before series were)
     redis.call('HSET', sh, 'instance_count', redis.call('HLEN', si), 'updated_at', ARGV[2])
   end
   if redis.call('HINCRBY', sops, i, -1) <= 0 then

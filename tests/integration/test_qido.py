@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from status_service.indexes import queue_index
 
+from shared import redis_names as names
 from shared.events import StudyKeys
 from shared.study_index import unindex
 from tests.support import dicom_ids
@@ -342,3 +343,22 @@ async def test_redis_down_is_a_503_not_a_500(
         gateway_app.dependency_overrides.clear()
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_upload_indexed_before_series_were_is_still_removed_cleanly(
+    redis: Redis, client: httpx.AsyncClient
+) -> None:
+    upload = str(uuid.uuid4())
+    ids = dicom_ids(study_uid=study_uid(0, 0), series_uid=f"{study_uid(0, 0)}.0", modality="CT")
+    other = dicom_ids(
+        study_uid=study_uid(0, 0), series_uid=f"{study_uid(0, 0)}.0", sop_uid="1.2.9", modality="CT"
+    )
+    await queue_index(redis, upload, ids, keys(0, 0, 0, 0))
+    await queue_index(redis, str(uuid.uuid4()), other, keys(0, 0, 0, 1))
+    # as the older index script left it: no series or instance hashes
+    await redis.delete(names.series_key(ids.series_uid), names.series_instances_key(ids.series_uid))
+    await redis.delete(names.sop_instance_key(ids.sop_uid), names.sop_instance_key("1.2.9"))
+    assert await unindex(redis, upload) == ["search index entry"]
+    assert not await redis.exists(names.series_key(ids.series_uid))
+    assert await get(client, "/instances") == []
+    assert len(await get(client, "/studies")) == 1
