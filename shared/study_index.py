@@ -3,8 +3,9 @@ query function (``shared.query``) reads instead of files.
 
 The status service indexes each archived instance that is not a duplicate
 (``status_service.indexes``); forgetting a job un-indexes its upload (``unindex``, from
-``shared.jobs.JobStore.forget``, run by the gateway and the status service); the gateway's
-search answers queries from these keys alone, normalising values as they were indexed.
+``shared.jobs.JobStore.forget``, run by the gateway and the status service); the query
+function (``shared.query``, for ``/studies``, QIDO-RS and C-FIND) answers from these keys
+alone, normalising values as they were indexed.
 
 Per study (key names in ``redis_names``): a hash of its attributes and counts, and hashes
 counting its uploads by series, by SOP Instance UID and by modality, so series, instance and

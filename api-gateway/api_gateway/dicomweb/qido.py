@@ -22,9 +22,10 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from api_gateway.deps import RedisClient
-from shared import query as q
+from shared import query_keys
 from shared.bus import REDIS_DOWN
 from shared.errors import BadRequest, NotAcceptable, ServiceUnavailable
+from shared.query import find
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -39,7 +40,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
 }
 _ACCEPTED = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
-Limit = Annotated[int, Query(description=f"1 to {q.MAX_LIMIT}")]
+Limit = Annotated[int, Query(description=f"1 to {query_keys.MAX_LIMIT}")]
 Offset = Annotated[int, Query(description="results to skip")]
 Fuzzy = Annotated[bool, Query(description="accepted; matching stays literal")]
 
@@ -47,7 +48,7 @@ Fuzzy = Annotated[bool, Query(description="accepted; matching stays literal")]
 async def _answer(
     redis: RedisClient,
     request: Request,
-    level: q.Level,
+    level: query_keys.Level,
     limit: int,
     offset: int,
     fuzzymatching: bool,
@@ -62,11 +63,11 @@ async def _answer(
     if ranges and not ranges & _ACCEPTED:
         raise NotAcceptable("QIDO-RS answers application/dicom+json only")
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in _PAGING]
-    query = q.Query.parse(
+    query = query_keys.Query.parse(
         level, params, study_uid=study, series_uid=series, limit=limit, offset=offset
     )
     try:
-        result = await q.find(redis, query)
+        result = await find(redis, query)
     except REDIS_DOWN:
         raise ServiceUnavailable("the index cannot be read now: Redis does not answer") from None
     service = f"{request.url.scheme}://{request.url.netloc}/dicomweb"
@@ -101,7 +102,7 @@ _PATH = (
 )
 
 
-def _retrieve_url(service: str, level: q.Level, dataset: dict[str, Any]) -> str:
+def _retrieve_url(service: str, level: query_keys.Level, dataset: dict[str, Any]) -> str:
     """The WADO-RS URL of one result (RetrieveURL, PS3.18 Table 10.6.3-3/4/5)."""
     path = [service]
     for name, resource, tag in _PATH:
