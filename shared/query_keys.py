@@ -88,7 +88,7 @@ COUNTS = frozenset(
         "NumberOfSeriesRelatedInstances",
     }
 )
-MAX_LIMIT = 1000
+MAX_LIMIT = 1000  # a larger limit is lowered to it (PS3.18: the server's maximum applies)
 
 
 def attribute(key: str) -> Attribute | None:
@@ -136,11 +136,11 @@ class Query:
         """From query parameters (key, value) other than paging and fuzzymatching; a bad key
         or value is a ``BadRequest`` naming the key, never quoting the value."""
         query = cls(level, study_uid=study_uid, series_uid=series_uid)
-        if not 1 <= limit <= MAX_LIMIT:
-            raise BadRequest(f"limit must be 1 to {MAX_LIMIT}")
+        if limit < 1:
+            raise BadRequest("limit must be 1 or more")
         if offset < 0:
             raise BadRequest("offset must be 0 or more")
-        query.limit, query.offset = limit, offset
+        query.limit, query.offset = min(limit, MAX_LIMIT), offset
         for key, value in params:
             if key == "includefield":
                 for item in value.split(","):

@@ -267,6 +267,7 @@ async def test_fuzzymatching_is_accepted_and_unknown_attributes_are_named(
         "StudyTime=25",
         "StudyInstanceUID=1.2.abc",
         "limit=0",
+        "limit=-5",
         "limit=abc",
         "offset=-1",
         "SOPInstanceUID=1.2",

@@ -40,7 +40,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
 }
 _ACCEPTED = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
-Limit = Annotated[int, Query(description=f"1 to {query_keys.MAX_LIMIT}")]
+Limit = Annotated[int, Query(description=f"1 or more; at most {query_keys.MAX_LIMIT} are returned")]
 Offset = Annotated[int, Query(description="results to skip")]
 Fuzzy = Annotated[bool, Query(description="accepted; matching stays literal")]
 

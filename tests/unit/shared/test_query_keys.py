@@ -50,7 +50,6 @@ def test_a_query_reads_its_keys_includefields_and_paging() -> None:
         ("study", [("StudyTime", "2460")], 100, 0),
         ("study", [("StudyInstanceUID", "1.2.x")], 100, 0),
         ("study", [], 0, 0),
-        ("study", [], 1001, 0),
         ("study", [], 10, -1),
     ],
 )
@@ -106,3 +105,7 @@ def test_modalities_in_study_match_any_of_a_list() -> None:
     assert match("ModalitiesInStudy", "MR\\US", "CT,MR")
     assert match("ModalitiesInStudy", "ct", "CT,MR")
     assert not match("ModalitiesInStudy", "US", "CT,MR")
+
+
+def test_a_limit_above_the_maximum_is_lowered_to_it() -> None:
+    assert Query.parse("study", [], limit=5000).limit == 1000
