@@ -50,11 +50,14 @@ async def find(redis: Redis, query: Query) -> Result:
 
     Studies come from the study index (``matching_studies``), series from their studies,
     instances from their series; a UID list of the level asked for (or of series) is read
-    straight from its hashes instead. Without an instance key, an instance page reads only
-    the series it falls in (the series' counts say which).
+    straight from its hashes instead. Where no key of a lower level narrows the search, the
+    counts a study or series keeps say which of them the page falls in, and only those are
+    read further.
     """
     if query.level == "instance" and _listed(query, "SOPInstanceUID"):
         return _page(query, await _instances_by_uid(redis, query))
+    below = {ATTRIBUTES[k].level for k in query.keys} - {"study"}
+    total: int | None = None
     if query.level != "study" and _listed(query, "SeriesInstanceUID"):
         series = await _series_by_uid(redis, query)
     else:
@@ -65,33 +68,64 @@ async def find(redis: Redis, query: Query) -> Result:
         studies = await _studies(redis, query)
         if query.level == "study":
             return _page(query, [(s,) for s in studies])
-        series = [
-            (st, se)
-            for st, children in zip(studies, await _children(redis, studies, "series"), strict=True)
-            for se in children
-            if _in_scope(query, se) and _level_matches(query, "series", se)
-        ]
-        series.sort(key=lambda p: _number_key(p[1], "series_number", "series_uid"))
-        order = {id(st): i for i, st in enumerate(studies)}  # studies first, newest first
-        series.sort(key=lambda p: order[id(p[0])])
+        skipped = 0
+        if not below and query.series_uid is None:  # each study's count says where pages fall
+            field = "series_count" if query.level == "series" else "instance_count"
+            counts = [int(st.get(field) or 0) for st in studies]
+            start, stop, skipped = _window(counts, query.offset, query.limit)
+            total, studies = sum(counts), studies[start:stop]
+        series = await _series_of(redis, query, studies)
+        if total is not None:
+            rows = series if query.level == "series" else await _instances(redis, query, series)
+            return _slice(query, rows, total, skipped)
     if query.level == "series":
         return _page(query, series)
-    if any(ATTRIBUTES[k].level == "instance" for k in query.keys):
+    if "instance" in below:
         return _page(query, await _instances(redis, query, series))
     # no instance key: every instance of these series matches; read the page's series only
     counts = [int(se.get("instance_count") or 0) for _, se in series]
-    start = stop = skipped = 0
-    while stop < len(series) and skipped + counts[stop] <= query.offset:
+    start, stop, skipped = _window(counts, query.offset, query.limit)
+    rows = await _instances(redis, query, series[start:stop])
+    return _slice(query, rows, sum(counts), skipped)
+
+
+def _window(counts: list[int], offset: int, limit: int) -> tuple[int, int, int]:
+    """Which groups (of these sizes, in order) a page from ``offset`` falls in: start, stop,
+    and how many records come before the start."""
+    stop = skipped = 0
+    while stop < len(counts) and skipped + counts[stop] <= offset:
         skipped += counts[stop]
         stop += 1
     start, seen = stop, skipped
-    while stop < len(series) and seen < query.offset + query.limit:
+    while stop < len(counts) and seen < offset + limit:
         seen += counts[stop]
         stop += 1
-    rows = await _instances(redis, query, series[start:stop])
+    return start, stop, skipped
+
+
+def _slice(
+    query: Query, rows: Sequence[tuple[dict[str, str], ...]], total: int, skipped: int
+) -> Result:
+    """The page of rows that start ``skipped`` records into the whole answer."""
     first = query.offset - skipped
     page = rows[first : first + query.limit]
-    return Result(total=sum(counts), datasets=[_dataset(query, row) for row in page])
+    return Result(total=total, datasets=[_dataset(query, row) for row in page])
+
+
+async def _series_of(
+    redis: Redis, query: Query, studies: list[dict[str, str]]
+) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """(study, series) of the matching series of these studies, in the studies' order and by
+    series number within each."""
+    series: list[tuple[dict[str, str], dict[str, str]]] = []
+    for st, children in zip(studies, await _children(redis, studies, "series"), strict=True):
+        children.sort(key=lambda h: _number_key(h, "series_number", "series_uid"))
+        series += [
+            (st, se)
+            for se in children
+            if _in_scope(query, se) and _level_matches(query, "series", se)
+        ]
+    return series
 
 
 def _listed(query: Query, keyword: str) -> bool:

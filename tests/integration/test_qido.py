@@ -363,3 +363,34 @@ async def test_an_upload_indexed_before_series_were_is_still_removed_cleanly(
     assert not await redis.exists(names.series_key(ids.series_uid))
     assert await get(client, "/instances") == []
     assert len(await get(client, "/studies")) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "tag"),
+    [
+        ("/series", {}, SERIES_UID),
+        ("/series", {"Modality": "CT"}, SERIES_UID),
+        ("/instances", {"PatientName": "SMITH*"}, SOP_UID),
+        ("/instances", {"SeriesNumber": "2"}, SOP_UID),
+        ("/instances", {"InstanceNumber": "1"}, SOP_UID),
+        (f"/studies/{study_uid(1, 1)}/instances", {}, SOP_UID),
+    ],
+)
+async def test_every_way_of_paging_gives_the_whole_answer_once_in_order(
+    client: httpx.AsyncClient,
+    indexed: dict[str, str],
+    path: str,
+    params: dict[str, str],
+    tag: str,
+) -> None:
+    whole = values(await get(client, path, limit=1000, **params), tag)
+    assert whole
+    for size in (1, 2, 3, 5):
+        paged: list[str] = []
+        for offset in range(0, len(whole) + size, size):
+            response = await client.get(
+                f"/dicomweb{path}", params={**params, "limit": size, "offset": offset}
+            )
+            paged += values(response.json(), tag)
+            assert response.headers["X-Total-Count"] == str(len(whole))
+        assert paged == whole, (path, params, size)
