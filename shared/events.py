@@ -79,7 +79,8 @@ class Origin(Frozen):
 
 
 class StudyKeys(Frozen):
-    """The attributes studies are searched by, read by the descriptor for the status service.
+    """The attributes studies, series and instances are searched by, read by the descriptor
+    for the status service (the study, series and instance indexes).
 
     The one event field that carries patient data: the status service needs it to keep the
     search indexes, and it is never logged.
@@ -96,6 +97,16 @@ class StudyKeys(Frozen):
     study_description: str | None = None
     referring_physician_name: str | None = None
     study_id: str | None = None  # the DICOM Study ID (0020,0010), not our upload id
+    # series and instance level (QIDO-RS, C-FIND); added later, so optional like the rest
+    series_description: str | None = None
+    series_number: str | None = None  # IS, as a DICOM string
+    performed_procedure_step_start_date: str | None = None  # YYYYMMDD
+    performed_procedure_step_start_time: str | None = None
+    instance_number: str | None = None  # IS
+    rows: int | None = None
+    columns: int | None = None
+    bits_allocated: int | None = None
+    number_of_frames: str | None = None  # IS
 
 
 Stage = Literal["validator", "descriptor", "uploader"]

@@ -123,14 +123,18 @@ DEAD_LETTER_RAW: Final = "dcm:events:dead-letter.unreadable"
 """Entries no service could even parse: kept for a person, outside the job lifecycle."""
 
 
-# Study search: status_service/indexes.py writes these, shared/study_index.py removes an upload
-# from them (forgetting a job), shared/search.py reads them (in the gateway).
+# Study, series and instance search: status_service/indexes.py writes these,
+# shared/study_index.py removes an upload from them (forgetting a job), shared/study_search.py
+# and shared/query.py read them (the gateway's /studies and QIDO-RS, later C-FIND).
 # Per-value sets are named by a digest of the normalised value, so no patient data is in a key.
 STUDY_PREFIX: Final = "dcm:studies:"
 STUDY_UPLOADS_PREFIX: Final = "dcm:study-uploads:"
 STUDY_SERIES_PREFIX: Final = "dcm:study-series:"
 STUDY_INSTANCES_PREFIX: Final = "dcm:study-instances:"
 STUDY_MODALITIES_PREFIX: Final = "dcm:study-modalities:"
+SERIES_PREFIX: Final = "dcm:series:"
+SERIES_INSTANCES_PREFIX: Final = "dcm:series-instances:"
+SOP_INSTANCE_PREFIX: Final = "dcm:sop-instances:"
 STUDIES_BY_MODALITY_PREFIX: Final = "dcm:indexes:studies-by-modality:"
 STUDIES_BY_PATIENT_ID_PREFIX: Final = "dcm:indexes:studies-by-patient-id:"
 STUDIES_BY_ACCESSION_PREFIX: Final = "dcm:indexes:studies-by-accession:"
@@ -177,3 +181,19 @@ def study_modalities_key(study_uid: str) -> str:
 def studies_by_modality_key(modality: str) -> str:
     """Set of the study UIDs with an instance of this (upper-case) modality."""
     return f"{STUDIES_BY_MODALITY_PREFIX}{modality}"
+
+
+def series_key(series_uid: str) -> str:
+    """Hash of one series' attributes and instance count (QIDO-RS series level)."""
+    return f"{SERIES_PREFIX}{series_uid}"
+
+
+def series_instances_key(series_uid: str) -> str:
+    """Hash SOP instance uid -> how many uploads hold it in this series (its instance count)."""
+    return f"{SERIES_INSTANCES_PREFIX}{series_uid}"
+
+
+def sop_instance_key(sop_uid: str) -> str:
+    """Hash of one indexed instance's attributes (QIDO-RS instance level); not the duplicate
+    detection's ``instance_key``."""
+    return f"{SOP_INSTANCE_PREFIX}{sop_uid}"

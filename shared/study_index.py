@@ -1,9 +1,11 @@
-"""The study index's layout in Redis, and its removal: what ``search`` reads instead of files.
+"""The study, series and instance indexes' layout in Redis, and their removal: what the
+query function (``shared.query``) reads instead of files.
 
 The status service indexes each archived instance that is not a duplicate
 (``status_service.indexes``); forgetting a job un-indexes its upload (``unindex``, from
-``shared.jobs.JobStore.forget``, run by the gateway and the status service); the gateway's
-search answers queries from these keys alone, normalising values as they were indexed.
+``shared.jobs.JobStore.forget``, run by the gateway and the status service); the query
+function (``shared.query``, for ``/studies``, QIDO-RS and C-FIND) answers from these keys
+alone, normalising values as they were indexed.
 
 Per study (key names in ``redis_names``): a hash of its attributes and counts, and hashes
 counting its uploads by series, by SOP Instance UID and by modality, so series, instance and
@@ -13,6 +15,10 @@ digest so no patient data is in a key name); a sorted set by study date and time
 ``YYYYMMDDhhmmss``, 0 for a study without a date: a date filter never matches it, and it sorts
 as the oldest); a lexicographic sorted set of ``NAME \\0 uid`` (names trimmed, upper-cased,
 trailing empty components dropped) for name prefixes; a sorted set by last change.
+Per series: a hash of its attributes (modality, description, number, performed procedure
+step start) and instance count, and a hash counting its uploads by SOP Instance UID. Per
+instance (by SOP Instance UID): a hash of its study and series UIDs, SOP class and image
+attributes. Series are listed from the study's series hash, instances from the series'.
 
 Both writers (indexing, removal) are Lua scripts, so a search never sees a half-written
 study, and both are idempotent: an upload is indexed once (a second run changes nothing) and
@@ -43,11 +49,21 @@ EXACT_INDEXES: dict[str, str] = {
     "accession_number": names.STUDIES_BY_ACCESSION_PREFIX,
     "institution_name": names.STUDIES_BY_INSTITUTION_PREFIX,
 }
-ATTRIBUTES = tuple(StudyKeys.model_fields)
+SERIES_ATTRIBUTES = (
+    "series_description",
+    "series_number",
+    "performed_procedure_step_start_date",
+    "performed_procedure_step_start_time",
+)
+INSTANCE_ATTRIBUTES = ("instance_number", "rows", "columns", "bits_allocated", "number_of_frames")
+STUDY_ATTRIBUTES = tuple(
+    f for f in StudyKeys.model_fields if f not in SERIES_ATTRIBUTES + INSTANCE_ATTRIBUTES
+)
 
 # Un-index one upload. KEYS: study-of-upload, by-date, by-name, by-update. ARGV: upload id,
 # now, the prefixes of study, uploads, series, instances, modalities keys and of modality sets,
-# then for each exact index its hash field and set prefix. Returns what it removed.
+# of series hashes, series instances and instance hashes, then for each exact index its hash
+# field and set prefix. Returns what it removed.
 _UNINDEX = r"""
 local study = redis.call('HGET', KEYS[1], ARGV[1])
 if not study then return {} end
@@ -58,8 +74,18 @@ local entry = redis.call('HGET', uploads, ARGV[1])
 if entry then
   redis.call('HDEL', uploads, ARGV[1])
   local s, i, m = string.match(entry, '^([^\t]*)\t([^\t]*)\t(.*)$')
-  if redis.call('HINCRBY', series, s, -1) <= 0 then redis.call('HDEL', series, s) end
-  if redis.call('HINCRBY', sops, i, -1) <= 0 then redis.call('HDEL', sops, i) end
+  local sh, si = ARGV[9] .. s, ARGV[10] .. s
+  if redis.call('HINCRBY', si, i, -1) <= 0 then redis.call('HDEL', si, i) end
+  if redis.call('HINCRBY', series, s, -1) <= 0 then
+    redis.call('HDEL', series, s)
+    redis.call('DEL', sh, si)
+  elseif redis.call('EXISTS', sh) == 1 then  -- (not for an upload indexed before series were)
+    redis.call('HSET', sh, 'instance_count', redis.call('HLEN', si), 'updated_at', ARGV[2])
+  end
+  if redis.call('HINCRBY', sops, i, -1) <= 0 then
+    redis.call('HDEL', sops, i)
+    redis.call('DEL', ARGV[11] .. i)
+  end
   if m ~= '' and redis.call('HINCRBY', mods, m, -1) <= 0 then
     redis.call('HDEL', mods, m)
     redis.call('SREM', ARGV[8] .. m, study)
@@ -74,7 +100,7 @@ if redis.call('HLEN', uploads) > 0 then
   redis.call('ZADD', KEYS[4], ARGV[2], study)
   return {'search index entry'}
 end
-for j = 9, #ARGV - 1, 2 do
+for j = 12, #ARGV - 1, 2 do
   local v = redis.call('HGET', h, ARGV[j])
   if v then redis.call('SREM', ARGV[j + 1] .. v, study) end
 end
@@ -161,6 +187,9 @@ async def queue_unindex(
         names.STUDY_INSTANCES_PREFIX,
         names.STUDY_MODALITIES_PREFIX,
         names.STUDIES_BY_MODALITY_PREFIX,
+        names.SERIES_PREFIX,
+        names.SERIES_INSTANCES_PREFIX,
+        names.SOP_INSTANCE_PREFIX,
     ]
     for field, prefix in EXACT_INDEXES.items():
         args += [f"ix:{field}", prefix]

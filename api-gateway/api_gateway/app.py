@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
-from api_gateway.dicomweb import stow, wado
+from api_gateway.dicomweb import qido, stow, wado
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
     batches,
@@ -66,6 +66,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     dicom_file_service.router,
     stow.router,
     wado.router,
+    qido.router,
 )
 
 # What a browser viewer on an allowed origin may send and read (CORS_ALLOW_ORIGINS).

@@ -29,9 +29,9 @@
   path, its own VR and the exception class, never the value.
 - Non-finite floats (FL/FD NaN or infinity) become ``null`` so the file is strict JSON.
 
-``study_keys(ds)`` gives the study-level attributes the search indexes need, in their DICOM
-string forms (``Doe^Jane``, dates ``YYYYMMDD``, times ``HHMMSS[.FFFFFF]``), None where absent
-or unreadable.
+``study_keys(ds)`` gives the study, series and instance attributes the search indexes need
+(QIDO-RS, C-FIND), in their DICOM string forms (``Doe^Jane``, dates ``YYYYMMDD``, times
+``HHMMSS[.FFFFFF]``; Rows, Columns and BitsAllocated as ints), None where absent or unreadable.
 """
 
 from __future__ import annotations
@@ -178,7 +178,12 @@ def _dicom_time(value: Any) -> str | None:
     return time.strftime("%H%M%S") + (f".{time.microsecond:06d}" if time.microsecond else "")
 
 
-_STUDY_KEYS: tuple[tuple[str, str, Callable[[Any], str | None]], ...] = (
+def _integer_string(value: Any) -> str | None:
+    """An IS value as its DICOM string, None unless it reads as an integer."""
+    return str(int(value))
+
+
+_STUDY_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("patient_name", "PatientName", _text),
     ("patient_id", "PatientID", _text),
     ("patient_birth_date", "PatientBirthDate", _dicom_date),
@@ -190,6 +195,15 @@ _STUDY_KEYS: tuple[tuple[str, str, Callable[[Any], str | None]], ...] = (
     ("study_description", "StudyDescription", _text),
     ("referring_physician_name", "ReferringPhysicianName", _text),
     ("study_id", "StudyID", _text),
+    ("series_description", "SeriesDescription", _text),
+    ("series_number", "SeriesNumber", _integer_string),
+    ("performed_procedure_step_start_date", "PerformedProcedureStepStartDate", _dicom_date),
+    ("performed_procedure_step_start_time", "PerformedProcedureStepStartTime", _dicom_time),
+    ("instance_number", "InstanceNumber", _integer_string),
+    ("rows", "Rows", int),
+    ("columns", "Columns", int),
+    ("bits_allocated", "BitsAllocated", int),
+    ("number_of_frames", "NumberOfFrames", _integer_string),
 )
 
 

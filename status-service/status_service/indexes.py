@@ -1,4 +1,5 @@
-"""The study search indexes the status service keeps: each archived instance, indexed once.
+"""The study, series and instance indexes the status service keeps: each archived instance,
+indexed once (what ``/studies``, QIDO-RS and C-FIND answer from).
 
 The layout (key names, how values are normalised) is ``shared.study_index``'s, which the
 gateway's search reads; this module only writes new entries (``index.lua`` beside it). Removal
@@ -18,6 +19,9 @@ from shared.events import DicomIds, StudyKeys
 from shared.lua import Lua
 from shared.study_index import (
     EXACT_INDEXES,
+    INSTANCE_ATTRIBUTES,
+    SERIES_ATTRIBUTES,
+    STUDY_ATTRIBUTES,
     date_score,
     exact_key,
     modality_key,
@@ -36,9 +40,9 @@ async def queue_index(
     *,
     now: float | None = None,
 ) -> None:
-    """Index one archived instance (not a duplicate) under its study; with a pipeline, the
-    script is queued and runs when the pipeline does. Indexing the same upload again changes
-    nothing."""
+    """Index one archived instance (not a duplicate) under its study, its series and its SOP
+    Instance UID; with a pipeline, the script is queued and runs when the pipeline does.
+    Indexing the same upload again changes nothing."""
     uid = ids.study_uid
     attributes = {k: v for k, v in _clean(study).items() if v}
     score = date_score(attributes.get("study_date"), attributes.get("study_time"))
@@ -59,8 +63,13 @@ async def queue_index(
     for field, prefix in EXACT_INDEXES.items():
         value = exact_key(attributes.get(field, ""))
         args += [f"ix:{field}", prefix, value_digest(value) if value else ""]
-    for field, value in attributes.items():
-        args += [field, value]
+    for fields in (STUDY_ATTRIBUTES, SERIES_ATTRIBUTES):
+        given = [(f, attributes[f]) for f in fields if f in attributes]
+        args.append(len(given))
+        for field, value in given:
+            args += [field, value]
+    args += [x for f in INSTANCE_ATTRIBUTES if f in attributes for x in (f, attributes[f])]
+    args += ["sop_class_uid", ids.sop_class_uid]
     keys = [
         names.STUDY_OF_UPLOAD,
         names.STUDIES_BY_DATE,
@@ -71,6 +80,9 @@ async def queue_index(
         names.study_series_key(uid),
         names.study_instances_key(uid),
         names.study_modalities_key(uid),
+        names.series_key(ids.series_uid),
+        names.series_instances_key(ids.series_uid),
+        names.sop_instance_key(ids.sop_uid),
     ]
     await _INDEX(keys=keys, args=args, client=client)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from api_gateway.search import SORT_KEYS, StudyQuery, get_study, search
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from status_service.indexes import queue_index
@@ -25,6 +24,7 @@ from status_service.indexes import queue_index
 from shared import redis_names as names
 from shared.events import DicomIds, StudyKeys
 from shared.study_index import queue_unindex, unindex
+from shared.study_search import SORT_KEYS, StudyQuery, get_study, search
 from tests.support import dicom_ids
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,7 +1,7 @@
 """Study search over HTTP: ``GET /studies`` (filtered, sorted, paged) and ``GET /studies/{uid}``.
 
 Both read the study index that the status service keeps (``shared.study_index``) through
-``api_gateway.search``, never the files.
+``shared.study_search``, never the files.
 A filter that is not valid is a 400 naming the parameter and never quoting its value, since
 values may be patient data.
 """
@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
 from api_gateway.deps import RedisClient
-from api_gateway.search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 from shared.errors import BadRequest, StudyNotFound
+from shared.study_search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
 
 router = APIRouter(tags=["studies"])
 

@@ -1,4 +1,5 @@
-"""study_keys(): the study-level attributes for the search indexes, as DICOM strings."""
+"""study_keys(): the study, series and instance attributes for the search indexes, as DICOM
+strings."""
 
 from __future__ import annotations
 
@@ -35,6 +36,27 @@ def test_a_bundled_file_gives_its_study_attributes() -> None:
     assert keys.institution_name == "JFK IMAGING CENTER"
     assert keys.study_id == "1CT1"
     assert keys.accession_number is None  # absent
+
+
+def test_the_series_and_instance_attributes_for_qido_come_with_them() -> None:
+    path = get_testdata_file("CT_small.dcm", download=False)
+    assert path is not None
+    keys = study_keys(dcmread(path))
+    assert (keys.series_number, keys.instance_number) == ("1", "1")
+    assert (keys.rows, keys.columns, keys.bits_allocated) == (128, 128, 16)
+    assert keys.number_of_frames is None  # a single-frame image does not say so
+    ds = Dataset()
+    ds.SeriesDescription = " AXIAL "
+    ds.NumberOfFrames = "12"
+    ds.PerformedProcedureStepStartDate = "20240102"
+    ds.PerformedProcedureStepStartTime = "0830"
+    raw(ds, 0x00200013, "IS", b"1A")  # InstanceNumber that is no integer
+    keys = study_keys(ds)
+    assert keys.series_description == "AXIAL"
+    assert keys.number_of_frames == "12"
+    assert keys.performed_procedure_step_start_date == "20240102"
+    assert keys.performed_procedure_step_start_time == "083000"
+    assert keys.instance_number is None
 
 
 def test_names_keep_their_dicom_form_and_dates_become_yyyymmdd() -> None:

@@ -1,7 +1,8 @@
-"""Study search: the one query function over the study index (``shared.study_index``).
+"""Study search over the study index (``shared.study_index``): the study level of the query.
 
-``search`` answers study-level queries (QIDO-RS study level) from the indexes alone, never from
-files; ``get_study`` reads one study's record.
+``search`` answers ``GET /studies`` from the indexes alone, never from files; ``get_study``
+reads one study's record; ``matching_studies`` is what both it and the query function of
+QIDO-RS and C-FIND (``shared.query``) use to find studies.
 
 Matching, as DICOM PS3.4 C.2.2.2 says, except for case: patient name, patient id, accession
 number and institution accept ``*`` (any run of characters, also none) and ``?`` (one
@@ -23,8 +24,8 @@ from redis.asyncio import Redis
 
 from shared import redis_names as names
 from shared.study_index import (
-    ATTRIBUTES,
     EXACT_INDEXES,
+    STUDY_ATTRIBUTES,
     exact_key,
     modality_key,
     name_key,
@@ -200,7 +201,18 @@ class StudyPage(BaseModel):
 
 
 async def search(redis: Redis, query: StudyQuery) -> StudyPage:
-    """The studies matching ``query``, sorted and paged.
+    """The studies matching ``query``, sorted and paged (``study_page``), as records."""
+    total, hashes = await study_page(redis, query)
+    return StudyPage(
+        total=total,
+        offset=query.offset,
+        limit=query.limit,
+        studies=await _records(redis, hashes),
+    )
+
+
+async def study_page(redis: Redis, query: StudyQuery) -> tuple[int, list[dict[str, str]]]:
+    """How many studies match ``query``, and the hashes of its page.
 
     Candidates come from the index that promises the fewest (the intersection of the exact
     sets, the date range, or the name's literal prefix); they are read in one pipeline and
@@ -208,23 +220,30 @@ async def search(redis: Redis, query: StudyQuery) -> StudyPage:
     date (the usual worklist), the page is read straight from the date index.
     """
     low, high = _score_range(query)
-    pattern = _name_pattern(query)
-    exact = {f: v for f, v in _exact_filters(query).items() if v is not None}
-    filtered = bool(pattern or exact or query.modality or query.study_uid)
+    filtered = bool(
+        _name_pattern(query)
+        or any(v is not None for v in _exact_filters(query).values())
+        or query.modality
+        or query.study_uid
+    )
     sort = query.sort.removeprefix("-")
     if not filtered and (sort == "study_date" or (sort == "updated_at" and low is None)):
         return await _page_from_index(redis, query, low, high)
+    matching = await matching_studies(redis, query)
+    return len(matching), matching[query.offset : query.offset + query.limit]
+
+
+async def matching_studies(redis: Redis, query: StudyQuery) -> list[dict[str, str]]:
+    """The hashes of every study matching ``query``'s filters, in its sort order (its paging
+    aside): what ``search`` pages and the query function (``shared.query``) reads."""
+    low, high = _score_range(query)
+    pattern = _name_pattern(query)
+    exact = {f: v for f, v in _exact_filters(query).items() if v is not None}
     candidates = await _candidates(redis, query, low, high, pattern, exact)
     hashes = await _read_hashes(redis, candidates)
     matching = [h for h in hashes if h and _matches(h, query, low, high, pattern, exact)]
-    matching.sort(key=_sort_key(sort), reverse=query.sort.startswith("-"))
-    page = matching[query.offset : query.offset + query.limit]
-    return StudyPage(
-        total=len(matching),
-        offset=query.offset,
-        limit=query.limit,
-        studies=await _records(redis, page),
-    )
+    matching.sort(key=_sort_key(query.sort.removeprefix("-")), reverse=query.sort.startswith("-"))
+    return matching
 
 
 async def get_study(redis: Redis, study_uid: str) -> StudyRecord | None:
@@ -263,7 +282,7 @@ def _exact_filters(query: StudyQuery) -> dict[str, str | None]:
 
 async def _page_from_index(
     redis: Redis, query: StudyQuery, low: int | None, high: int | None
-) -> StudyPage:
+) -> tuple[int, list[dict[str, str]]]:
     """A page read straight from the date (or update) index: no other filter, sorted by it."""
     key = names.STUDIES_BY_DATE if query.sort.endswith("study_date") else names.STUDIES_BY_UPDATE
     lo, hi = (low if low is not None else "-inf"), (high if high is not None else "+inf")
@@ -274,10 +293,7 @@ async def _page_from_index(
         else:
             pipe.zrangebyscore(key, lo, hi, start=query.offset, num=query.limit)
         total, uids = await pipe.execute()
-    hashes = [h for h in await _read_hashes(redis, uids) if h]
-    return StudyPage(
-        total=total, offset=query.offset, limit=query.limit, studies=await _records(redis, hashes)
-    )
+    return total, [h for h in await _read_hashes(redis, uids) if h]
 
 
 async def _candidates(
@@ -392,7 +408,7 @@ async def _records(redis: Redis, hashes: list[dict[str, str]]) -> list[StudyReco
 def _record(h: dict[str, str], upload_ids: list[str]) -> StudyRecord:
     updated = h.get("updated_at")
     return StudyRecord.model_validate(
-        {k: h[k] for k in ATTRIBUTES if h.get(k)}
+        {k: h[k] for k in STUDY_ATTRIBUTES if h.get(k)}
         | {
             "study_uid": h["study_uid"],
             "modalities": _split(h.get("modalities")),
