@@ -21,7 +21,7 @@ data, and rendered and thumbnail images, under ``/dicomweb``.
   UID order), an instance by its first frame. Cached with ``/uploads/{id}/image``'s cache.
 
 Instances are found by UID through the study index (``locate``); an unknown UID is a 404
-problem. Deviations and limits are in ``docs/conformance-wado.md``.
+problem. Deviations and limits are in ``docs/conformance.md``.
 """
 
 from __future__ import annotations
