@@ -16,12 +16,15 @@ query function of ``/studies``, QIDO-RS and C-FIND.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api_gateway.deps import RedisClient
+from api_gateway.deps import RedisClient, Settings
+from api_gateway.dicomweb.wado import public_root
+from api_gateway.settings import GatewaySettings
 from shared import query_keys
 from shared.bus import REDIS_DOWN
 from shared.errors import BadRequest, NotAcceptable, ServiceUnavailable
@@ -45,13 +48,27 @@ Offset = Annotated[int, Query(description="results to skip")]
 Fuzzy = Annotated[bool, Query(description="accepted; matching stays literal")]
 
 
+@dataclass(frozen=True)
+class Paging:
+    limit: int
+    offset: int
+    fuzzymatching: bool
+
+
+async def paging(limit: Limit = 100, offset: Offset = 0, fuzzymatching: Fuzzy = False) -> Paging:
+    """The parameters every QIDO-RS resource takes besides its query keys."""
+    return Paging(limit, offset, fuzzymatching)
+
+
+Page = Annotated[Paging, Depends(paging)]
+
+
 async def _answer(
     redis: RedisClient,
     request: Request,
+    settings: GatewaySettings,
     level: query_keys.Level,
-    limit: int,
-    offset: int,
-    fuzzymatching: bool,
+    page: Paging,
     study: str | None = None,
     series: str | None = None,
 ) -> Response:
@@ -64,20 +81,20 @@ async def _answer(
         raise NotAcceptable("QIDO-RS answers application/dicom+json only")
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in _PAGING]
     query = query_keys.Query.parse(
-        level, params, study_uid=study, series_uid=series, limit=limit, offset=offset
+        level, params, study_uid=study, series_uid=series, limit=page.limit, offset=page.offset
     )
     try:
         result = await find(redis, query)
     except REDIS_DOWN:
         raise ServiceUnavailable("the index cannot be read now: Redis does not answer") from None
-    service = f"{request.url.scheme}://{request.url.netloc}/dicomweb"
+    service = public_root(request, settings)
     warnings = []
     if query.offset + len(result.datasets) < result.total:
         warnings.append(
             f'299 {service}: "The number of results exceeded the maximum supported by the '
             f'server. Additional results can be requested."'
         )
-    if fuzzymatching:
+    if page.fuzzymatching:
         warnings.append(
             f'299 {service}: "The fuzzymatching parameter is not supported. '
             f'Only literal matching has been performed."'
@@ -114,75 +131,47 @@ def _retrieve_url(service: str, level: query_keys.Level, dataset: dict[str, Any]
 
 @router.get("/studies", responses=_RESPONSES)
 async def search_for_studies(
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForStudies: the studies matching every key."""
-    return await _answer(redis, request, "study", limit, offset, fuzzymatching)
+    return await _answer(redis, request, settings, "study", page)
 
 
 @router.get("/series", responses=_RESPONSES)
 async def search_for_series(
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForSeries, in every study."""
-    return await _answer(redis, request, "series", limit, offset, fuzzymatching)
+    return await _answer(redis, request, settings, "series", page)
 
 
 @router.get("/instances", responses=_RESPONSES)
 async def search_for_instances(
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForInstances, in every study."""
-    return await _answer(redis, request, "instance", limit, offset, fuzzymatching)
+    return await _answer(redis, request, settings, "instance", page)
 
 
 @router.get("/studies/{study}/series", responses=_RESPONSES)
 async def search_for_study_series(
-    study: str,
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForSeries of one study."""
-    return await _answer(redis, request, "series", limit, offset, fuzzymatching, study)
+    return await _answer(redis, request, settings, "series", page, study)
 
 
 @router.get("/studies/{study}/instances", responses=_RESPONSES)
 async def search_for_study_instances(
-    study: str,
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForInstances of one study."""
-    return await _answer(redis, request, "instance", limit, offset, fuzzymatching, study)
+    return await _answer(redis, request, settings, "instance", page, study)
 
 
 @router.get("/studies/{study}/series/{series}/instances", responses=_RESPONSES)
 async def search_for_series_instances(
-    study: str,
-    series: str,
-    redis: RedisClient,
-    request: Request,
-    limit: Limit = 100,
-    offset: Offset = 0,
-    fuzzymatching: Fuzzy = False,
+    study: str, series: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
     """SearchForInstances of one series."""
-    return await _answer(redis, request, "instance", limit, offset, fuzzymatching, study, series)
+    return await _answer(redis, request, settings, "instance", page, study, series)
