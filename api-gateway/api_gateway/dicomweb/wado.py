@@ -31,12 +31,13 @@ import hashlib
 import json
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydicom
 import structlog
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api_gateway.deps import RedisClient, Settings
@@ -330,58 +331,80 @@ Viewport = Annotated[str | None, Query(description="width,height in pixels")]
 Quality = Annotated[int | None, Query(ge=1, le=100, description="JPEG quality")]
 
 
+def _format(request: Request) -> Literal["png", "jpeg"]:
+    accepted = media.rendered_format(media.parse_accept(request.headers.get("accept")))
+    return "png" if accepted == "png" else "jpeg"
+
+
+async def rendering(
+    request: Request, window: Window = None, viewport: Viewport = None, quality: Quality = None
+) -> View:
+    """How a rendered resource is asked for (PS3.18 §8.3.5.1): its window, viewport and quality
+    from the query, its format from Accept; the frame is the resource's."""
+    center_width, function = _window(window)
+    return View(
+        window=center_width,
+        function=function,
+        viewport=_viewport(viewport),
+        format=_format(request),
+        quality=quality or 90,
+    )
+
+
+async def thumbnail(request: Request, viewport: Viewport = None) -> View:
+    """How a thumbnail is asked for: its viewport (THUMBNAIL when none is), its format."""
+    return View(viewport=_viewport(viewport) or THUMBNAIL, format=_format(request))
+
+
+Rendered = Annotated[View, Depends(rendering)]
+Thumbnail = Annotated[View, Depends(thumbnail)]
+
+
 @router.get(STUDY + "/rendered", response_class=FileResponse, responses={200: IMAGES})
 async def study_rendered(
     study: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    window: Window = None,
-    viewport: Viewport = None,
-    quality: Quality = None,
+    how: Rendered,
 ) -> FileResponse:
     """The study's first instance, rendered."""
     found = await locate.instances(redis, settings.archive_path, study)
-    return await _rendered(found[0], 1, request, window, viewport, quality, None)
+    return await _rendered(found[0], 1, how)
 
 
 @router.get(STUDY + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
 async def study_thumbnail(
-    study: str, request: Request, redis: RedisClient, settings: Settings, viewport: Viewport = None
+    study: str, redis: RedisClient, settings: Settings, how: Thumbnail
 ) -> FileResponse:
     """A small image of the study's first instance."""
     found = await locate.instances(redis, settings.archive_path, study)
-    return await _rendered(found[0], 1, request, None, viewport, None, THUMBNAIL)
+    return await _rendered(found[0], 1, how)
 
 
 @router.get(SERIES + "/rendered", response_class=FileResponse, responses={200: IMAGES})
 async def series_rendered(
     study: str,
     series: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    window: Window = None,
-    viewport: Viewport = None,
-    quality: Quality = None,
+    how: Rendered,
 ) -> FileResponse:
     """The series' first instance, rendered."""
     found = await locate.instances(redis, settings.archive_path, study, series)
-    return await _rendered(found[0], 1, request, window, viewport, quality, None)
+    return await _rendered(found[0], 1, how)
 
 
 @router.get(SERIES + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
 async def series_thumbnail(
     study: str,
     series: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    viewport: Viewport = None,
+    how: Thumbnail,
 ) -> FileResponse:
     """A small image of the series' first instance."""
     found = await locate.instances(redis, settings.archive_path, study, series)
-    return await _rendered(found[0], 1, request, None, viewport, None, THUMBNAIL)
+    return await _rendered(found[0], 1, how)
 
 
 @router.get(INSTANCE + "/rendered", response_class=FileResponse, responses={200: IMAGES})
@@ -389,16 +412,13 @@ async def instance_rendered(
     study: str,
     series: str,
     sop: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    window: Window = None,
-    viewport: Viewport = None,
-    quality: Quality = None,
+    how: Rendered,
 ) -> FileResponse:
     """The instance's first frame, rendered."""
     found = await locate.instance(redis, settings.archive_path, study, series, sop)
-    return await _rendered(found, 1, request, window, viewport, quality, None)
+    return await _rendered(found, 1, how)
 
 
 @router.get(INSTANCE + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
@@ -406,14 +426,13 @@ async def instance_thumbnail(
     study: str,
     series: str,
     sop: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    viewport: Viewport = None,
+    how: Thumbnail,
 ) -> FileResponse:
     """A small image of the instance's first frame."""
     found = await locate.instance(redis, settings.archive_path, study, series, sop)
-    return await _rendered(found, 1, request, None, viewport, None, THUMBNAIL)
+    return await _rendered(found, 1, how)
 
 
 @router.get(
@@ -424,17 +443,14 @@ async def frame_rendered(
     series: str,
     sop: str,
     frames: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    window: Window = None,
-    viewport: Viewport = None,
-    quality: Quality = None,
+    how: Rendered,
 ) -> FileResponse:
     """One frame, rendered."""
     frame = _one_frame(frames)
     found = await locate.instance(redis, settings.archive_path, study, series, sop)
-    return await _rendered(found, frame, request, window, viewport, quality, None)
+    return await _rendered(found, frame, how)
 
 
 @router.get(
@@ -445,15 +461,14 @@ async def frame_thumbnail(
     series: str,
     sop: str,
     frames: str,
-    request: Request,
     redis: RedisClient,
     settings: Settings,
-    viewport: Viewport = None,
+    how: Thumbnail,
 ) -> FileResponse:
     """A small image of one frame."""
     frame = _one_frame(frames)
     found = await locate.instance(redis, settings.archive_path, study, series, sop)
-    return await _rendered(found, frame, request, None, viewport, None, THUMBNAIL)
+    return await _rendered(found, frame, how)
 
 
 def _one_frame(frames: str) -> int:
@@ -463,25 +478,8 @@ def _one_frame(frames: str) -> int:
     return numbers[0]
 
 
-async def _rendered(
-    found: Instance,
-    frame: int,
-    request: Request,
-    window: str | None,
-    viewport: str | None,
-    quality: int | None,
-    default_viewport: tuple[int, int] | None,
-) -> FileResponse:
-    format = media.rendered_format(media.parse_accept(request.headers.get("accept")))
-    center_width, function = _window(window)
-    view = View(
-        frame=frame,
-        window=center_width,
-        function=function,
-        viewport=_viewport(viewport) or default_viewport,
-        format="png" if format == "png" else "jpeg",
-        quality=quality or 90,
-    )
+async def _rendered(found: Instance, frame: int, how: View) -> FileResponse:
+    view = replace(how, frame=frame)
     path = await rendered(found.folder, view)  # 400 for a frame the instance does not have
     return FileResponse(path, media_type=view.media_type)
 
