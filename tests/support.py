@@ -7,11 +7,14 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.events import DicomIds
 from testbed.processes import RedisServer, free_port, wait_for_port
 from testbed.series import ct_slice, write_ct_series
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 __all__ = [
     "RedisServer",
@@ -85,3 +88,19 @@ def dicom_ids(source: Any = None, *, fresh: bool = False, **fields: Any) -> Dico
             modality=source.get("Modality") or None,
         )
     return DicomIds(**(values | fields))
+
+
+def ct_instances(count: int, study: str | None = None) -> list[Dataset]:
+    """``count`` copies of pydicom's CT_small.dcm as the instances of one new series (of
+    ``study``, or of a new study), each with its own SOP Instance UID."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    study, series = study or generate_uid(), generate_uid()
+    out = []
+    for _ in range(count):
+        ds = dcmread(pydicom_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(ds)
+    return out

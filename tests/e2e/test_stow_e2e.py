@@ -10,26 +10,14 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import generate_uid
 
 from testbed.system import System
 from tests.e2e.test_pipeline import ENCODINGS
-from tests.support import pydicom_file
+from tests.support import ct_instances, pydicom_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 A900 = 0xA900  # Error: Data Set does not match SOP Class (PS3.18 Table I.2-2)
-
-
-def series(count: int) -> list[pydicom.Dataset]:
-    study, series_uid = generate_uid(), generate_uid()
-    out = []
-    for _ in range(count):
-        ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        out.append(ds)
-    return out
 
 
 def upload_id(item: pydicom.Dataset) -> str:
@@ -37,7 +25,7 @@ def upload_id(item: pydicom.Dataset) -> str:
 
 
 def test_a_series_is_stored_and_a_rejected_instance_is_reported_failed(system: System) -> None:
-    instances = series(4)
+    instances = ct_instances(4)
     rejected = instances[3]
     client = DICOMwebClient(url=f"{system.url()}/dicomweb")
     with warnings.catch_warnings():  # pydicom warns of the invalid UID as it sets and writes it
@@ -58,14 +46,14 @@ def test_a_series_is_stored_and_a_rejected_instance_is_reported_failed(system: S
 
 
 def test_every_instance_stored_is_a_200_and_another_study_is_a_409(system: System) -> None:
-    instances = series(2)
+    instances = ct_instances(2)
     study = instances[0].StudyInstanceUID
     client = DICOMwebClient(url=f"{system.url()}/dicomweb")
     answer = client.store_instances(instances, study_instance_uid=study)
     assert len(answer.ReferencedSOPSequence) == 2
     assert answer.RetrieveURL.endswith(f"/dicomweb/studies/{study}")
     with pytest.raises(requests.HTTPError) as refused:
-        client.store_instances(series(1), study_instance_uid=study)
+        client.store_instances(ct_instances(1), study_instance_uid=study)
     assert refused.value.response.status_code == 409
     body = pydicom.Dataset.from_json(refused.value.response.json())
     assert body.FailedSOPSequence[0].FailureReason == 0xC409

@@ -19,9 +19,9 @@ import pydicom
 import pytest
 from api_gateway.dicomweb import stow
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.support import pydicom_file
+from tests.support import ct_instances
 
 UPLOAD_ID = "00091001"  # (0009,1001) in the dicomflow private block (0009,0010)
 BOUNDARY = "stow-test-boundary"
@@ -30,18 +30,6 @@ BOUNDARY = "stow-test-boundary"
 @pytest.fixture
 def gateway_env() -> dict[str, Any]:
     return {"STOW_VALIDATION_TIMEOUT_S": 0.3, "STOW_READ_TIMEOUT_S": 0.5, "MAX_FILE_SIZE": 200_000}
-
-
-def instances(count: int, study: str | None = None) -> list[pydicom.Dataset]:
-    """``count`` CT instances of one new series (of ``study``, or a new one)."""
-    study, series = study or generate_uid(), generate_uid()
-    out = []
-    for _ in range(count):
-        ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        out.append(ds)
-    return out
 
 
 def encoded(ds: pydicom.Dataset) -> bytes:
@@ -70,7 +58,7 @@ def leftovers(uploads: Path) -> list[str]:
 async def test_dicomweb_client_stores_a_series_in_one_request(
     served_gateway: str, uploads: Path
 ) -> None:
-    series = instances(3)
+    series = ct_instances(3)
     client = DICOMwebClient(url=f"{served_gateway}/dicomweb")
     answer = await asyncio.to_thread(client.store_instances, series)
     stored = answer.ReferencedSOPSequence
@@ -91,7 +79,7 @@ async def test_dicomweb_client_stores_a_series_in_one_request(
 
 
 async def test_status_codes_follow_table_10_5_3_1(served_gateway: str, uploads: Path) -> None:
-    good, other = instances(1)[0], instances(1)[0]
+    good, other = ct_instances(1)[0], ct_instances(1)[0]
     study = good.StudyInstanceUID
     async with httpx.AsyncClient(base_url=served_gateway) as http:
         # some stored, one of another study: 202, the other failed 0xC409
@@ -142,7 +130,7 @@ async def test_a_wrong_content_type_is_refused_and_nothing_is_kept(
     async with httpx.AsyncClient(base_url=served_gateway) as http:
         answer = await http.post(
             "/dicomweb/studies",
-            content=body(encoded(instances(1)[0])),
+            content=body(encoded(ct_instances(1)[0])),
             headers={"content-type": content_type},
         )
     assert answer.status_code == status, answer.text
@@ -152,7 +140,7 @@ async def test_a_wrong_content_type_is_refused_and_nothing_is_kept(
 async def test_a_body_cut_short_is_a_400_and_leaves_nothing(
     served_gateway: str, uploads: Path
 ) -> None:
-    whole = encoded(instances(1)[0])
+    whole = encoded(ct_instances(1)[0])
     cut = body(whole, boundary=BOUNDARY, close=False) + b"--" + BOUNDARY.encode() + b"\r\n"
     cut += b"Content-Type: application/dicom\r\n\r\n" + whole[:1000]
     async with httpx.AsyncClient(base_url=served_gateway) as http:
@@ -166,7 +154,7 @@ async def test_a_body_cut_short_is_a_400_and_leaves_nothing(
 async def test_a_chunked_body_that_stalls_is_a_400_and_leaves_nothing(
     served_gateway: str, uploads: Path
 ) -> None:
-    first = body(encoded(instances(1)[0]), close=False)  # one whole part, then nothing, ever
+    first = body(encoded(ct_instances(1)[0]), close=False)  # one whole part, then nothing, ever
     host, port = served_gateway.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -187,7 +175,7 @@ async def test_a_chunked_body_that_stalls_is_a_400_and_leaves_nothing(
 
 
 async def test_a_chunked_body_is_stored(served_gateway: str, uploads: Path) -> None:
-    data = body(*(encoded(d) for d in instances(2)))
+    data = body(*(encoded(d) for d in ct_instances(2)))
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(data), 777):
@@ -204,7 +192,7 @@ async def test_a_chunked_body_is_stored(served_gateway: str, uploads: Path) -> N
 
 def large_part_head(pixel_bytes: int) -> bytes:
     """A CT instance up to its Pixel Data header: the pixel bytes are the caller's to send."""
-    ds = instances(1)[0]
+    ds = ct_instances(1)[0]
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     del ds.PixelData
     header = b"\xe0\x7f\x10\x00OB\x00\x00" + pixel_bytes.to_bytes(4, "little")
