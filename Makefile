@@ -29,7 +29,7 @@ bench: $(STAMP)  ## throughput, latency and memory table
 
 PACKAGES := shared api-gateway/api_gateway validator-service/validator_service \
 	descriptor-service/descriptor_service uploader-service/uploader_service \
-	status-service/status_service cli/dicomflow_cli testbed
+	status-service/status_service dimse-service/dimse_service cli/dicomflow_cli testbed
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check .

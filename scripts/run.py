@@ -53,6 +53,8 @@ SERVICES = (
     ("validator", "validator_service", "VALIDATOR_PORT", 8001),
     ("descriptor", "descriptor_service", "DESCRIPTOR_PORT", 8002),
     ("uploader", "uploader_service", "UPLOADER_PORT", 8004),
+    # its HTTP port (probes); it listens for DICOM on DIMSE_PORT (11112)
+    ("dimse", "dimse_service", "DIMSE_HTTP_PORT", 8005),
     ("gateway", "api_gateway", "GATEWAY_PORT", 8000),
 )
 
@@ -153,8 +155,9 @@ class Service:
 
 def replicas(env: dict[str, str], name: str) -> int:
     """How many processes of a stage to run: ``<STAGE>_REPLICAS`` from the environment or
-    ``.env`` (as the services read their settings), 1 for the gateway."""
-    if name == "gateway":
+    ``.env`` (as the services read their settings), 1 for the gateway and the DIMSE listener
+    (one DICOM port)."""
+    if name in ("gateway", "dimse"):
         return 1
     from dotenv import dotenv_values  # pydantic-settings' own .env reader
 
@@ -214,6 +217,7 @@ def main() -> None:
         for s in services:
             label = s.name if s.replica == 0 else f"{s.name}.{s.replica}"
             say(f"  {label:<12} http://127.0.0.1:{s.port}/health  pid {s.proc.pid}")  # type: ignore[union-attr]
+        say(f"  {'dimse':<12} DICOM on port {env.get('DIMSE_PORT', '11112')}")
         say("Ctrl-C stops everything")
     try:
         while not stopping:

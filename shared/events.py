@@ -74,8 +74,10 @@ class Origin(Frozen):
     label: str | None = None  # seed 004's "study" folder name
     user_id: str | None = None
     batch_id: str | None = None
-    source: str | None = None  # multipart, raw, batch, image, presigned, wado
+    source: str | None = None  # multipart, raw, batch, image, presigned, wado, dimse
     source_sha256: str | None = None  # of the image an upload was converted from
+    calling_ae: str | None = None  # dimse: the calling AE title
+    peer: str | None = None  # dimse: the peer's address, host:port
 
 
 class StudyKeys(Frozen):

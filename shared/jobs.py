@@ -278,6 +278,8 @@ _PLAIN_FIELDS = (
     "source",
     "sha256",
     "source_sha256",
+    "calling_ae",
+    "peer",
     "archive_path",
     "metadata_file",
     "preview_file",

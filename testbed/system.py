@@ -27,7 +27,7 @@ from shared.jobs import FINAL
 from testbed.processes import REPLICA_PORT_STEP, RedisServer, free_port, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("gateway", "validator", "descriptor", "status", "uploader")
+NAMES = ("gateway", "validator", "descriptor", "status", "uploader", "dimse")
 WORKERS = ("validator", "descriptor", "status", "uploader")  # the stages that scale out
 PORT_VARS = {
     "gateway": "GATEWAY_PORT",
@@ -35,6 +35,7 @@ PORT_VARS = {
     "descriptor": "DESCRIPTOR_PORT",
     "status": "STATUS_PORT",
     "uploader": "UPLOADER_PORT",
+    "dimse": "DIMSE_HTTP_PORT",  # its HTTP probes; DICOM on System.dimse_port
 }
 RUN_LINE = re.compile(r"^\[run\] (service\.\w+)((?: \w+=\S*)*)\s*$")
 
@@ -80,6 +81,7 @@ class System:
     killed: set[int] = field(default_factory=set)  # pids this test SIGKILLed itself
     expected: Counter[str] = field(default_factory=Counter)  # other exits it announced
     reported: set[str] = field(default_factory=set)  # deaths a check has already failed on
+    dimse_port: int = 0  # the DIMSE listener's DICOM port (DIMSE_PORT)
 
     def url(self, service: str = "gateway", replica: int = 0) -> str:
         return f"http://127.0.0.1:{self.port(service, replica)}"
@@ -238,6 +240,7 @@ def start_system(
     redis.folder.mkdir(parents=True)
     redis.start()
     ports = {name: replica_ports(replicas.get(name, 1)) for name in NAMES}
+    dimse_port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis.url,
@@ -250,6 +253,7 @@ def start_system(
         "RECOVERY_INTERVAL_S": "1",
         "RECOVERY_GRACE_S": "1",
         **{PORT_VARS[n]: str(p) for n, p in ports.items()},
+        "DIMSE_PORT": str(dimse_port),
         **{f"{n.upper()}_REPLICAS": str(count) for n, count in replicas.items()},
         **env_extra,
     }
@@ -262,6 +266,7 @@ def start_system(
         stderr=subprocess.STDOUT,
     )
     system = System(proc, ports, folder / "uploads", folder / "archive", redis, log, replicas)
+    system.dimse_port = dimse_port
     deadline = time.monotonic() + 60
     while not _ready(ports, replicas):
         if proc.poll() is not None or time.monotonic() > deadline:

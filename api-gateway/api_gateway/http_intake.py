@@ -17,7 +17,6 @@ from uuid import UUID
 
 from starlette.requests import ClientDisconnect
 
-from api_gateway.intake import received
 from api_gateway.receive import ReceivedFile, RefusedFile
 from api_gateway.secondary_capture import ImageConversionError, Kind, image_to_dicom, sniff
 from shared import catalog, metrics
@@ -30,6 +29,7 @@ from shared.errors import (
 )
 from shared.events import FileReceived, Origin
 from shared.files import sha256_of
+from shared.intake import received
 
 
 class FilesRefused(AppError):

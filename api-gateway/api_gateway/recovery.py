@@ -16,7 +16,7 @@ from uuid import UUID
 
 import structlog
 
-from api_gateway import intake
+from shared import intake
 from shared import redis_names as names
 from shared.bus import REDIS_DOWN, stop_if_cancelled
 from shared.files import sha256_of

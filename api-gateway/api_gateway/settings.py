@@ -20,6 +20,8 @@ class GatewaySettings(ServiceSettings):
     descriptor_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8002"), alias="DESCRIPTOR_URL")
     status_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8003"), alias="STATUS_URL")
     uploader_url: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:8004"), alias="UPLOADER_URL")
+    # the DIMSE listener's HTTP root; unset: not listed (a deployment without DIMSE)
+    dimse_url: AnyHttpUrl | None = Field(None, alias="DIMSE_URL")
     max_batch_size: int = Field(512 * 1024 * 1024, gt=0, alias="MAX_BATCH_SIZE")
     deid_secret: str | None = Field(None, min_length=16, alias="DEID_SECRET")
     # STOW-RS: how long its answer waits for the instances' validation, and for a stalled body

@@ -76,6 +76,7 @@ def test_system_reports_every_service_ready_queues_and_counts(system: System) ->
         "descriptor-service",
         "status-service",
         "uploader-service",
+        "dimse-service",
     }
     assert all(s["ready"] for s in services.values()), services
     assert services["validator-service"]["url"] == system.url("validator")
@@ -211,9 +212,9 @@ def test_dashboard_uploads_follows_shows_searches_and_reports(
     )
     _shot(page, "4-studies")
 
-    # Health: five services ready, and the jobs counted.
+    # Health: six services ready (dimse-service too), and the jobs counted.
     page.click('[data-tab="health"]')
-    expect(page.locator('#health-services .service[data-ready="true"]')).to_have_count(5)
+    expect(page.locator('#health-services .service[data-ready="true"]')).to_have_count(6)
     expect(page.locator("#health-queue-rows tr").first).to_be_visible()
     _shot(page, "5-health")
 

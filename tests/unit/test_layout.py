@@ -15,17 +15,13 @@ SERVICES = {
     "descriptor_service": ROOT / "descriptor-service" / "descriptor_service",
     "uploader_service": ROOT / "uploader-service" / "uploader_service",
     "status_service": ROOT / "status-service" / "status_service",
+    "dimse_service": ROOT / "dimse-service" / "dimse_service",
 }
 SHARED = ROOT / "shared"
-# shared modules waiting for their second service, and which one: the one query function over
-# the indexes serves the gateway (/studies, QIDO-RS) now and dimse-service's C-FIND next (issue
-# 11); drop an entry once that service imports it.
-AWAITING = {
-    "query": "dimse_service",
-    "query_keys": "dimse_service",
-    "study_search": "dimse_service",
-    "dicom_json": "dimse_service",
-}
+# shared modules waiting for their second service, and which one (module -> service); drop an
+# entry once that service imports it (``test_no_stale_awaiting`` fails until then). The query
+# modules (QIDO-RS and C-FIND) and the intake (HTTP and C-STORE) have their two services now.
+AWAITING: dict[str, str] = {}
 
 
 def imported(folder: Path) -> set[str]:
@@ -93,3 +89,15 @@ def test_shared_holds_only_what_two_services_use() -> None:
         if len(who) < 2 and not (module in AWAITING and who)
     }
     assert not alone, f"shared modules used by fewer than two services (move them): {alone}"
+
+
+def test_no_stale_awaiting() -> None:
+    """An allowance whose module now has its second service (or was moved away) is stale."""
+    stale = {
+        module: service
+        for module, service in AWAITING.items()
+        if module not in shared_modules()
+        or len([s for s in SERVICES if module in shared_of(s)]) >= 2
+        or module in shared_of(service)
+    }
+    assert not stale, f"AWAITING entries no longer needed (remove them): {stale}"

@@ -38,11 +38,11 @@ from fastapi.responses import JSONResponse
 from pydicom import Dataset, dcmread
 from python_multipart.multipart import parse_options_header
 
-from api_gateway import http_intake, intake
+from api_gateway import http_intake
 from api_gateway.deps import Feed, Settings, Store
 from api_gateway.dicomweb.wado import public_root
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
-from shared import metrics
+from shared import intake, metrics
 from shared.errors import AppError, BadRequest, UnsupportedMediaType
 from shared.jobs import JobStatus
 from shared.status_api import wait_until

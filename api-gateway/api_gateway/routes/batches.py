@@ -22,13 +22,13 @@ import ijson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api_gateway import http_intake, intake
+from api_gateway import http_intake
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
 from api_gateway.routes.upload import FileRefused, UploadAccepted
 from api_gateway.routes.uploads import UploadRecord
 from api_gateway.settings import GatewaySettings
-from shared import catalog
+from shared import catalog, intake
 from shared.errors import BadRequest, BatchNotFound, FileTooLarge, UnsupportedMediaType
 from shared.jobs import FINAL, JobStatus, JobStore
 

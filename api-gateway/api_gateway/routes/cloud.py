@@ -19,9 +19,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
-from api_gateway import intake
 from api_gateway.deps import Settings, Store
 from api_gateway.settings import GatewaySettings
+from shared import intake
 from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import (
     BadRequest,

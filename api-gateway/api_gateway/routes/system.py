@@ -56,13 +56,16 @@ class SystemView(BaseModel):
 
 @router.get("/system", response_model_exclude_none=True)
 async def system(request: Request, settings: Settings, redis: RedisClient) -> SystemView:
-    """Readiness of the five services, queue depth per consumer group, jobs per state."""
+    """Readiness of the services (dimse-service where DIMSE_URL is set), queue depth per
+    consumer group, jobs per state."""
     peers = {
         "validator-service": str(settings.validator_url),
         "descriptor-service": str(settings.descriptor_url),
         "status-service": str(settings.status_url),
         "uploader-service": str(settings.uploader_url),
     }
+    if settings.dimse_url is not None:
+        peers["dimse-service"] = str(settings.dimse_url)
     self_url = str(request.base_url).rstrip("/")
     itself = httpx.ASGITransport(app=request.app)  # the gateway answers for itself, in-process
     async with (

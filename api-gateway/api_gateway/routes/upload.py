@@ -9,7 +9,7 @@ import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from api_gateway import http_intake, intake
+from api_gateway import http_intake
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import (
     MultipartReceiver,
@@ -19,7 +19,7 @@ from api_gateway.receive import (
     receive_raw,
 )
 from api_gateway.settings import GatewaySettings
-from shared import catalog, metrics
+from shared import catalog, intake, metrics
 from shared.errors import NoFilePart
 from shared.jobs import JobStore
 

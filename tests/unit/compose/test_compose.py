@@ -1,6 +1,6 @@
 """compose.yaml against the Compose Specification, and the topology the pipeline needs.
 
-No Docker engine runs here, so the file is checked as data: valid by the schema, six
+No Docker engine runs here, so the file is checked as data: valid by the schema, seven
 services that each have a health check, wait for healthy dependencies, restart, run as a
 non-root user, and start a module that exists in this project.
 """
@@ -24,6 +24,7 @@ SERVICES = {
     "descriptor-service": ("descriptor_service", 8002),
     "status-service": ("status_service", 8003),
     "uploader-service": ("uploader_service", 8004),
+    "dimse-service": ("dimse_service", 8005),
 }
 
 
@@ -38,7 +39,7 @@ def test_compose_file_is_valid_by_the_compose_specification(compose: dict[str, A
     jsonschema.Draft7Validator(schema).validate(compose)
 
 
-def test_six_services_redis_and_the_five_of_the_pipeline(compose: dict[str, Any]) -> None:
+def test_redis_and_the_six_services_of_the_pipeline(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {"redis", *SERVICES}
 
 
@@ -74,6 +75,10 @@ def test_each_pipeline_service_runs_a_real_module_as_non_root_on_its_port(
     assert f"http://127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
     if name == "api-gateway":
         assert f"{port}:{port}" in service["ports"]
+    elif name == "dimse-service":  # one listener; its DICOM port, on the host's loopback only
+        assert service["ports"] == ["127.0.0.1:11112:11112"]
+        assert str(port) in service["expose"]
+        assert "replicas" not in service.get("deploy", {})
     else:  # a worker scales out: its replicas would collide on a published host port
         assert "ports" not in service
         assert str(port) in service["expose"]

@@ -1,12 +1,11 @@
 """The one intake: a complete file, durable on the uploads volume, becomes a job.
 
 Every way in (a multipart or raw upload, a batch, STOW-RS, a presigned S3 upload, a WADO-RS
-retrieval, a file Redis forgot; C-STORE next) ends here, so a job is always created the same
-way: its record, its queue entry and its label, user and batch entries in one transaction, all
-the files of a request or none. Nothing here is HTTP's (``http_intake`` holds the screening and
-the refusals of the HTTP ways in): this module moves to ``shared/intake.py`` as it is when a
-second service (the DIMSE listener) takes files in; until then ``shared/`` may not hold it
-(``tests/unit/test_layout.py``).
+retrieval, a file Redis forgot, a C-STORE to dimse-service) ends here, so a job is always
+created the same way: its record, its queue entry and its label, user and batch entries in one
+transaction, all the files of a request or none. Nothing here is HTTP's or DIMSE's (the gateway's
+``http_intake`` holds the screening and the refusals of the HTTP ways in; dimse-service's
+``c_store`` its status codes).
 """
 
 from __future__ import annotations
