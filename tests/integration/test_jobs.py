@@ -45,6 +45,14 @@ def described_of(upload_id: uuid.UUID) -> FileDescribed:
     )
 
 
+async def described_job(store: JobStore, upload_id: uuid.UUID) -> FileDescribed:
+    """A job received and described, as the status service applies it; its described event."""
+    described = described_of(upload_id)
+    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
+    await apply(store, described)
+    return described
+
+
 def uploader_gave_up(described: FileDescribed) -> JobFailed:
     """The dead letter of an uploader that kept failing on ``described``."""
     return JobFailed(
@@ -155,13 +163,8 @@ async def test_a_failed_job_goes_back_to_its_failed_stage_and_is_queued_again(
     store: JobStore,
 ) -> None:
     upload_id = uuid.uuid4()
-    described = described_of(upload_id)
-    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
-    await apply(store, described)
-    await apply(
-        store,
-        uploader_gave_up(described),
-    )
+    described = await described_job(store, upload_id)
+    await apply(store, uploader_gave_up(described))
     assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
     assert job is not None
@@ -236,14 +239,9 @@ async def test_fields_that_come_with_an_event_that_does_not_move_the_job_are_kep
 
 async def test_retries_keep_the_history_as_short_as_every_other_change(store: JobStore) -> None:
     upload_id = uuid.uuid4()
-    described = described_of(upload_id)
-    await apply(store, FileReceived(upload_id=upload_id, file=FILE))
-    await apply(store, described)
+    described = await described_job(store, upload_id)
     for _ in range(HISTORY_MAX):
-        await apply(
-            store,
-            uploader_gave_up(described),
-        )
+        await apply(store, uploader_gave_up(described))
         assert await store.retry(upload_id) == "described"
     job = await store.read(upload_id)
     assert job is not None
