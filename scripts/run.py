@@ -119,14 +119,15 @@ class Service:
         )
         self.starts = [t for t in self.starts if t > time.monotonic() - 60] + [time.monotonic()]
         self.started += 1
-        tell(
-            "service.started",
-            name=self.name,
-            replica=self.replica,
-            pid=self.proc.pid,
-            port=self.port,
-            starts=self.started,
-        )
+        self.tell("service.started", port=self.port, starts=self.started)
+
+    def tell(self, event: str, **fields: object) -> None:
+        """One parseable line about this process: its name, replica, pid, and its return code
+        once it has one."""
+        assert self.proc is not None
+        code = self.proc.returncode
+        returned = {} if code is None else {"returncode": code}
+        tell(event, name=self.name, replica=self.replica, pid=self.proc.pid, **returned, **fields)
 
     def check(self) -> None:
         """Start it again if it died: at once the first time, slower if it keeps dying."""
@@ -135,14 +136,7 @@ class Service:
         now = time.monotonic()
         if self.next_start == 0.0:
             delay = 0.5 if len(self.starts) < 3 else min(2.0 * len(self.starts), 10.0)
-            tell(
-                "service.exited",
-                name=self.name,
-                replica=self.replica,
-                pid=self.proc.pid,
-                returncode=self.proc.returncode,
-                restart_in_s=f"{delay:.1f}",
-            )
+            self.tell("service.exited", restart_in_s=f"{delay:.1f}")
             self.next_start = now + delay
         elif now >= self.next_start:
             self.next_start = 0.0
@@ -236,13 +230,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     service.proc.kill()
                     service.proc.wait()
-                tell(
-                    "service.stopped",
-                    name=service.name,
-                    replica=service.replica,
-                    pid=service.proc.pid,
-                    returncode=service.proc.returncode,
-                )
+                service.tell("service.stopped")
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(15)
