@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -12,9 +13,23 @@ REPLICA_PORT_STEP = 10  # make run's rule: replica i of a stage listens on its p
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of 127.0.0.1 nothing uses, below the kernel's ephemeral range.
+
+    Not one the kernel picks (``bind(0)``): those come from the range it gives outgoing
+    connections their local ports from, so another process's connection (to Redis, say) can
+    take the port between now and the server's bind, and hold it for as long as it lives."""
+    low = _ephemeral_low()
+    while True:
+        port = random.randrange(max(1024, low - 16_384), low)
+        if port_free(port):
+            return port
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def listening(port: int, seconds: float = 15) -> bool:
