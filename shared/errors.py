@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import traceback
 from types import FrameType
+from typing import ClassVar
 
 
 class AppError(Exception):
@@ -15,6 +16,7 @@ class AppError(Exception):
 
     status: int = 500
     code: str = "internal-error"
+    headers: ClassVar[dict[str, str]] = {}  # sent with the problem, e.g. a 401's challenge
 
     def __init__(self, message: str = "", **extra: object) -> None:
         super().__init__(message)

@@ -18,7 +18,12 @@ log = structlog.get_logger()
 
 
 def _body(
-    request: Request, status: int, code: str, detail: str | None, **extra: object
+    request: Request,
+    status: int,
+    code: str,
+    detail: str | None,
+    headers: dict[str, str] | None = None,
+    **extra: object,
 ) -> JSONResponse:
     body = {
         "type": f"/problems/{code}",
@@ -28,12 +33,12 @@ def _body(
         "instance": request.url.path,
         **extra,
     }
-    return JSONResponse(body, status, media_type="application/problem+json")
+    return JSONResponse(body, status, headers, media_type="application/problem+json")
 
 
 async def app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return _body(request, exc.status, exc.code, str(exc) or None, **exc.extra)
+    return _body(request, exc.status, exc.code, str(exc) or None, exc.headers, **exc.extra)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -197,3 +197,7 @@ def sop_instance_key(sop_uid: str) -> str:
     """Hash of one indexed instance's attributes (QIDO-RS instance level); not the duplicate
     detection's ``instance_key``."""
     return f"{SOP_INSTANCE_PREFIX}{sop_uid}"
+
+
+API_KEYS: Final = "dcm:config:api-keys"
+"""Hash key id -> the API key's name, scopes, creation time and SHA-256 (never the key)."""
