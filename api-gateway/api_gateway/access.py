@@ -28,8 +28,11 @@ from typing import Any, ClassVar, cast
 
 import httpx
 import jwt
+from fastapi import Request
+from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
+from api_gateway.settings import GatewaySettings
 from shared import redis_names as names
 from shared.errors import AppError
 
@@ -283,3 +286,65 @@ class Access:
 def _bearer(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def access_of(settings: GatewaySettings, redis: Redis) -> Access:
+    """The door the settings describe (OpenID Connect when an issuer and audience are set)."""
+    oidc = None
+    if settings.oidc_issuer and settings.oidc_audience:
+        values = {
+            Scope.READ: settings.oidc_read_values,
+            Scope.WRITE: settings.oidc_write_values,
+            Scope.ADMIN: settings.oidc_admin_values,
+        }
+        config = OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=str(settings.oidc_jwks_url) if settings.oidc_jwks_url else None,
+            algorithms=tuple(a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()),
+            scope_claim=settings.oidc_scope_claim,
+            scope_values={s: tuple(v.strip() for v in vs.split(",")) for s, vs in values.items()},
+        )
+        oidc = OidcVerifier(config)
+    return Access(settings.access_enabled, KeyStore(redis), oidc)
+
+
+# -- what each route needs -------------------------------------------------------------------
+
+SECURITY_SCHEME = "bearer"  # the OpenAPI document's name of Authorization: Bearer
+
+
+def needs(scope: Scope | None) -> dict[str, Any]:
+    """A route's ``openapi_extra`` saying the scope it needs in OpenAPI's own terms, which the
+    door enforces and the API docs show; ``None``: open to anyone (probes, static pages)."""
+    return {"security": [{SECURITY_SCHEME: [scope.value]}] if scope else []}
+
+
+def needed(route: APIRoute) -> Scope | None:
+    """The scope a route declared with ``needs``; one that declared none needs admin, so a
+    route added without thought is closed (and ``tests/unit/gateway/test_access_routes.py``
+    fails for it)."""
+    security = (route.openapi_extra or {}).get("security")
+    if security is None:
+        return Scope.ADMIN
+    scopes = [scope for requirement in security for scope in requirement.get(SECURITY_SCHEME, [])]
+    return Scope(scopes[0]) if scopes else None
+
+
+async def authorize(request: Request) -> Principal:
+    """The app-wide dependency: the request's principal, when it may use the route it asked
+    for; kept on ``request.state.principal`` for the audit trail and the job's details."""
+    settings: GatewaySettings = request.app.state.settings
+    route = request.scope.get("route")
+    scope = needed(route) if isinstance(route, APIRoute) else Scope.ADMIN
+    if not settings.access_enabled or scope is None:
+        principal = ANONYMOUS
+    else:
+        door: Access = request.app.state.access
+        principal = await door.principal(
+            request.headers.get("authorization"), request.headers.get("x-api-key")
+        )
+        if not principal.may(scope):
+            raise Forbidden(f"this needs the {scope} scope")
+    request.state.principal = principal
+    return principal

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
+from typing import Literal
 
 from pydantic import AnyHttpUrl, Field
 
@@ -32,11 +34,42 @@ class GatewaySettings(ServiceSettings):
     # browser origins (scheme://host[:port]) allowed to call the API, comma-separated; "*" any
     cors_allow_origins: str = Field("", alias="CORS_ALLOW_ORIGINS")
 
+    # access control (README "Access control"): auto is on unless the gateway listens on a
+    # loopback address only, where the README's curl walk-through works without a credential
+    access_control: Literal["auto", "on", "off"] = Field("auto", alias="ACCESS_CONTROL")
+    metrics_public: bool = Field(True, alias="METRICS_PUBLIC")  # /metrics holds no patient data
+    # OpenID Connect: tokens of this issuer for this audience are taken, with these algorithms
+    oidc_issuer: str | None = Field(None, alias="OIDC_ISSUER")
+    oidc_audience: str | None = Field(None, alias="OIDC_AUDIENCE")
+    oidc_jwks_url: AnyHttpUrl | None = Field(None, alias="OIDC_JWKS_URL")  # else discovered
+    oidc_algorithms: str = Field("RS256,ES256", alias="OIDC_ALGORITHMS")
+    # the claim holding a token's scopes or roles (a dotted path), and the values granting each
+    oidc_scope_claim: str = Field("scope", alias="OIDC_SCOPE_CLAIM")
+    oidc_read_values: str = Field("dicomflow.read", alias="OIDC_READ_VALUES")
+    oidc_write_values: str = Field("dicomflow.write", alias="OIDC_WRITE_VALUES")
+    oidc_admin_values: str = Field("dicomflow.admin", alias="OIDC_ADMIN_VALUES")
+
+    @property
+    def access_enabled(self) -> bool:
+        if self.access_control != "auto":
+            return self.access_control == "on"
+        return not is_loopback(self.host)
+
     @property
     def cors_origins(self) -> list[str]:
         """CORS_ALLOW_ORIGINS as a list: none by default, so no browser page of another origin
         may read an answer."""
         return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or 0.0.0.0: other machines may reach it
 
 
 @functools.cache
