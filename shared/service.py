@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import uvicorn
@@ -87,12 +87,18 @@ def folders_check(*folders: Path) -> Check:
     return check
 
 
-def probe_router(service: str, checks: dict[str, Check]) -> APIRouter:
-    """/health, /ready and /metrics for one service."""
+OPEN: Final[dict[str, Any]] = {"security": []}  # OpenAPI's "no credential needed"
+
+
+def probe_router(
+    service: str, checks: dict[str, Check], metrics_extra: dict[str, Any] | None = None
+) -> APIRouter:
+    """/health, /ready and /metrics for one service; the probes are open to anyone (they say
+    nothing of the data), /metrics too unless ``metrics_extra`` says otherwise."""
     router = APIRouter(tags=["probes"])
     started = time.time()
 
-    @router.get("/health")
+    @router.get("/health", openapi_extra=OPEN)
     async def health() -> dict[str, Any]:
         return {
             "status": "healthy",
@@ -101,7 +107,7 @@ def probe_router(service: str, checks: dict[str, Check]) -> APIRouter:
             "uptime_s": round(time.time() - started, 1),
         }
 
-    @router.get("/ready")
+    @router.get("/ready", openapi_extra=OPEN)
     async def ready() -> JSONResponse:
         results: dict[str, str] = {}
         for name, check in checks.items():
@@ -117,7 +123,7 @@ def probe_router(service: str, checks: dict[str, Check]) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics")
+    @router.get("/metrics", openapi_extra=OPEN if metrics_extra is None else metrics_extra)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeAlias, get_args
+from typing import Annotated, Any, TypeAlias, get_args
 from uuid import UUID
 
 import structlog
@@ -130,7 +130,10 @@ async def wait_until(
     return job, False
 
 
-def status_router() -> APIRouter:
+def status_router(openapi_extra: dict[str, Any] | None = None) -> APIRouter:
+    """``GET /status/{id}``; ``openapi_extra``: what the including app says of the route (the
+    gateway: the scope it needs)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -151,6 +154,7 @@ def status_router() -> APIRouter:
             400: {"description": "wait names an unknown state, or timeout is out of range"},
             404: {"description": "No upload has this id"},
         },
+        openapi_extra=openapi_extra,
     )
     async def get_status(
         study_id: str,

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api_gateway.access import Scope, access_of, authorize, needs
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
 from api_gateway.dicomweb import qido, stow, wado
 from api_gateway.recovery import keep_recovering
@@ -23,6 +24,7 @@ from api_gateway.routes import (
     dashboard,
     events,
     jobs,
+    keys,
     labels,
     stats,
     studies,
@@ -31,7 +33,7 @@ from api_gateway.routes import (
     uploads,
     users,
 )
-from api_gateway.settings import GatewaySettings
+from api_gateway.settings import GatewaySettings, is_loopback
 from shared import problems
 from shared.bus import REDIS_DOWN
 from shared.jobs import JobStore
@@ -55,6 +57,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     users.router,
     stats.router,
     jobs.router,
+    keys.router,
     studies.router,
     events.router,
     system.router,
@@ -84,13 +87,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         ensure_folders(settings.uploads_path)
         redis = connect(settings)
         store = app.state.store = JobStore(redis)
+        app.state.access = access_of(settings, redis)
         checks.clear()
         checks.update(standard_checks(redis, settings, None, settings.uploads_path))
         try:
             await make_bus(redis, settings).ensure_groups()
         except REDIS_DOWN:
             log.warning("redis.unavailable", error="groups not created yet; /ready says so")
-        log.info("gateway.started", port=settings.port)
+        log.info("gateway.started", port=settings.port, access_control=settings.access_enabled)
+        if not settings.access_enabled and not is_loopback(settings.host):
+            log.warning(
+                "access_control.off",
+                host=settings.host,
+                detail="ACCESS_CONTROL=off on an address other machines reach: anyone there "
+                "may read, send and delete",
+            )
         recovering = asyncio.create_task(
             keep_recovering(
                 store,
@@ -110,6 +121,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="0.1.0",
         summary="Upload DICOM files and follow each one through the pipeline.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],  # each route's declared scope (api_gateway.access)
     )
     app.state.settings = settings  # read through deps.get_settings
     if settings.cors_origins:
@@ -124,8 +136,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.include_router(status_router())
-    app.include_router(probe_router("api-gateway", checks))
+    app.include_router(status_router(needs(Scope.READ)))
+    metrics = None if settings.metrics_public else needs(Scope.ADMIN)
+    app.include_router(probe_router("api-gateway", checks, metrics))
     return app
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from redis.asyncio import Redis
 
 from shared import redis_names as names
+from tests.support import free_port
 
 ISSUER, AUDIENCE = "https://issuer.example", "dicomflow"
 ROLES = {
@@ -92,6 +96,41 @@ async def test_admin_holds_every_scope_and_a_key_needs_a_name_and_a_scope(redis:
         await keys.create("none", [])
     with pytest.raises(ValueError, match="scopes are"):
         scopes_of(["read", "delete"])
+
+
+def test_the_first_admin_key_is_made_beside_redis_with_the_gateways_command(
+    flushed_redis: str,
+) -> None:
+    def command(*args: str, redis_url: str = flushed_redis) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "REDIS_URL": redis_url}
+        return subprocess.run(
+            [sys.executable, "-m", "api_gateway", "keys", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    made = command("create", "ops", "--scope", "admin")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["name"] == "ops"
+    assert key["scopes"] == ["admin"]
+    assert key["key"].startswith("dfk_")
+    listed = command("list")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [key["id"]]
+    assert key["key"] not in listed.stdout
+    assert command("revoke", key["id"]).returncode == 0
+    missing = command("revoke", key["id"])
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1,
+        f"api-gateway: no API key has the id {key['id']}",
+    )
+    assert command("create", "x", "--scope", "delete").returncode == 2  # argparse's usage error
+    down = command("list", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert down.returncode == 2
+    assert down.stderr.strip() == "api-gateway: Redis (REDIS_URL) cannot be reached"
 
 
 # -- OpenID Connect --------------------------------------------------------------------------

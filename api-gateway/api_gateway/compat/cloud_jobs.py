@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from api_gateway import removal
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from shared.status_api import find_job
 
@@ -46,7 +47,12 @@ class SeedJobDeleted(BaseModel):
     cloud: list[str] = Field(default_factory=list, description="targets whose copies go")
 
 
-@router.get("/status/{job_id}", response_model=SeedJobStatus, response_model_by_alias=True)
+@router.get(
+    "/status/{job_id}",
+    response_model=SeedJobStatus,
+    response_model_by_alias=True,
+    openapi_extra=needs(Scope.READ),
+)
 async def status(job_id: str, store: Store) -> SeedJobStatus:
     """The seed's job status: QUEUED, IN_PROGRESS, COMPLETED or FAILED."""
     upload_id, job = await find_job(store, job_id)
@@ -65,6 +71,7 @@ async def status(job_id: str, store: Store) -> SeedJobStatus:
     response_model=SeedJobDeleted,
     response_model_by_alias=True,
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
+    openapi_extra=needs(Scope.ADMIN),
 )
 async def delete(
     store: Store,

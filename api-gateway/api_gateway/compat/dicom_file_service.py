@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from api_gateway.routes import uploads
 from api_gateway.routes.upload import accept_uploads
@@ -25,14 +26,14 @@ class FileStored(BaseModel):
     file_id: str
 
 
-@router.post("", status_code=201, response_model=FileStored)
+@router.post("", status_code=201, response_model=FileStored, openapi_extra=needs(Scope.WRITE))
 async def store(request: Request, settings: Settings, jobs: Store) -> FileStored:
     """Store one DICOM file; its ``file_id`` is our upload id."""
     accepted, _, _ = await accept_uploads(request, settings, jobs)
     return FileStored(file_id=str(accepted[0].study_id))
 
 
-@router.get("/{file_id}", response_model=None)
+@router.get("/{file_id}", response_model=None, openapi_extra=needs(Scope.READ))
 async def get_file(
     file_id: str,
     store: Store,
@@ -45,7 +46,7 @@ async def get_file(
     return {"file_id": file_id, "tags": answer["tags"]}
 
 
-@router.get("/{file_id}/png", response_class=FileResponse)
+@router.get("/{file_id}/png", response_class=FileResponse, openapi_extra=needs(Scope.READ))
 async def get_png(file_id: str, store: Store) -> FileResponse:
     """A PNG of the file's first frame for the browser."""
     return await uploads.image(file_id, store, 1, None, None, "png")

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Store
 from api_gateway.routes import labels, uploads
 from shared import catalog
@@ -33,14 +34,14 @@ def _seed_errors() -> Iterator[None]:
         raise
 
 
-@router.get("")
+@router.get("", openapi_extra=needs(Scope.READ))
 async def studies(redis: RedisClient) -> dict[str, object]:
     """Every study label in use."""
     found = await catalog.labels(redis)
     return {"studies": list(found), "studiesCount": len(found), "success": True}
 
 
-@router.get("/{study}")
+@router.get("/{study}", openapi_extra=needs(Scope.READ))
 async def study_files(study: str, redis: RedisClient) -> dict[str, object]:
     """The file names under a study label."""
     found = await catalog.label_files(redis, study)
@@ -49,7 +50,7 @@ async def study_files(study: str, redis: RedisClient) -> dict[str, object]:
     return {"files": list(found), "filesCount": len(found), "study": study, "success": True}
 
 
-@router.get("/{study}/{file:path}/tag")
+@router.get("/{study}/{file:path}/tag", openapi_extra=needs(Scope.READ))
 async def file_tags(
     study: str,
     file: str,
@@ -65,7 +66,9 @@ async def file_tags(
     return {"file": file, "study": study, "success": True, "tags": answer["tags"]}
 
 
-@router.get("/{study}/{file:path}/png", response_class=FileResponse)
+@router.get(
+    "/{study}/{file:path}/png", response_class=FileResponse, openapi_extra=needs(Scope.READ)
+)
 async def file_png(study: str, file: str, store: Store) -> FileResponse:
     """The first frame of one file of a study, as PNG."""
     with _seed_errors():

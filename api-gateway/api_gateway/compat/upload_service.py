@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from api_gateway.routes import batches, uploads, users
 from shared.status_api import find_job
@@ -23,28 +24,41 @@ from shared.status_api import find_job
 router = APIRouter(tags=["seed 002: upload service"])
 
 
-@router.post("/upload/batch", status_code=202, response_model=batches.BatchAccepted)
+@router.post(
+    "/upload/batch",
+    status_code=202,
+    response_model=batches.BatchAccepted,
+    openapi_extra=needs(Scope.WRITE),
+)
 async def upload_batch(request: Request, settings: Settings, store: Store) -> batches.BatchAccepted:
     """Queue a batch of base64 files: ``{"files": [{"filename", "content"}]}``."""
     return await batches.accept_batch(request, settings, store)
 
 
-@router.get("/upload/batch/{batch_id}/status", response_model=batches.BatchStatus)
+@router.get(
+    "/upload/batch/{batch_id}/status",
+    response_model=batches.BatchStatus,
+    openapi_extra=needs(Scope.READ),
+)
 async def batch_status(batch_id: str, store: Store) -> batches.BatchStatus:
     return await batches.status(batch_id, store)
 
 
-@router.get("/upload/batch/{batch_id}/files", response_model=batches.BatchFiles)
+@router.get(
+    "/upload/batch/{batch_id}/files",
+    response_model=batches.BatchFiles,
+    openapi_extra=needs(Scope.READ),
+)
 async def batch_files(batch_id: str, store: Store) -> batches.BatchFiles:
     return await batches.batch_files(batch_id, store)
 
 
-@router.get("/user/{user_id}/batches")
+@router.get("/user/{user_id}/batches", openapi_extra=needs(Scope.READ))
 async def user_batches(user_id: str, store: Store) -> dict[str, object]:
     return await users.list_user_batches(user_id, store)
 
 
-@router.get("/user/{user_id}/uploads")
+@router.get("/user/{user_id}/uploads", openapi_extra=needs(Scope.READ))
 async def user_uploads(user_id: str, store: Store) -> dict[str, object]:
     found = await users.user_uploads(user_id, store)
     return {"user_id": user_id, "uploads": found.uploads, "count": found.count}
@@ -64,7 +78,9 @@ class UploadDetails(BaseModel):
     details: dict[str, Any]
 
 
-@router.get("/upload/{upload_id}/details", response_model=UploadDetails)
+@router.get(
+    "/upload/{upload_id}/details", response_model=UploadDetails, openapi_extra=needs(Scope.READ)
+)
 async def details(upload_id: str, store: Store) -> UploadDetails:
     _, job = await find_job(store, upload_id)
     d = job.details
@@ -85,13 +101,14 @@ async def details(upload_id: str, store: Store) -> UploadDetails:
     "/upload/{upload_id}/preprocessed-dicom",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
+    openapi_extra=needs(Scope.READ),
 )
 async def preprocessed(upload_id: str, store: Store, settings: Settings) -> FileResponse:
     """The de-identified copy (PS3.15 Annex E basic profile)."""
     return await uploads.deidentified(upload_id, store, settings)
 
 
-@router.post("/save-upload")
+@router.post("/save-upload", openapi_extra=needs(Scope.WRITE))
 async def save_upload(
     store: Store,
     user_id: Annotated[str, Query()],

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Settings
 from api_gateway.dicomweb.wado import public_root
 from api_gateway.settings import GatewaySettings
@@ -129,7 +130,7 @@ def _retrieve_url(service: str, level: query_keys.Level, dataset: dict[str, Any]
     return "/".join(path)
 
 
-@router.get("/studies", responses=_RESPONSES)
+@router.get("/studies", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
 async def search_for_studies(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -137,7 +138,7 @@ async def search_for_studies(
     return await _answer(redis, request, settings, "study", page)
 
 
-@router.get("/series", responses=_RESPONSES)
+@router.get("/series", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
 async def search_for_series(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -145,7 +146,7 @@ async def search_for_series(
     return await _answer(redis, request, settings, "series", page)
 
 
-@router.get("/instances", responses=_RESPONSES)
+@router.get("/instances", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
 async def search_for_instances(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -153,7 +154,7 @@ async def search_for_instances(
     return await _answer(redis, request, settings, "instance", page)
 
 
-@router.get("/studies/{study}/series", responses=_RESPONSES)
+@router.get("/studies/{study}/series", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
 async def search_for_study_series(
     study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -161,7 +162,7 @@ async def search_for_study_series(
     return await _answer(redis, request, settings, "series", page, study)
 
 
-@router.get("/studies/{study}/instances", responses=_RESPONSES)
+@router.get("/studies/{study}/instances", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
 async def search_for_study_instances(
     study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -169,7 +170,11 @@ async def search_for_study_instances(
     return await _answer(redis, request, settings, "instance", page, study)
 
 
-@router.get("/studies/{study}/series/{series}/instances", responses=_RESPONSES)
+@router.get(
+    "/studies/{study}/series/{series}/instances",
+    responses=_RESPONSES,
+    openapi_extra=needs(Scope.READ),
+)
 async def search_for_series_instances(
     study: str, series: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:

@@ -39,6 +39,7 @@ from pydicom import Dataset, dcmread
 from python_multipart.multipart import parse_options_header
 
 from api_gateway import http_intake
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Feed, Settings, Store
 from api_gateway.dicomweb.wado import public_root
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
@@ -321,7 +322,8 @@ _RESPONSES: dict[int | str, dict] = {
     409: {"description": "No instance stored; FailedSOPSequence says why for each"},
     415: {"description": 'Not multipart/related; type="application/dicom"'},
 }
-_BODY = {
+_OPENAPI = {  # the body FastAPI cannot see (the handler streams it), and the scope needed
+    **needs(Scope.WRITE),
     "requestBody": {
         "required": True,
         "content": {
@@ -329,11 +331,11 @@ _BODY = {
                 "schema": {"type": "string", "format": "binary"}
             }
         },
-    }
+    },
 }
 
 
-@router.post("/studies", responses=_RESPONSES, openapi_extra=_BODY)
+@router.post("/studies", responses=_RESPONSES, openapi_extra=_OPENAPI)
 async def store_studies(
     request: Request, settings: Settings, store: Store, feed: Feed
 ) -> JSONResponse:
@@ -341,7 +343,7 @@ async def store_studies(
     return await store_instances(request, settings, store, feed, None)
 
 
-@router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_BODY)
+@router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_OPENAPI)
 async def store_study(
     request: Request,
     settings: Settings,

@@ -40,6 +40,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Settings
 from api_gateway.dicomweb import locate, media, pixels
 from api_gateway.dicomweb.locate import Instance
@@ -65,7 +66,12 @@ IMAGES: dict[str, Any] = {"content": {"image/jpeg": {}, "image/png": {}}}
 # ---- instances ----
 
 
-@router.get(STUDY, response_class=StreamingResponse, responses={200: MULTIPART})
+@router.get(
+    STUDY,
+    response_class=StreamingResponse,
+    responses={200: MULTIPART},
+    openapi_extra=needs(Scope.READ),
+)
 async def retrieve_study(
     study: str, request: Request, redis: RedisClient, settings: Settings
 ) -> StreamingResponse:
@@ -74,7 +80,12 @@ async def retrieve_study(
     return await _instances_response(found, request)
 
 
-@router.get(SERIES, response_class=StreamingResponse, responses={200: MULTIPART})
+@router.get(
+    SERIES,
+    response_class=StreamingResponse,
+    responses={200: MULTIPART},
+    openapi_extra=needs(Scope.READ),
+)
 async def retrieve_series(
     study: str, series: str, request: Request, redis: RedisClient, settings: Settings
 ) -> StreamingResponse:
@@ -83,7 +94,12 @@ async def retrieve_series(
     return await _instances_response(found, request)
 
 
-@router.get(INSTANCE, response_class=StreamingResponse, responses={200: MULTIPART})
+@router.get(
+    INSTANCE,
+    response_class=StreamingResponse,
+    responses={200: MULTIPART},
+    openapi_extra=needs(Scope.READ),
+)
 async def retrieve_instance(
     study: str, series: str, sop: str, request: Request, redis: RedisClient, settings: Settings
 ) -> StreamingResponse:
@@ -142,7 +158,11 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 # ---- metadata ----
 
 
-@router.get(STUDY + "/metadata", responses={200: {"content": {DICOM_JSON: {}}}})
+@router.get(
+    STUDY + "/metadata",
+    responses={200: {"content": {DICOM_JSON: {}}}},
+    openapi_extra=needs(Scope.READ),
+)
 async def study_metadata(
     study: str, request: Request, redis: RedisClient, settings: Settings
 ) -> Response:
@@ -151,7 +171,11 @@ async def study_metadata(
     return await _metadata_response(found, study, request, settings)
 
 
-@router.get(SERIES + "/metadata", responses={200: {"content": {DICOM_JSON: {}}}})
+@router.get(
+    SERIES + "/metadata",
+    responses={200: {"content": {DICOM_JSON: {}}}},
+    openapi_extra=needs(Scope.READ),
+)
 async def series_metadata(
     study: str, series: str, request: Request, redis: RedisClient, settings: Settings
 ) -> Response:
@@ -160,7 +184,11 @@ async def series_metadata(
     return await _metadata_response(found, study, request, settings)
 
 
-@router.get(INSTANCE + "/metadata", responses={200: {"content": {DICOM_JSON: {}}}})
+@router.get(
+    INSTANCE + "/metadata",
+    responses={200: {"content": {DICOM_JSON: {}}}},
+    openapi_extra=needs(Scope.READ),
+)
 async def instance_metadata(
     study: str, series: str, sop: str, request: Request, redis: RedisClient, settings: Settings
 ) -> Response:
@@ -249,7 +277,12 @@ def _with_uris(dataset: dict[str, Any], prefix: str) -> dict[str, Any]:
 # ---- frames and bulk data ----
 
 
-@router.get(INSTANCE + "/frames/{frames}", response_class=Response, responses={200: MULTIPART})
+@router.get(
+    INSTANCE + "/frames/{frames}",
+    response_class=Response,
+    responses={200: MULTIPART},
+    openapi_extra=needs(Scope.READ),
+)
 async def retrieve_frames(
     study: str,
     series: str,
@@ -266,7 +299,10 @@ async def retrieve_frames(
 
 
 @router.get(
-    INSTANCE + "/bulkdata/{tag_path:path}", response_class=Response, responses={200: MULTIPART}
+    INSTANCE + "/bulkdata/{tag_path:path}",
+    response_class=Response,
+    responses={200: MULTIPART},
+    openapi_extra=needs(Scope.READ),
 )
 async def retrieve_bulkdata(
     study: str,
@@ -360,7 +396,12 @@ Rendered = Annotated[View, Depends(rendering)]
 Thumbnail = Annotated[View, Depends(thumbnail)]
 
 
-@router.get(STUDY + "/rendered", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    STUDY + "/rendered",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def study_rendered(
     study: str,
     redis: RedisClient,
@@ -372,7 +413,12 @@ async def study_rendered(
     return await _rendered(found[0], 1, how)
 
 
-@router.get(STUDY + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    STUDY + "/thumbnail",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def study_thumbnail(
     study: str, redis: RedisClient, settings: Settings, how: Thumbnail
 ) -> FileResponse:
@@ -381,7 +427,12 @@ async def study_thumbnail(
     return await _rendered(found[0], 1, how)
 
 
-@router.get(SERIES + "/rendered", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    SERIES + "/rendered",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def series_rendered(
     study: str,
     series: str,
@@ -394,7 +445,12 @@ async def series_rendered(
     return await _rendered(found[0], 1, how)
 
 
-@router.get(SERIES + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    SERIES + "/thumbnail",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def series_thumbnail(
     study: str,
     series: str,
@@ -407,7 +463,12 @@ async def series_thumbnail(
     return await _rendered(found[0], 1, how)
 
 
-@router.get(INSTANCE + "/rendered", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    INSTANCE + "/rendered",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def instance_rendered(
     study: str,
     series: str,
@@ -421,7 +482,12 @@ async def instance_rendered(
     return await _rendered(found, 1, how)
 
 
-@router.get(INSTANCE + "/thumbnail", response_class=FileResponse, responses={200: IMAGES})
+@router.get(
+    INSTANCE + "/thumbnail",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
+)
 async def instance_thumbnail(
     study: str,
     series: str,
@@ -436,7 +502,10 @@ async def instance_thumbnail(
 
 
 @router.get(
-    INSTANCE + "/frames/{frames}/rendered", response_class=FileResponse, responses={200: IMAGES}
+    INSTANCE + "/frames/{frames}/rendered",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
 )
 async def frame_rendered(
     study: str,
@@ -454,7 +523,10 @@ async def frame_rendered(
 
 
 @router.get(
-    INSTANCE + "/frames/{frames}/thumbnail", response_class=FileResponse, responses={200: IMAGES}
+    INSTANCE + "/frames/{frames}/thumbnail",
+    response_class=FileResponse,
+    responses={200: IMAGES},
+    openapi_extra=needs(Scope.READ),
 )
 async def frame_thumbnail(
     study: str,

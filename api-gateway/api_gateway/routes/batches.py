@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api_gateway import http_intake
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
 from api_gateway.routes.upload import FileRefused, UploadAccepted
@@ -74,6 +75,7 @@ class BatchFiles(BaseModel):
         413: {"description": "The batch is larger than MAX_BATCH_SIZE"},
         415: {"description": "The body is not application/json"},
     },
+    openapi_extra=needs(Scope.WRITE),
 )
 async def create(request: Request, settings: Settings, store: Store) -> BatchAccepted:
     """Queue a batch of base64-encoded files (``X-User-ID`` names its user)."""
@@ -185,7 +187,7 @@ def _unpack_one(
         files.append(sink.close())
 
 
-@router.get("/batches/{batch_id}", response_model=BatchStatus)
+@router.get("/batches/{batch_id}", response_model=BatchStatus, openapi_extra=needs(Scope.READ))
 async def status(batch_id: str, store: Store) -> BatchStatus:
     """Where a batch stands, from its files' real states."""
     record, jobs = await _batch(store, batch_id)
@@ -213,7 +215,7 @@ async def status(batch_id: str, store: Store) -> BatchStatus:
     )
 
 
-@router.get("/batches/{batch_id}/files", response_model=BatchFiles)
+@router.get("/batches/{batch_id}/files", response_model=BatchFiles, openapi_extra=needs(Scope.READ))
 async def batch_files(batch_id: str, store: Store) -> BatchFiles:
     """The files of a batch, in order, each with its status."""
     _, jobs = await _batch(store, batch_id)

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from api_gateway.settings import GatewaySettings
 from shared import intake
@@ -87,7 +88,12 @@ class Presigned(BaseModel):
     expires_in: int = Field(serialization_alias="expiresIn")
 
 
-@router.post("/dicom/presign", response_model=Presigned, response_model_by_alias=True)
+@router.post(
+    "/dicom/presign",
+    response_model=Presigned,
+    response_model_by_alias=True,
+    openapi_extra=needs(Scope.WRITE),
+)
 async def presign(gateway: Settings, body: PresignRequest | None = None) -> Presigned:
     """A presigned S3 PUT URL for one file: send it there, then ingest it with
     ``POST /dicom/upload {"objectKey": ..., "platform": "s3"}``."""
@@ -104,7 +110,10 @@ async def presign(gateway: Settings, body: PresignRequest | None = None) -> Pres
 
 
 @router.get(
-    "/uploads/{study_id}/download-url", response_model=Presigned, response_model_by_alias=True
+    "/uploads/{study_id}/download-url",
+    response_model=Presigned,
+    response_model_by_alias=True,
+    openapi_extra=needs(Scope.READ),
 )
 async def download_url(study_id: str, store: Store) -> Presigned:
     """A presigned S3 GET URL for an archived upload's copy on the s3 target."""
@@ -135,7 +144,11 @@ class SeedQueued(BaseModel):
 
 
 @router.post(
-    "/dicom/upload", status_code=202, response_model=SeedQueued, response_model_by_alias=True
+    "/dicom/upload",
+    status_code=202,
+    response_model=SeedQueued,
+    response_model_by_alias=True,
+    openapi_extra=needs(Scope.WRITE),
 )
 async def seed_upload(body: SeedUploadRequest, gateway: Settings, store: Store) -> SeedQueued:
     """Seed 000's upload job. ``objectKey`` is either a key under the S3 incoming prefix (a file
@@ -212,7 +225,11 @@ class RetrieveRequest(BaseModel):
 
 
 @router.post(
-    "/dicom/retrieve", status_code=202, response_model=SeedQueued, response_model_by_alias=True
+    "/dicom/retrieve",
+    status_code=202,
+    response_model=SeedQueued,
+    response_model_by_alias=True,
+    openapi_extra=needs(Scope.READ),
 )
 async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store) -> SeedQueued:
     """Seed 000's retrieval: WADO-RS from the configured DICOMweb server (DICOMWEB_URL); each

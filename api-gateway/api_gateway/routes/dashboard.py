@@ -20,6 +20,8 @@ from fastapi.responses import FileResponse
 from pydicom.datadict import DicomDictionary, RepeatersDictionary
 from starlette.staticfiles import StaticFiles
 
+from api_gateway.access import needs
+
 router = APIRouter(tags=["dashboard"])
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -70,6 +72,7 @@ _assets = StaticFiles(directory=STATIC, check_dir=False)
     "/",
     response_model=None,
     responses={200: {"content": {"text/html": {}, "application/json": {}}}},
+    openapi_extra=needs(None),
 )
 async def root(request: Request, response: Response) -> Response | dict[str, Any]:
     """The dashboard to a browser (``Accept`` names text/html); to anything else, a welcome
@@ -102,7 +105,9 @@ def _dictionary() -> tuple[bytes, bytes]:
     return body, gzip.compress(body, mtime=0)
 
 
-@router.api_route("/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route(
+    "/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False, openapi_extra=needs(None)
+)
 async def asset(path: str, request: Request) -> Response:
     """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page;
     ``/ui/dictionary.json`` is made from pydicom's dictionary (one route: no two overlap)."""

@@ -36,6 +36,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Feed
 from shared.errors import BadRequest, safe_error
 from shared.status_feed import Change, FeedClosed, FeedUnavailable, StatusFeed, entry_key
@@ -97,6 +98,7 @@ def _message(event: str, data: object, entry_id: str | None = None) -> str:
         },
         400: {"description": "A filter or the last event id is not valid"},
     },
+    openapi_extra=needs(Scope.READ),
 )
 async def events(
     feed: Feed,

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Store
 from shared import redis_names as names
 from shared.errors import JobNotFailed
@@ -35,6 +36,7 @@ class JobRequeued(BaseModel):
     "/jobs/{study_id}/retry",
     status_code=202,
     responses={404: {"description": "No such job"}, 409: {"description": "The job is not failed"}},
+    openapi_extra=needs(Scope.WRITE),
 )
 async def retry(study_id: str, store: Store) -> JobRequeued:
     """Queue a failed job's failed stage again. Targets that already hold the file keep it:
@@ -71,6 +73,7 @@ PAGE = 500
     "/jobs/audit.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "One row per job and target"}},
+    openapi_extra=needs(Scope.ADMIN),
 )
 async def audit(
     redis: RedisClient,

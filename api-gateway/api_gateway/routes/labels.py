@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Store
 from shared import catalog
 from shared.errors import LabelNotFound, UploadNotFound
@@ -37,7 +38,7 @@ class LabelFiles(BaseModel):
     count: int
 
 
-@router.get("/labels", response_model=Labels)
+@router.get("/labels", response_model=Labels, openapi_extra=needs(Scope.READ))
 async def labels(redis: RedisClient) -> Labels:
     """Every study label in use, with how many files it holds."""
     found = await catalog.labels(redis)
@@ -45,7 +46,7 @@ async def labels(redis: RedisClient) -> Labels:
     return Labels(labels=items, count=len(items))
 
 
-@router.get("/labels/{label:path}", response_model=LabelFiles)
+@router.get("/labels/{label:path}", response_model=LabelFiles, openapi_extra=needs(Scope.READ))
 async def label_files(label: str, store: Store) -> LabelFiles:
     """The files filed under a label, by name, each with its upload id and state."""
     files = await catalog.label_files(store.redis, label)

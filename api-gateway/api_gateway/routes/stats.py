@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient
 from shared import catalog
 
@@ -20,7 +21,7 @@ class Stats(BaseModel):
     by_modality: dict[str, int]
 
 
-@router.get("/stats", response_model=Stats)
+@router.get("/stats", response_model=Stats, openapi_extra=needs(Scope.READ))
 async def stats(redis: RedisClient) -> Stats:
     """Totals (seed 002's four, and counts by state and by modality), kept as jobs move."""
     return Stats(**await catalog.stats(redis))

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient
 from shared.errors import BadRequest, StudyNotFound
 from shared.study_search import SORT_KEYS, StudyPage, StudyQuery, StudyRecord, get_study, search
@@ -44,6 +45,7 @@ def study_query(params: dict[str, Any]) -> StudyQuery:
     "/studies",
     response_model=StudyPage,
     responses={400: {"description": "A filter, the paging or the sort is not valid"}},
+    openapi_extra=needs(Scope.READ),
 )
 async def list_studies(
     redis: RedisClient,
@@ -92,6 +94,7 @@ async def list_studies(
     "/studies/{study_uid}",
     response_model=StudyRecord,
     responses={404: {"description": "No indexed upload holds this study"}},
+    openapi_extra=needs(Scope.READ),
 )
 async def one_study(study_uid: str, redis: RedisClient) -> StudyRecord:
     """One study: its attributes, modalities, counts and the uploads that hold it."""

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient, Settings
 from shared import catalog
 from shared import redis_names as names
@@ -54,7 +55,7 @@ class SystemView(BaseModel):
     error: str | None = None
 
 
-@router.get("/system", response_model_exclude_none=True)
+@router.get("/system", response_model_exclude_none=True, openapi_extra=needs(Scope.ADMIN))
 async def system(request: Request, settings: Settings, redis: RedisClient) -> SystemView:
     """Readiness of the services (dimse-service where DIMSE_URL is set), queue depth per
     consumer group, jobs per state."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api_gateway import http_intake
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store
 from api_gateway.receive import (
     MultipartReceiver,
@@ -87,6 +88,7 @@ class UploadsAccepted(UploadAccepted):
         507: {"description": "The uploads folder is full; nothing was accepted"},
     },
     openapi_extra={
+        **needs(Scope.WRITE),
         "parameters": [
             {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}},
             {

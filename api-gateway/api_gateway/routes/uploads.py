@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from api_gateway import removal
+from api_gateway.access import Scope, needs
 from api_gateway.deid import DeidentificationError, write_deidentified
 from api_gateway.deps import Settings, Store
 from api_gateway.rendering import View, parse_window, rendered
@@ -62,7 +63,7 @@ class Known(BaseModel):
     known: dict[str, UUID] = Field(description="SHA-256 -> an upload that holds those bytes")
 
 
-@router.get("/uploads", response_model=UploadList)
+@router.get("/uploads", response_model=UploadList, openapi_extra=needs(Scope.READ))
 async def list_uploads(
     store: Store,
     state: Annotated[list[str] | None, Query(description="repeatable or comma-separated")] = None,
@@ -123,7 +124,7 @@ async def _filed(
     return list(set.intersection(*sets))
 
 
-@router.post("/uploads/lookup", response_model=Known)
+@router.post("/uploads/lookup", response_model=Known, openapi_extra=needs(Scope.WRITE))
 async def lookup(body: Lookup, store: Store) -> Known:
     """Which of these SHA-256 hashes the server already holds (not failed): to skip them."""
     found = await catalog.known(store.redis, [h.lower() for h in body.sha256])
@@ -137,7 +138,7 @@ async def lookup(body: Lookup, store: Store) -> Known:
     return Known(known=known)
 
 
-@router.get("/uploads/{study_id}", response_model=UploadRecord)
+@router.get("/uploads/{study_id}", response_model=UploadRecord, openapi_extra=needs(Scope.READ))
 async def get_upload(study_id: str, store: Store) -> UploadRecord:
     """One upload: its state, where it came from (filename, label, user, batch), its files."""
     _, job = await find_job(store, study_id)
@@ -148,6 +149,7 @@ async def get_upload(study_id: str, store: Store) -> UploadRecord:
     "/uploads/{study_id}",
     response_model=removal.Removed,
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
+    openapi_extra=needs(Scope.ADMIN),
 )
 async def delete_upload(
     study_id: str, store: Store, settings: Settings, response: Response, cloud: bool = False
@@ -165,6 +167,7 @@ async def delete_upload(
     "/uploads/{study_id}/deidentified",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
+    openapi_extra=needs(Scope.READ),
 )
 async def deidentified(study_id: str, store: Store, settings: Settings) -> FileResponse:
     """A copy de-identified by the Basic Application Level Confidentiality Profile (PS3.15
@@ -206,6 +209,7 @@ async def archive_folder(store: JobStore, study_id: str) -> Path:
     "/uploads/{study_id}/original",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}, 206: {"description": "A range"}},
+    openapi_extra=needs(Scope.READ),
 )
 async def original(study_id: str, store: Store) -> FileResponse:
     """The original DICOM file, byte-identical to the upload; ``Range`` requests work."""
@@ -219,6 +223,7 @@ async def original(study_id: str, store: Store) -> FileResponse:
     "/uploads/{study_id}/image",
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+    openapi_extra=needs(Scope.READ),
 )
 async def image(
     study_id: str,
@@ -245,6 +250,7 @@ async def image(
     "/uploads/{study_id}/metadata",
     response_class=FileResponse,
     responses={200: {"content": {"application/json": {}}}},
+    openapi_extra=needs(Scope.READ),
 )
 async def metadata(study_id: str, store: Store) -> FileResponse:
     """The archived ``metadata.json``: every attribute as the DICOM JSON model, plus a summary
@@ -253,7 +259,7 @@ async def metadata(study_id: str, store: Store) -> FileResponse:
     return FileResponse(folder / "metadata.json", media_type="application/json")
 
 
-@router.get("/uploads/{study_id}/tags")
+@router.get("/uploads/{study_id}/tags", openapi_extra=needs(Scope.READ))
 async def tags(
     study_id: str,
     store: Store,

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
+from api_gateway.access import Scope, needs
 from api_gateway.deps import Store
 from api_gateway.routes.batches import BatchStatus, status
 from api_gateway.routes.uploads import UploadList, UploadRecord
@@ -17,7 +18,7 @@ from shared.status_api import find_job
 router = APIRouter(tags=["uploads"])
 
 
-@router.get("/users/{user_id}/uploads", response_model=UploadList)
+@router.get("/users/{user_id}/uploads", response_model=UploadList, openapi_extra=needs(Scope.READ))
 async def user_uploads(user_id: str, store: Store) -> UploadList:
     """A user's uploads (sent with X-User-ID, or saved to them), newest first."""
     ids = await catalog.user_uploads(store.redis, user_id)
@@ -28,7 +29,9 @@ async def user_uploads(user_id: str, store: Store) -> UploadList:
     return UploadList(uploads=records, count=len(records), next=None)
 
 
-@router.put("/users/{user_id}/uploads/{study_id}", status_code=204)
+@router.put(
+    "/users/{user_id}/uploads/{study_id}", status_code=204, openapi_extra=needs(Scope.WRITE)
+)
 async def save_upload(user_id: str, study_id: str, store: Store) -> Response:
     """List an existing upload among a user's uploads."""
     await save_to_user(store, user_id, study_id, "user id")
@@ -57,7 +60,7 @@ async def user_batches(store: JobStore, user_id: str) -> list[BatchStatus]:
     return found
 
 
-@router.get("/users/{user_id}/batches")
+@router.get("/users/{user_id}/batches", openapi_extra=needs(Scope.READ))
 async def list_user_batches(user_id: str, store: Store) -> dict[str, object]:
     """A user's batches, newest first."""
     batches = await user_batches(store, user_id)
