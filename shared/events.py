@@ -77,7 +77,8 @@ class Origin(Frozen):
     source: str | None = None  # multipart, raw, batch, image, presigned, wado, dimse
     source_sha256: str | None = None  # of the image an upload was converted from
     calling_ae: str | None = None  # dimse: the calling AE title
-    peer: str | None = None  # dimse: the peer's address, host:port
+    peer: str | None = None  # the client's address (dimse: host:port)
+    actor: str | None = None  # who sent it: an API key's name, a token's subject (the audit's)
 
 
 class StudyKeys(Frozen):

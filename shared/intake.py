@@ -17,8 +17,9 @@ from uuid import UUID, uuid4
 
 from redis.exceptions import WatchError
 
-from shared import catalog
+from shared import audit, catalog
 from shared import redis_names as names
+from shared.audit import Caller
 from shared.bus import REDIS_DOWN, add_event
 from shared.errors import ServiceUnavailable
 from shared.events import AnyEvent, FileReceived, FileRef, Origin
@@ -27,14 +28,20 @@ from shared.jobs import JobStore
 
 
 async def queue(
-    store: JobStore, events: Sequence[AnyEvent], batch: tuple[str, str | None] | None = None
+    store: JobStore,
+    events: Sequence[AnyEvent],
+    batch: tuple[str, str | None] | None = None,
+    by: Caller | None = None,
 ) -> set[UUID]:
-    """Create each job, queue its event and file it, in one transaction: all or none.
+    """Create each job, queue its event, file it and record it in the audit trail, in one
+    transaction: all or none.
 
     A labelled file whose name is already filed under its label (or earlier in the same
     request) is not queued: its upload id is returned, for the caller to refuse it.
-    ``batch`` is (batch id, user id) when the files are one batch.
+    ``batch`` is (batch id, user id) when the files are one batch. ``by``: who sent them (it
+    goes into each job's origin); without it, the origin says (a DIMSE peer's AE title).
     """
+    events = [_sent_by(e, by) for e in events] if by else list(events)
     labelled = [e for e in events if isinstance(e, FileReceived) and e.origin and e.origin.label]
     try:
         async with store.redis.pipeline(transaction=True) as pipe:
@@ -50,6 +57,7 @@ async def queue(
                             continue
                         await store.queue_create(pipe, event)
                         add_event(pipe, event)
+                        audit.queue(pipe, _audit_entry(event, by))
                         if isinstance(event, FileReceived):
                             catalog.queue_file(pipe, event)
                     if batch is not None and events:
@@ -64,6 +72,28 @@ async def queue(
         raise ServiceUnavailable(
             "the queue (Redis) is unreachable; nothing was accepted, send the file again"
         ) from None
+
+
+def _sent_by(event: AnyEvent, by: Caller) -> AnyEvent:
+    if not isinstance(event, FileReceived):
+        return event
+    origin = event.origin or Origin()
+    sender = {"actor": by.actor, "peer": origin.peer or by.client or None}
+    return event.model_copy(update={"origin": origin.model_copy(update=sender)})
+
+
+def _audit_entry(event: AnyEvent, by: Caller | None) -> dict[str, str]:
+    """An accepted upload (or a copy asked for) in the audit trail: by whom, from where."""
+    origin = event.origin if isinstance(event, FileReceived) else None
+    client = (origin.peer if origin else None) or (by.client if by else None)
+    if by is not None:
+        actor = by.actor
+    elif origin is not None and origin.calling_ae:
+        actor = f"ae:{origin.calling_ae}"
+    else:
+        actor = audit.ANONYMOUS
+    action = "upload" if isinstance(event, FileReceived) else event.type
+    return audit.fields(actor, action, "accepted", client, upload_id=str(event.upload_id))
 
 
 def _label(event: FileReceived) -> str:

@@ -280,6 +280,7 @@ _PLAIN_FIELDS = (
     "source_sha256",
     "calling_ae",
     "peer",
+    "actor",
     "archive_path",
     "metadata_file",
     "preview_file",

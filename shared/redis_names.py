@@ -201,3 +201,6 @@ def sop_instance_key(sop_uid: str) -> str:
 
 API_KEYS: Final = "dcm:config:api-keys"
 """Hash key id -> the API key's name, scopes, creation time and SHA-256 (never the key)."""
+
+AUDIT: Final = "dcm:audit"
+"""Stream of the audit trail (``shared.audit``): appended to, never trimmed."""

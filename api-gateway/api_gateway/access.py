@@ -312,12 +312,17 @@ def access_of(settings: GatewaySettings, redis: Redis) -> Access:
 # -- what each route needs -------------------------------------------------------------------
 
 SECURITY_SCHEME = "bearer"  # the OpenAPI document's name of Authorization: Bearer
+AUDIT_KEY = "x-audit"  # the action a route's requests are recorded as, in its OpenAPI operation
 
 
-def needs(scope: Scope | None) -> dict[str, Any]:
+def needs(scope: Scope | None, audit: str | None = None) -> dict[str, Any]:
     """A route's ``openapi_extra`` saying the scope it needs in OpenAPI's own terms, which the
-    door enforces and the API docs show; ``None``: open to anyone (probes, static pages)."""
-    return {"security": [{SECURITY_SCHEME: [scope.value]}] if scope else []}
+    door enforces and the API docs show; ``None``: open to anyone (probes, static pages).
+    ``audit``: the action the audit trail records for each request (``api_gateway.auditing``)."""
+    extra: dict[str, Any] = {"security": [{SECURITY_SCHEME: [scope.value]}] if scope else []}
+    if audit:
+        extra[AUDIT_KEY] = audit
+    return extra
 
 
 def needed(route: APIRoute) -> Scope | None:
@@ -344,7 +349,7 @@ async def authorize(request: Request) -> Principal:
         principal = await door.principal(
             request.headers.get("authorization"), request.headers.get("x-api-key")
         )
-        if not principal.may(scope):
-            raise Forbidden(f"this needs the {scope} scope")
-    request.state.principal = principal
+    request.state.principal = principal  # the audit trail names who was refused, too
+    if scope is not None and not principal.may(scope):
+        raise Forbidden(f"this needs the {scope} scope")
     return principal

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api_gateway.access import Scope, access_of, authorize, needs
+from api_gateway.auditing import AuditTrail
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
 from api_gateway.dicomweb import qido, stow, wado
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
+    audit_trail,
     batches,
     cloud,
     dashboard,
@@ -50,6 +52,7 @@ from shared.status_api import status_router
 log = structlog.get_logger()
 
 ROUTERS: tuple[APIRouter, ...] = (
+    audit_trail.router,
     upload.router,
     uploads.router,
     batches.router,
@@ -133,6 +136,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             expose_headers=list(CORS_EXPOSED),
             max_age=600,
         )
+    app.add_middleware(AuditTrail)
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)

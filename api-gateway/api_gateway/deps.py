@@ -1,4 +1,5 @@
-"""What a gateway handler may ask for: the settings, the job store, Redis, the status feed.
+"""What a gateway handler may ask for: the settings, the job store, Redis, the status feed, and
+who is asking (``By``: the principal the door let in, and the client's address).
 
 Each is a FastAPI dependency, declared with its ``Annotated`` alias (``store: Store``), so no
 handler reads ``app.state``. ``create_app`` puts the settings on the app; the lifespan connects
@@ -14,14 +15,18 @@ from typing import Annotated, TypeAlias
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from api_gateway.access import ANONYMOUS, Principal
 from api_gateway.settings import GatewaySettings
+from shared.audit import Caller
 from shared.status_api import Feed, Store, get_feed, get_store
 
 __all__ = [
+    "By",
     "Feed",
     "RedisClient",
     "Settings",
     "Store",
+    "get_caller",
     "get_feed",
     "get_redis",
     "get_settings",
@@ -42,3 +47,17 @@ async def get_redis(store: Store) -> Redis:
 
 Settings: TypeAlias = Annotated[GatewaySettings, Depends(get_settings)]
 RedisClient: TypeAlias = Annotated[Redis, Depends(get_redis)]
+
+
+def caller_of(request: Request) -> Caller:
+    """Who sent the request (the door's principal; anonymous with access control off) and
+    from which address: for the job's origin and the audit trail."""
+    principal: Principal = getattr(request.state, "principal", ANONYMOUS)
+    return Caller(principal.actor, request.client.host if request.client else "")
+
+
+async def get_caller(request: Request) -> Caller:
+    return caller_of(request)
+
+
+By: TypeAlias = Annotated[Caller, Depends(get_caller)]

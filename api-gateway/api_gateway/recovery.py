@@ -18,11 +18,14 @@ import structlog
 
 from shared import intake
 from shared import redis_names as names
+from shared.audit import Caller
 from shared.bus import REDIS_DOWN, stop_if_cancelled
 from shared.files import sha256_of
 from shared.jobs import JobStore
 
 log = structlog.get_logger()
+
+RECOVERY = Caller("system:recovery")  # who queues a file Redis forgot, in the audit trail
 
 
 async def recover(store: JobStore, folder: Path, older_than_s: float) -> int:
@@ -43,7 +46,8 @@ async def recover(store: JobStore, folder: Path, older_than_s: float) -> int:
         if await store.redis.exists(names.status_key(upload_id)):
             continue
         sha256 = await asyncio.to_thread(sha256_of, path)
-        await intake.queue(store, [intake.received(upload_id, path, sha256, path.stat().st_size)])
+        event = intake.received(upload_id, path, sha256, path.stat().st_size)
+        await intake.queue(store, [event], by=RECOVERY)
         requeued += 1
         log.warning("upload.requeued", upload_id=str(upload_id), reason="no job record")
     return requeued

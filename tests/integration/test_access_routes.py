@@ -55,8 +55,13 @@ OPEN = {
 
 # the policy, stated apart from the routes' own declarations: reading is GET, writing is POST
 # and PUT, deleting is admin; and these, which the method does not tell
-ADMIN = {("GET", "/system"), ("GET", "/jobs/audit.csv"), ("GET", "/keys"), ("POST", "/keys")}
-READ_BY_POST = {("POST", "/dicom/retrieve")}  # the seed's "retrieve": a download, by POST
+ADMIN = {
+    ("GET", "/system"),
+    ("GET", "/jobs/audit.csv"),
+    ("GET", "/audit"),
+    ("GET", "/keys"),
+    ("POST", "/keys"),
+}
 
 
 def policy(method: str, path: str) -> Scope | None:
@@ -64,8 +69,6 @@ def policy(method: str, path: str) -> Scope | None:
         return None
     if (method, path) in ADMIN or method == "DELETE":
         return Scope.ADMIN
-    if (method, path) in READ_BY_POST:
-        return Scope.READ
     return Scope.WRITE if method in ("POST", "PUT") else Scope.READ
 
 

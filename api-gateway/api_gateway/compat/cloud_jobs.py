@@ -71,7 +71,7 @@ async def status(job_id: str, store: Store) -> SeedJobStatus:
     response_model=SeedJobDeleted,
     response_model_by_alias=True,
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
-    openapi_extra=needs(Scope.ADMIN),
+    openapi_extra=needs(Scope.ADMIN, audit="delete"),
 )
 async def delete(
     store: Store,

@@ -33,7 +33,9 @@ async def store(request: Request, settings: Settings, jobs: Store) -> FileStored
     return FileStored(file_id=str(accepted[0].study_id))
 
 
-@router.get("/{file_id}", response_model=None, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/{file_id}", response_model=None, openapi_extra=needs(Scope.READ, audit="download.original")
+)
 async def get_file(
     file_id: str,
     store: Store,

@@ -101,7 +101,7 @@ async def details(upload_id: str, store: Store) -> UploadDetails:
     "/upload/{upload_id}/preprocessed-dicom",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.deidentified"),
 )
 async def preprocessed(upload_id: str, store: Store, settings: Settings) -> FileResponse:
     """The de-identified copy (PS3.15 Annex E basic profile)."""

@@ -40,7 +40,7 @@ from python_multipart.multipart import parse_options_header
 
 from api_gateway import http_intake
 from api_gateway.access import Scope, needs
-from api_gateway.deps import Feed, Settings, Store
+from api_gateway.deps import Feed, Settings, Store, caller_of
 from api_gateway.dicomweb.wado import public_root
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
 from shared import intake, metrics
@@ -287,7 +287,7 @@ async def store_instances(
         user_id = request.headers.get("x-user-id")
         files_kept = [i.file for i in kept if i.file is not None]
         events = [http_intake.received_file(f, "stow", user_id=user_id) for f in files_kept]
-        await intake.queue(store, events)
+        await intake.queue(store, events, by=caller_of(request))
     for i in instances:
         metrics.UPLOADS.labels("accepted" if i.file is not None else "stow-failed").inc()
     deadline = time.monotonic() + settings.stow_validation_timeout_s

@@ -70,7 +70,7 @@ IMAGES: dict[str, Any] = {"content": {"image/jpeg": {}, "image/png": {}}}
     STUDY,
     response_class=StreamingResponse,
     responses={200: MULTIPART},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.original"),
 )
 async def retrieve_study(
     study: str, request: Request, redis: RedisClient, settings: Settings
@@ -84,7 +84,7 @@ async def retrieve_study(
     SERIES,
     response_class=StreamingResponse,
     responses={200: MULTIPART},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.original"),
 )
 async def retrieve_series(
     study: str, series: str, request: Request, redis: RedisClient, settings: Settings
@@ -98,7 +98,7 @@ async def retrieve_series(
     INSTANCE,
     response_class=StreamingResponse,
     responses={200: MULTIPART},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.original"),
 )
 async def retrieve_instance(
     study: str, series: str, sop: str, request: Request, redis: RedisClient, settings: Settings

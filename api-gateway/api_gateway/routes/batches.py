@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from api_gateway import http_intake
 from api_gateway.access import Scope, needs
-from api_gateway.deps import Settings, Store
+from api_gateway.deps import Settings, Store, caller_of
 from api_gateway.receive import ReceivedFile, RefusedFile, Sink
 from api_gateway.routes.upload import FileRefused, UploadAccepted
 from api_gateway.routes.uploads import UploadRecord
@@ -119,7 +119,7 @@ async def accept_batch(
         events = [
             http_intake.received_file(f, "batch", user_id=user_id, batch_id=batch_id) for f in files
         ]
-        await intake.queue(store, events, batch=(batch_id, user_id))
+        await intake.queue(store, events, batch=(batch_id, user_id), by=caller_of(request))
     accepted = [UploadAccepted.of(f) for f in files]
     return BatchAccepted(
         batch_id=batch_id,

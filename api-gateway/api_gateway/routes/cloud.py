@@ -20,9 +20,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
 from api_gateway.access import Scope, needs
-from api_gateway.deps import Settings, Store
+from api_gateway.deps import By, Settings, Store
 from api_gateway.settings import GatewaySettings
 from shared import intake
+from shared.audit import Caller
 from shared.dicomweb import DicomwebClient, DicomwebNotFound, DicomwebSettings
 from shared.errors import (
     BadRequest,
@@ -113,7 +114,7 @@ async def presign(gateway: Settings, body: PresignRequest | None = None) -> Pres
     "/uploads/{study_id}/download-url",
     response_model=Presigned,
     response_model_by_alias=True,
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.original"),
 )
 async def download_url(study_id: str, store: Store) -> Presigned:
     """A presigned S3 GET URL for an archived upload's copy on the s3 target."""
@@ -150,7 +151,9 @@ class SeedQueued(BaseModel):
     response_model_by_alias=True,
     openapi_extra=needs(Scope.WRITE),
 )
-async def seed_upload(body: SeedUploadRequest, gateway: Settings, store: Store) -> SeedQueued:
+async def seed_upload(
+    body: SeedUploadRequest, gateway: Settings, store: Store, by: By
+) -> SeedQueued:
     """Seed 000's upload job. ``objectKey`` is either a key under the S3 incoming prefix (a file
     sent with a presigned URL; ``platform: "s3"``), which is ingested as a new upload, or an
     upload id (or ``{id}/original.dcm``) of an archived upload, which is pushed to
@@ -162,13 +165,13 @@ async def seed_upload(body: SeedUploadRequest, gateway: Settings, store: Store) 
     if body.object_key.startswith(incoming):
         if platform != "s3":
             raise BadRequest(f"keys under {incoming} are S3 objects: use platform 's3'")
-        job_id = await _ingest_from_s3(body.object_key, gateway, store)
+        job_id = await _ingest_from_s3(body.object_key, gateway, store, by)
     else:
-        job_id = await _push(body.object_key, platform, store)
+        job_id = await _push(body.object_key, platform, store, by)
     return SeedQueued(message="Job queued", job_id=job_id, job_ids=[job_id])
 
 
-async def _ingest_from_s3(key: str, gateway: GatewaySettings, store: JobStore) -> UUID:
+async def _ingest_from_s3(key: str, gateway: GatewaySettings, store: JobStore, by: Caller) -> UUID:
     if ".." in key.split("/"):
         raise BadRequest("the object key may not contain '..'")
     settings, client = _s3()
@@ -188,11 +191,11 @@ async def _ingest_from_s3(key: str, gateway: GatewaySettings, store: JobStore) -
         part.unlink(missing_ok=True)
         raise UpstreamError(f"S3 cannot be reached ({type(exc).__name__})") from None
     event = await asyncio.to_thread(intake.adopt, part, gateway.uploads_path)
-    await intake.queue(store, [event])
+    await intake.queue(store, [event], by=by)
     return event.upload_id
 
 
-async def _push(object_key: str, platform: str, store: JobStore) -> UUID:
+async def _push(object_key: str, platform: str, store: JobStore, by: Caller) -> UUID:
     """A job that copies an archived upload to one platform: a ``CopyRequested`` command for
     the uploader, published with the new job it creates (which starts as described)."""
     source, job = await find_job(store, object_key.removesuffix("/original.dcm"))
@@ -212,7 +215,7 @@ async def _push(object_key: str, platform: str, store: JobStore) -> UUID:
         preview_file=d.get("preview_file"),
         targets=[platform],
     )
-    await intake.queue(store, [event])
+    await intake.queue(store, [event], by=by)
     return event.upload_id
 
 
@@ -229,9 +232,9 @@ class RetrieveRequest(BaseModel):
     status_code=202,
     response_model=SeedQueued,
     response_model_by_alias=True,
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.WRITE),
 )
-async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store) -> SeedQueued:
+async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store, by: By) -> SeedQueued:
     """Seed 000's retrieval: WADO-RS from the configured DICOMweb server (DICOMWEB_URL); each
     instance retrieved is ingested as a new upload and goes through the whole pipeline."""
     if body.sop_instance_uid and not body.series_instance_uid:
@@ -254,6 +257,6 @@ async def retrieve(body: RetrieveRequest, gateway: Settings, store: Store) -> Se
         shutil.rmtree(folder, ignore_errors=True)
     if not events:
         raise UploadNotFound("the DICOMweb server returned no instances")
-    await intake.queue(store, events)
+    await intake.queue(store, events, by=by)
     ids = [e.upload_id for e in events]
     return SeedQueued(message=f"{len(ids)} instance(s) queued", job_id=ids[0], job_ids=ids)

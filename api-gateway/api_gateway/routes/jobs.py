@@ -36,7 +36,7 @@ class JobRequeued(BaseModel):
     "/jobs/{study_id}/retry",
     status_code=202,
     responses={404: {"description": "No such job"}, 409: {"description": "The job is not failed"}},
-    openapi_extra=needs(Scope.WRITE),
+    openapi_extra=needs(Scope.WRITE, audit="retry"),
 )
 async def retry(study_id: str, store: Store) -> JobRequeued:
     """Queue a failed job's failed stage again. Targets that already hold the file keep it:
@@ -59,6 +59,8 @@ COLUMNS = [
     "modality",
     "sha256",
     "size",
+    "source",
+    "actor",
     "target",
     "outcome",
     "location",
@@ -73,7 +75,7 @@ PAGE = 500
     "/jobs/audit.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "One row per job and target"}},
-    openapi_extra=needs(Scope.ADMIN),
+    openapi_extra=needs(Scope.ADMIN, audit="audit.export"),
 )
 async def audit(
     redis: RedisClient,
@@ -118,6 +120,8 @@ def _job_rows(upload_id: str, h: dict[str, str]) -> list[list[object]]:
         h.get("modality"),
         h.get("sha256"),
         h.get("size"),
+        h.get("source"),
+        h.get("actor") or (f"ae:{h['calling_ae']}" if h.get("calling_ae") else ""),
     ]
     targets = json.loads(h.get("targets", "[]"))
     if not targets:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, Field
 
 from api_gateway.access import ApiKey, KeyStore, Scope, needs
+from api_gateway.auditing import touched
 from api_gateway.deps import RedisClient
 from shared.errors import AppError, BadRequest
 
@@ -58,14 +59,15 @@ def _info(key: ApiKey) -> KeyInfo:
     "/keys",
     response_model=CreatedKey,
     status_code=status.HTTP_201_CREATED,
-    openapi_extra=needs(Scope.ADMIN),
+    openapi_extra=needs(Scope.ADMIN, audit="key.create"),
 )
-async def create_key(body: NewKey, keys: KeysStore) -> CreatedKey:
+async def create_key(body: NewKey, keys: KeysStore, request: Request) -> CreatedKey:
     """A new API key with a name and scopes; its secret is in this answer only."""
     try:
         key, secret = await keys.create(body.name, body.scopes)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    touched(request, key_id=key.id)
     return CreatedKey(**_info(key).model_dump(), key=secret)
 
 
@@ -76,7 +78,9 @@ async def list_keys(keys: KeysStore) -> Keys:
     return Keys(keys=found, count=len(found))
 
 
-@router.delete("/keys/{key_id}", response_model=KeyInfo, openapi_extra=needs(Scope.ADMIN))
+@router.delete(
+    "/keys/{key_id}", response_model=KeyInfo, openapi_extra=needs(Scope.ADMIN, audit="key.revoke")
+)
 async def revoke_key(key_id: str, keys: KeysStore) -> KeyInfo:
     """Revoke a key: requests carrying it are refused from now on."""
     key = await keys.revoke(key_id)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api_gateway import http_intake
 from api_gateway.access import Scope, needs
-from api_gateway.deps import Settings, Store
+from api_gateway.deps import Settings, Store, caller_of
 from api_gateway.receive import (
     MultipartReceiver,
     ReceivedFile,
@@ -186,7 +186,7 @@ async def accept_uploads(
         files, screened = await http_intake.screen(files, dicom_only=bool(label))
         refused += screened
         events = [http_intake.received_file(f, source, label=label, user_id=user_id) for f in files]
-        taken = await intake.queue(store, events)
+        taken = await intake.queue(store, events, by=caller_of(request))
         files, refused = http_intake.drop_taken(files, taken, refused)
     accepted = [UploadAccepted.of(f) for f in files]
     for f in files:

@@ -149,7 +149,7 @@ async def get_upload(study_id: str, store: Store) -> UploadRecord:
     "/uploads/{study_id}",
     response_model=removal.Removed,
     responses={202: {"description": "Local files removed; the cloud copies are being removed"}},
-    openapi_extra=needs(Scope.ADMIN),
+    openapi_extra=needs(Scope.ADMIN, audit="delete"),
 )
 async def delete_upload(
     study_id: str, store: Store, settings: Settings, response: Response, cloud: bool = False
@@ -167,7 +167,7 @@ async def delete_upload(
     "/uploads/{study_id}/deidentified",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.deidentified"),
 )
 async def deidentified(study_id: str, store: Store, settings: Settings) -> FileResponse:
     """A copy de-identified by the Basic Application Level Confidentiality Profile (PS3.15
@@ -209,7 +209,7 @@ async def archive_folder(store: JobStore, study_id: str) -> Path:
     "/uploads/{study_id}/original",
     response_class=FileResponse,
     responses={200: {"content": {"application/dicom": {}}}, 206: {"description": "A range"}},
-    openapi_extra=needs(Scope.READ),
+    openapi_extra=needs(Scope.READ, audit="download.original"),
 )
 async def original(study_id: str, store: Store) -> FileResponse:
     """The original DICOM file, byte-identical to the upload; ``Range`` requests work."""

@@ -62,6 +62,7 @@ PROBES: list[tuple[str, str, str]] = [
     ("GET", "/stats", "routes.stats.stats"),
     ("GET", "/jobs/audit.csv", "routes.jobs.audit"),
     ("POST", f"/jobs/{UUID}/retry", "routes.jobs.retry"),
+    ("GET", "/audit", "routes.audit_trail.audit_trail"),
     ("POST", "/keys", "routes.keys.create_key"),
     ("GET", "/keys", "routes.keys.list_keys"),
     ("DELETE", "/keys/k-1", "routes.keys.revoke_key"),
