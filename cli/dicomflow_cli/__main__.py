@@ -36,13 +36,18 @@ def _seconds(text: str) -> float:
 
 
 def _common(defaults: bool) -> argparse.ArgumentParser:
-    """--url and --json, accepted before or after the command."""
+    """--url, --api-key and --json, accepted before or after the command."""
     parser = argparse.ArgumentParser(add_help=False)
     url_default = os.environ.get("DICOMFLOW_URL") or DEFAULT_URL
     parser.add_argument(
         "--url",
         default=url_default if defaults else argparse.SUPPRESS,
         help=f"the gateway (default: $DICOMFLOW_URL, else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("DICOMFLOW_API_KEY") if defaults else argparse.SUPPRESS,
+        help="the API key, when the gateway asks for one (default: $DICOMFLOW_API_KEY)",
     )
     parser.add_argument(
         "--json",
@@ -153,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write it (- for standard output)",
     )
     gt.set_defaults(handler=commands.get)
+
+    ks = sub.add_parser(
+        "keys",
+        parents=[common],
+        help="create, list and revoke API keys (an admin key needed)",
+        description="Manage the gateway's API keys. A new key's secret is printed once; the "
+        "gateway keeps only its digest.",
+    )
+    action = ks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kc = action.add_parser("create", parents=[common], help="a new key with a name and scopes")
+    kc.add_argument("name", help="who or what holds it, e.g. ct-scanner-1")
+    kc.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["read", "write", "admin"],
+        help="repeat for several; admin includes read and write",
+    )
+    action.add_parser("list", parents=[common], help="every key (never a secret)")
+    kr = action.add_parser("revoke", parents=[common], help="revoke a key by its id")
+    kr.add_argument("id", metavar="ID")
+    ks.set_defaults(handler=commands.keys)
     return parser
 
 
@@ -161,7 +188,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     out = Output(as_json=args.json)
     handler: Handler = args.handler
     try:
-        with Gateway(args.url, connections=max(getattr(args, "concurrency", 4), 4) + 8) as gw:
+        connections = max(getattr(args, "concurrency", 4), 4) + 8
+        with Gateway(args.url, connections, api_key=args.api_key) as gw:
             return handler(args, gw, out)
     except (UsageError, GatewayUnreachable) as exc:
         print(f"dicomflow: {exc}", file=sys.stderr)

@@ -84,15 +84,18 @@ def parse_events(lines: Iterator[str]) -> Iterator[ServerEvent]:
 class Gateway:
     """One gateway, reached over a pooled HTTP client (safe to share between threads)."""
 
-    def __init__(self, url: str, connections: int = 16) -> None:
+    def __init__(self, url: str, connections: int = 16, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise UsageError(f"the gateway URL must start with http:// or https://: {url}")
+        headers = {"User-Agent": f"dicomflow-cli/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self.http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=connections),
-            headers={"User-Agent": f"dicomflow-cli/{__version__}"},
+            headers=headers,
         )
 
     def __enter__(self) -> Gateway:

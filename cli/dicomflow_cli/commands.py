@@ -1,4 +1,5 @@
-"""``dicomflow status``, ``search`` and ``get``: one request each (``status --watch``: many)."""
+"""``dicomflow status``, ``search``, ``get`` and ``keys``: one request each (``status --watch``:
+many)."""
 
 from __future__ import annotations
 
@@ -158,4 +159,34 @@ def get(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
         out.json({"file": args.output, "bytes": size, "content_type": kind})
     elif args.output != "-":
         out.note(f"wrote {args.output} ({size} bytes, {kind or 'unknown type'})")
+    return 0
+
+
+def keys(args: argparse.Namespace, gw: Gateway, out: Output) -> int:
+    """Create, list or revoke API keys through the gateway's admin routes."""
+    if args.action == "create":
+        made = gw.json("POST", "/keys", json={"name": args.name, "scopes": args.scope})
+        if out.as_json:
+            out.json(made)
+        else:
+            out.line(made["key"])
+            out.note(
+                f"key {made['id']} ({', '.join(made['scopes'])}): keep it now, it is "
+                "not shown again"
+            )
+    elif args.action == "list":
+        found = gw.json("GET", "/keys")
+        if out.as_json:
+            out.json(found)
+        else:
+            rows = [
+                [k["id"], k["name"], ",".join(k["scopes"]), k["created_at"]] for k in found["keys"]
+            ]
+            out.table(["id", "name", "scopes", "created"], rows)
+    else:
+        revoked = gw.json("DELETE", f"/keys/{quote(args.id, safe='')}")
+        if out.as_json:
+            out.json(revoked)
+        else:
+            out.line(f"revoked {revoked['id']} ({revoked['name']})")
     return 0

@@ -7,27 +7,31 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.system import ROOT, System
+from testbed.system import ROOT, System, start_system, stop_system
 from tests.support import ct_slice, free_port, write_ct_series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-COMMANDS = ("upload", "status", "search", "get")
+COMMANDS = ("upload", "status", "search", "get", "keys")
 
 
 def cli(
-    system: System | None, *args: str, url: str | None = None
+    system: System | None, *args: str, url: str | None = None, api_key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m dicomflow_cli`` as a separate process (the cli folder on its path until the
     project installs it)."""
     path = [str(ROOT / "cli"), str(ROOT), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     env["DICOMFLOW_URL"] = url or (system.url() if system else "http://127.0.0.1:9")
+    env.pop("DICOMFLOW_API_KEY", None)
+    if api_key:
+        env["DICOMFLOW_API_KEY"] = api_key
     return subprocess.run(
         [sys.executable, "-m", "dicomflow_cli", *args],
         capture_output=True,
@@ -245,3 +249,50 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The pipeline with access control on, and no key yet."""
+    running = start_system(tmp_path_factory.mktemp("guarded"), ACCESS_CONTROL="on")
+    yield running
+    stop_system(running)
+
+
+def test_with_access_control_on_the_cli_sends_its_key(guarded: System, tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": guarded.redis.url}
+    first = subprocess.run(
+        [sys.executable, "-m", "api_gateway", "keys", "create", "ops", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    admin = json.loads(first.stdout)["key"]
+    made = cli(guarded, "keys", "create", "ct-1", "--scope", "write", "--json", api_key=admin)
+    assert made.returncode == 0, made.stderr
+    scanner = _json(made)
+    assert scanner["scopes"] == ["write"]
+    listed = cli(guarded, "keys", "list", api_key=admin)
+    assert "ct-1" in listed.stdout
+    assert scanner["key"] not in listed.stdout
+
+    scan = tmp_path / "a.dcm"
+    scan.write_bytes(ct_slice(0, rows=32, columns=32, seed=9))
+    anonymous = cli(guarded, "upload", str(scan))
+    assert anonymous.returncode == 1
+    assert "401" in anonymous.stderr
+    assert "credential" in anonymous.stderr
+    sent = cli(guarded, "upload", str(scan), "--no-follow", "--json", api_key=scanner["key"])
+    assert sent.returncode == 0, sent.stderr
+    [upload_id] = [f["upload_id"] for f in _json(sent)["files"]]
+    cannot_read = cli(guarded, "status", upload_id, api_key=scanner["key"])
+    assert cannot_read.returncode == 1
+    assert "403" in cannot_read.stderr
+    watched = cli(guarded, "status", upload_id, "--watch", "--timeout", "60", api_key=admin)
+    assert watched.returncode == 0, watched.stderr
+    assert cli(guarded, "keys", "revoke", scanner["id"], api_key=admin).returncode == 0
+    revoked = cli(guarded, "upload", str(scan), "--no-follow", api_key=scanner["key"])
+    assert revoked.returncode == 1
+    assert "401" in revoked.stderr
