@@ -105,3 +105,16 @@ def test_dockerfile_installs_this_project_and_drops_root() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'pip install ".[${EXTRAS}]"' in dockerfile
     assert "\nUSER dicomflow" in dockerfile
+
+
+def test_nothing_beyond_the_host_answers_without_a_credential(compose: dict[str, Any]) -> None:
+    """Safe by default (issue 12): a port published on every address is the gateway's, with
+    access control on; any other is published on loopback only (DIMSE: its AE allow-list and
+    TLS are for the network a modality is on, opened on purpose)."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            published = str(port)
+            if name == "api-gateway":
+                assert service["environment"]["ACCESS_CONTROL"] == "on"
+            else:
+                assert published.startswith("127.0.0.1:"), (name, published)
