@@ -18,6 +18,7 @@ from api_gateway.access import Scope, access_of, authorize, needs
 from api_gateway.auditing import AuditTrail
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
 from api_gateway.dicomweb import qido, stow, wado
+from api_gateway.hardening import SecurityHeaders
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
     audit_trail,
@@ -137,6 +138,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(AuditTrail)
+    app.add_middleware(SecurityHeaders)
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)

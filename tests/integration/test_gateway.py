@@ -131,3 +131,21 @@ async def test_a_job_in_the_pipeline_cannot_be_deleted(client: httpx.AsyncClient
     assert "accepted" in refused.json()["detail"]
     missing = await client.delete("/dicom/delete")
     assert missing.status_code == 400  # jobId is required
+
+
+async def test_every_answer_carries_the_browser_security_headers(client: httpx.AsyncClient) -> None:
+    """JSON and files may run nothing and be framed by nobody; an HTML page keeps the policy
+    of its own (the dashboard) or at least refuses to be framed (/docs)."""
+    api = await client.get("/stats")
+    problem = await client.get("/uploads/00000000-0000-0000-0000-000000000000")
+    docs = await client.get("/docs")
+    page = await client.get("/", headers={"Accept": "text/html"})
+    for answer in (api, problem, docs, page):
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert problem.status_code == 404
+    for answer in (api, problem):
+        assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "script-src 'self'" in page.headers["content-security-policy"]  # its own, kept
+    assert page.headers["content-security-policy"].count("frame-ancestors") == 1
