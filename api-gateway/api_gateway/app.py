@@ -30,6 +30,7 @@ from api_gateway.routes import (
     upload,
     uploads,
     users,
+    viewer,
 )
 from api_gateway.settings import GatewaySettings
 from shared import problems
@@ -60,6 +61,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     system.router,
     cloud.router,
     dashboard.router,
+    viewer.router,
     upload_service.router,
     study_folders.router,
     cloud_jobs.router,
