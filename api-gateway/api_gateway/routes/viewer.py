@@ -9,11 +9,12 @@ OHIF routes in the browser (``/viewer/viewer?StudyInstanceUIDs=...``): a path th
 gets ``index.html`` when a page is asked for (``Accept: text/html``, or a last segment without
 a dot); a missing asset stays a 404, so a script never gets a page in its place.
 
-Caching: files whose names carry webpack's content hash are immutable for a year; the rest,
-the page and the config are revalidated each time (ETag / Last-Modified). The page's CSP allows
+Caching: files whose names carry webpack's content hash are immutable for a year, the other
+files are revalidated each time (ETag), the page and the config (small, made here) are sent
+anew each time. The page's CSP allows
 only this origin (and the DICOMweb root's), WebAssembly, workers and ``blob:``; its two inline
-scripts by their hashes. It is cross-origin isolated (COOP/COEP), which lets cornerstone3D
-share decoded volumes between workers (SharedArrayBuffer).
+scripts by their hashes. It is cross-origin isolated (COOP/COEP): OHIF's AI-assisted
+segmentation (onnxruntime-web) runs WebAssembly on several threads only then (SharedArrayBuffer).
 """
 
 from __future__ import annotations
