@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint fmt clean emulators
+.PHONY: run test test-fast bench lint fmt clean emulators viewer
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ run: $(STAMP)  ## start Redis and the five services (Ctrl-C stops all)
 
 emulators: $(STAMP)  ## moto, Azurite, the GCS emulator and Orthanc for the cloud targets
 	$(PY) scripts/emulators.py
+
+viewer: $(STAMP)  ## the OHIF viewer from npm into .cache/ohif, for the gateway's /viewer/
+	$(PY) scripts/fetch_viewer.py
 
 test: lint  ## lint, then unit, integration and end-to-end tests
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

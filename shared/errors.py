@@ -53,6 +53,12 @@ class InstanceNotFound(AppError):
     status, code = 404, "instance-not-found"
 
 
+class ViewerNotInstalled(AppError):
+    """The OHIF viewer's files are not where VIEWER_DIR says (``make viewer`` fetches them)."""
+
+    status, code = 404, "viewer-not-installed"
+
+
 class NotAcceptable(AppError):
     """No representation of the resource matches the request's Accept (DICOMweb: 406)."""
 

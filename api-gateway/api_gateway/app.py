@@ -35,6 +35,7 @@ from api_gateway.routes import (
     upload,
     uploads,
     users,
+    viewer,
 )
 from api_gateway.settings import GatewaySettings, is_loopback
 from shared import problems
@@ -67,6 +68,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     system.router,
     cloud.router,
     dashboard.router,
+    viewer.router,
     upload_service.router,
     study_folders.router,
     cloud_jobs.router,

@@ -1,14 +1,19 @@
-"""The gateway's settings: the shared ones plus its port, upload durability, peers' URLs, CORS."""
+"""The gateway's settings: the shared ones plus its port, upload durability, peers' URLs, CORS,
+and where the OHIF viewer it serves at /viewer is."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AnyHttpUrl, Field
 
 from shared.settings import ServiceSettings, load
+
+# The @ohif/app release `make viewer` fetches (scripts/fetch_viewer.py) into .cache/ohif/<it>/
+OHIF_VERSION = "3.13.2"
 
 
 class GatewaySettings(ServiceSettings):
@@ -33,6 +38,8 @@ class GatewaySettings(ServiceSettings):
     dicomweb_public_url: AnyHttpUrl | None = Field(None, alias="DICOMWEB_PUBLIC_URL")
     # browser origins (scheme://host[:port]) allowed to call the API, comma-separated; "*" any
     cors_allow_origins: str = Field("", alias="CORS_ALLOW_ORIGINS")
+    # the OHIF viewer's built files, served at /viewer/ when there (make viewer puts them here)
+    viewer_dir: Path = Field(Path(".cache/ohif") / OHIF_VERSION, alias="VIEWER_DIR")
 
     # access control (README "Access control"): auto is on unless the gateway listens on a
     # loopback address only, where the README's curl walk-through works without a credential

@@ -43,13 +43,16 @@ SAMPLES = {  # a value for each path parameter, by name; any other gets "x"
 
 
 # the routes anyone may call: the probes, the metrics (METRICS_PUBLIC), the dashboard's page
-# and its files (they hold no data: the page asks for a key, then calls the API with it)
+# and its files, the OHIF viewer's files (they hold no data: the pages ask for a credential,
+# then call the API with it)
 OPEN = {
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/ui/app.js"),
+    ("GET", "/viewer"),
+    ("GET", "/viewer/app.js"),
 }
 
 

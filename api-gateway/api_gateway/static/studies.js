@@ -1,5 +1,6 @@
 // The Studies view: search the archive's studies (GET /studies), page through them, see a
-// preview of each instance; the viewer of one instance lives here too (#/view/{id}).
+// preview of each instance; the viewer of one instance lives here too (#/view/{id}). Each study
+// opens in OHIF (/viewer/) too, when the gateway serves it (make viewer).
 
 import { $, api, clear, fmtDate, fmtName, h, notice } from "./dom.js";
 import * as viewer from "./viewer.js";
@@ -11,6 +12,7 @@ let offset = 0;
 let total = 0;
 let searched = false;
 let asking = 0;
+let ohif = null; // whether /viewer/ answers: asked once, with the first search
 
 export function init() {
   viewer.init();
@@ -68,12 +70,12 @@ async function search() {
   const results = $("studies-results");
   results.setAttribute("aria-busy", "true");
   try {
-    const page = await api(`/studies?${query()}`);
+    const [page, withOhif] = await Promise.all([api(`/studies?${query()}`), ohifServed()]);
     if (mine !== asking) return;
     notice($("studies-notice"), null);
     total = Number(page.total) || 0;
     offset = Number(page.offset) || 0;
-    clear(results).append(...(page.studies ?? []).map(study));
+    clear(results).append(...(page.studies ?? []).map((s) => study(s, withOhif)));
     if (!page.studies?.length) results.append(h("p", { class: "muted" }, total ? "No studies on this page." : "No study matches."));
     const first = total ? offset + 1 : 0;
     const last = offset + (page.studies?.length ?? 0);
@@ -94,7 +96,13 @@ async function search() {
   }
 }
 
-function study(s) {
+/** Whether the gateway serves the OHIF viewer: a HEAD of its page, 404 until `make viewer`. */
+function ohifServed() {
+  ohif ??= fetch("/viewer/", { method: "HEAD" }).then((res) => res.ok, () => false);
+  return ohif;
+}
+
+function study(s, withOhif) {
   const ids = s.upload_ids ?? [];
   const thumbs = h("div", { class: "thumbs" }, ids.slice(0, PREVIEWS).map(preview));
   if (ids.length > PREVIEWS) {
@@ -114,7 +122,15 @@ function study(s) {
       h("strong", { class: "patient" }, fmtName(s.patient_name) || "(no name)"),
       s.patient_id ? h("span", { class: "pid" }, s.patient_id) : null,
       h("span", { class: "date" }, fmtDate(s.study_date)),
-      h("span", { class: "chips" }, (s.modalities ?? []).map((m) => h("span", { class: "chip" }, m)))),
+      h("span", { class: "chips" }, (s.modalities ?? []).map((m) => h("span", { class: "chip" }, m))),
+      withOhif && s.study_uid
+        ? h("a", {
+          class: "ohif",
+          href: `/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(s.study_uid)}`,
+          target: "_blank",
+          rel: "noopener",
+        }, "Open in OHIF")
+        : null),
     h("p", { class: "desc" },
       s.study_description || h("span", { class: "muted" }, "(no description)"),
       counts ? h("span", { class: "muted" }, ` · ${counts}`) : null),
