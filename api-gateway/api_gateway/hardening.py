@@ -2,7 +2,9 @@
 
 A route that sets a header keeps its own (the dashboard's page and the viewer have their own
 Content-Security-Policy); any other answer gets: no MIME sniffing, no referrer, and a policy
-that lets no page frame it and, for anything but HTML (JSON, DICOM, images), run nothing at all.
+that lets no page frame it and, for what is not a page nor a script (JSON, DICOM, images), run
+nothing at all. A script gets none: a worker's script runs under the policy it is served with,
+and the viewer's workers load more scripts.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in DEFAULTS.items():
                     headers.setdefault(name, value)
-                html = headers.get("content-type", "").startswith("text/html")
-                headers.setdefault("Content-Security-Policy", HTML_CSP if html else NOT_HTML_CSP)
+                kind = headers.get("content-type", "")
+                if kind.startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", HTML_CSP)
+                elif "javascript" not in kind:
+                    headers.setdefault("Content-Security-Policy", NOT_HTML_CSP)
             await send(message)
 
         await self.app(scope, receive, sending)
