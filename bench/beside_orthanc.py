@@ -309,7 +309,6 @@ def orthanc_version(server: servers.OrthancServer) -> str:
 class Row:
     label: str
     key: str
-    rate: bool  # instances/s (more is better), else milliseconds (less is better)
     target: str = ""
 
     def met(self, ours: float, theirs: float) -> bool | None:
@@ -321,20 +320,20 @@ class Row:
 
 
 ROWS = (
-    Row("STOW-RS, 25 a request, 4 clients (inst/s)", "stow", True, f">= {RATE_SHARE}x"),
-    Row("C-STORE, storescu, one association (inst/s)", "cstore", True, f">= {RATE_SHARE}x"),
-    Row("C-STORE 16x16 into the QIDO set (inst/s)", "qido load", True),
-    Row("  the same, until stored and indexed (inst/s)", "qido settled", True),
-    Row("QIDO-RS studies?PatientName=BENCH^P012* p50 ms", "qido name p50", False, "p50 < 20 ms"),
-    Row("  p95 ms", "qido name p95", False),
-    Row("QIDO-RS studies/{study}/series p50 ms", "qido series p50", False, "p50 < 20 ms"),
-    Row("  p95 ms", "qido series p95", False),
-    Row("QIDO-RS .../series/{series}/instances p50 ms", "qido instances p50", False, "p50 < 20 ms"),
-    Row("  p95 ms", "qido instances p95", False),
-    Row("WADO-RS frames/1, 512x512 16-bit p50 ms", "frame p50", False),
-    Row("  p95 ms", "frame p95", False),
-    Row("WADO-RS rendered (image/jpeg) p50 ms", "rendered p50", False),
-    Row("  p95 ms", "rendered p95", False),
+    Row("STOW-RS, 25 a request, 4 clients (inst/s)", "stow", f">= {RATE_SHARE}x"),
+    Row("C-STORE, storescu, one association (inst/s)", "cstore", f">= {RATE_SHARE}x"),
+    Row("C-STORE 16x16 into the QIDO set (inst/s)", "qido load"),
+    Row("  the same, until stored and indexed (inst/s)", "qido settled"),
+    Row("QIDO-RS studies?PatientName=BENCH^P0nn* p50 ms", "qido name p50", "p50 < 20 ms"),
+    Row("  p95 ms", "qido name p95"),
+    Row("QIDO-RS studies/{study}/series p50 ms", "qido series p50", "p50 < 20 ms"),
+    Row("  p95 ms", "qido series p95"),
+    Row("QIDO-RS .../series/{series}/instances p50 ms", "qido instances p50", "p50 < 20 ms"),
+    Row("  p95 ms", "qido instances p95"),
+    Row("WADO-RS frames/1, 512x512 16-bit p50 ms", "frame p50"),
+    Row("  p95 ms", "frame p95"),
+    Row("WADO-RS rendered (image/jpeg) p50 ms", "rendered p50"),
+    Row("  p95 ms", "rendered p95"),
 )
 
 
@@ -374,6 +373,7 @@ class Comparison:
                 f"| {row.label:<{width}} | {ours:>9.1f} | {theirs:>9.1f} | "
                 f"{ours / theirs:>17.2f} | {verdict:<18} |"
             )
+        print("dicomflow/Orthanc: in inst/s, above 1 is dicomflow faster; in ms, below 1 is")
 
 
 def make_files(folder: Path, stow: list[Path], cstore: list[Path]) -> Files:
