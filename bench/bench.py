@@ -9,8 +9,13 @@ every process, which says where the time goes. Then it streams a 1 GB upload and
 gateway's resident memory while it does, and runs the load at concurrency 8 again on a system
 with one, then two descriptor replicas (``DESCRIPTOR_REPLICAS``).
 
+Last, dicomflow beside Orthanc on the same files (``bench/beside_orthanc.py``): STOW-RS,
+C-STORE, QIDO-RS over 10,000 instances (``BENCH_QIDO_INSTANCES``) and WADO-RS.
+
 It fails (exit 1, after the tables) when a service exited, was restarted or logged
-``service.crashed`` during any run: a figure measured across a crash is not a figure.
+``service.crashed`` during any run: a figure measured across a crash is not a figure; and
+when a target of the rows beside Orthanc is missed (issue 11's: STOW-RS and C-STORE at least
+half of Orthanc's rate, QIDO-RS p50 under 20 ms).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import beside_orthanc  # noqa: E402  (bench/, beside this script)
 
 from shared import redis_names as names  # noqa: E402
 from shared.jobs import FINAL  # noqa: E402
@@ -265,6 +272,7 @@ def target_env(name: str, folder: Path) -> Iterator[dict[str, str]]:
 
 
 DEATHS: list[str] = []  # services that exited or crashed during a run: the bench fails
+MISSED: list[str] = []  # targets of the rows beside Orthanc that were missed: it fails too
 
 
 def stop(system: System) -> None:
@@ -343,6 +351,8 @@ def main() -> None:
             stop(system)
         replicas = replica_rows(folder, series[1])
         targets = target_rows(folder, series[0]) if TARGETS else []
+        print("beside Orthanc ...", file=sys.stderr)
+        orthanc = beside_orthanc.compare(folder / "beside-orthanc", series[0], series[1], DEATHS)
 
     print()
     print(
@@ -388,10 +398,17 @@ def main() -> None:
         f"| {memory['rss before MB']:>13.1f} | {memory['rss peak MB']:>11.1f} "
         f"| {memory['growth MB']:>9.1f} | {memory['MB/s']:>4.0f} |"
     )
+    if orthanc:
+        print()
+        orthanc.print()
+        MISSED.extend(orthanc.missed())
 
 
 if __name__ == "__main__":
     main()
     if DEATHS:
         print(f"\nFAILED: services died during the runs: {' | '.join(DEATHS)}", file=sys.stderr)
+    if MISSED:
+        print(f"\nFAILED: targets missed: {' | '.join(MISSED)}", file=sys.stderr)
+    if DEATHS or MISSED:
         sys.exit(1)

@@ -13,6 +13,7 @@ def ct_slice(
     series_uid: str | None = None,
     seed: int = 0,
     patient_name: str = "Synthetic^Patient",
+    patient_id: str = "SYN-0001",
 ) -> bytes:
     """A valid CT Image Storage instance, 16-bit signed, as Part 10 bytes (nothing real in it)."""
     import io
@@ -31,7 +32,7 @@ def ct_slice(
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "CT", patient_name, "SYN-0001"
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", patient_name, patient_id
     ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, index + 1
     ds.ImagePositionPatient = [0, 0, float(index)]
     ds.Rows, ds.Columns = rows, columns

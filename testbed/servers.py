@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,9 +188,32 @@ ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ORTHANC_USER, ORTHANC_PASSWORD = "dicomflow", "secret"
 
 
+ORTHANC_AET = "ORTHANC"  # Orthanc's default AE title, set explicitly so tests can name it
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A DICOM peer declared to Orthanc (its ``DicomModalities`` entry): Orthanc calls it with
+    ``local_aet`` (its own AE title when None)."""
+
+    aet: str
+    port: int
+    host: str = "127.0.0.1"
+    local_aet: str | None = None
+
+    def config(self) -> dict[str, object]:
+        entry: dict[str, object] = {"AET": self.aet, "Host": self.host, "Port": self.port}
+        if self.local_aet:
+            entry["LocalAet"] = self.local_aet
+        return entry
+
+
 @dataclass(frozen=True)
 class OrthancServer:
     root: str  # http://127.0.0.1:{port}
+    dicom_port: int = 0  # its DICOM (DIMSE) listener
+    aet: str = ORTHANC_AET
+    auth: tuple[str, str] = (ORTHANC_USER, ORTHANC_PASSWORD)  # its REST API's basic auth
 
     @property
     def dicomweb(self) -> str:
@@ -205,18 +228,24 @@ class OrthancServer:
 
 
 @contextlib.contextmanager
-def orthanc(folder: Path) -> Iterator[OrthancServer]:
-    """Orthanc on free ports, local clients only, basic auth, DICOMweb at /dicom-web."""
+def orthanc(
+    folder: Path, modalities: Mapping[str, Modality] | None = None
+) -> Iterator[OrthancServer]:
+    """Orthanc on free ports, local clients only, basic auth, DICOMweb at /dicom-web; each of
+    ``modalities`` declared by its name (``/modalities/{name}/store`` sends to it). Every
+    other setting is Orthanc's default."""
     if not (ORTHANC.is_file() and ORTHANC_DICOMWEB.is_file()):
         raise Unavailable(
             "Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, dicom_port = free_port(), free_port()
     config = {
         "Name": "dicomflow-test",
         "HttpPort": port,
-        "DicomPort": free_port(),
+        "DicomPort": dicom_port,
+        "DicomAet": ORTHANC_AET,
+        "DicomModalities": {name: m.config() for name, m in (modalities or {}).items()},
         "RemoteAccessAllowed": False,  # 1.10 listens on every address: refuse other hosts
         "AuthenticationEnabled": True,
         "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
@@ -229,4 +258,4 @@ def orthanc(folder: Path) -> Iterator[OrthancServer]:
     root = f"http://127.0.0.1:{port}"
     ready = _answers(f"{root}/system", (ORTHANC_USER, ORTHANC_PASSWORD))
     with _process([str(ORTHANC), str(folder / "orthanc.json")], folder, ready, "orthanc"):
-        yield OrthancServer(root)
+        yield OrthancServer(root, dicom_port)
