@@ -209,7 +209,9 @@ def serve_worker(
     work: Callable[[Bus], Coroutine[Any, Any, None]],
     port: int,
 ) -> None:
-    """A worker process's whole life: logging, folders, Redis, probes, and its consume loop."""
+    """A worker process's whole life: its priority, logging, folders, Redis, probes, and its
+    consume loop."""
+    os.nice(settings.worker_nice)
     configure_logging(service, settings.log_level, settings.log_format)
     ensure_folders(*folders)
     redis = connect(settings)

@@ -36,6 +36,10 @@ class ServiceSettings(BaseSettings):
     claim_idle_ms: int = Field(15_000, ge=100, alias="CLAIM_IDLE_MS")
     backoff_max_ms: int = Field(300_000, ge=100, alias="BACKOFF_MAX_MS")
     worker_concurrency: int = Field(4, ge=1, le=64, alias="WORKER_CONCURRENCY")
+    # how much a worker stage yields the CPU to the ways in (gateway, dimse-service): niceness
+    # it adds to itself at start, so a burst is taken as fast as the machine can take it and
+    # worked through after; each stage names its own (VALIDATOR_NICE, ...)
+    worker_nice: int = Field(0, ge=0, le=19)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from shared.logging import configure_logging
 from shared.service import connect, make_bus, run, run_forever
 from status_service import worker
@@ -11,6 +13,7 @@ from status_service.settings import get_settings
 
 def main() -> None:
     settings = get_settings()
+    os.nice(settings.worker_nice)
     configure_logging("status-service", settings.log_level, settings.log_format)
     redis = connect(settings)
     app = create_app(redis, settings)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -422,3 +423,17 @@ def test_seed_003_file_service(system: System) -> None:
         with Image.open(io.BytesIO(png.content)) as image:
             assert image.size == (128, 128)
         assert c.get("/dicom-image/not-an-id/png").status_code == 404
+
+
+def test_the_ways_in_run_at_normal_priority_and_the_stages_behind_them_yield(
+    system: System,
+) -> None:
+    niceness = {name: psutil.Process(system.pid(name)).nice() for name in system.ports}
+    assert niceness == {
+        "gateway": 0,
+        "dimse": 0,
+        "validator": 5,
+        "status": 5,
+        "descriptor": 10,
+        "uploader": 10,
+    }
