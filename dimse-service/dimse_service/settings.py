@@ -36,6 +36,12 @@ class DimseSettings(ServiceSettings):
     def allowed_callers(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.allowed_calling_ae_titles.split(",") if t.strip())
 
+    @property
+    def io_timeout(self) -> float:
+        """How long one read or write of a connection may make no progress: a peer that stops
+        in the middle of a PDU or a TLS handshake, or stops reading our answers, is dropped."""
+        return min(self.acse_timeout, self.network_timeout)
+
 
 @functools.cache
 def get_settings() -> DimseSettings:
