@@ -1,7 +1,8 @@
 """The DIMSE listener's life: a pynetdicom Application Entity beside the HTTP probes.
 
-The AE (PS3.7, PS3.8) listens on ``DIMSE_BIND:DIMSE_PORT`` through a ``listener.Listener``,
-which guards its connections against peers that stall or send what is not DICOM. It has its
+The AE (PS3.7, PS3.8) listens on ``DIMSE_BIND:DIMSE_PORT`` and, given a certificate and its
+key, over TLS on ``DIMSE_TLS_PORT`` (``tls``); each port is a ``listener.Listener``, which
+guards its connections against peers that stall or send what is not DICOM. It has its
 own AE title and accepts Verification (C-ECHO), every storage SOP class (C-STORE, ``c_store``)
 in every transfer syntax pynetdicom knows, and Study Root Query/Retrieve - FIND (C-FIND,
 ``c_find``). pynetdicom runs its handlers in a thread per association; they reach Redis only
@@ -15,6 +16,8 @@ data; a thread of pynetdicom's that dies of an exception is logged as ``service.
 from __future__ import annotations
 
 import asyncio
+import ssl
+import sys
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from redis.asyncio import Redis
 from dimse_service import c_find, c_store
 from dimse_service.listener import MESSAGE_SLACK, Listener
 from dimse_service.settings import DimseSettings
+from dimse_service.tls import TlsUnusable, server_context
 from shared.errors import frames, safe_error
 from shared.jobs import JobStore
 from shared.logging import configure_logging
@@ -102,8 +106,11 @@ def make_ae(settings: DimseSettings) -> AE:
     return ae
 
 
-def start(settings: DimseSettings, bridge: Bridge) -> list[Listener]:
-    """Listen, in pynetdicom's own threads; returns the listeners to stop."""
+def start(
+    settings: DimseSettings, bridge: Bridge, tls: ssl.SSLContext | None = None
+) -> list[Listener]:
+    """Listen on the plain port (unless ``DIMSE_PORT`` is 0) and, with ``tls``, on the TLS
+    port, each in pynetdicom's own threads; returns the listeners to stop."""
     ae = make_ae(settings)
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
@@ -114,8 +121,13 @@ def start(settings: DimseSettings, bridge: Bridge) -> list[Listener]:
         (evt.EVT_RELEASED, _outcome("released")),
         (evt.EVT_ABORTED, _outcome("aborted")),
     ]
+    ports: list[tuple[int, ssl.SSLContext | None]] = (
+        [(settings.port, None)] if settings.port else []
+    )
+    if tls is not None:
+        ports.append((settings.tls_port, tls))
     listeners = []
-    for port, context in [(settings.port, None)]:
+    for port, context in ports:
         listener = ae.make_server(
             (settings.bind, port),
             ssl_context=context,
@@ -135,18 +147,20 @@ def start(settings: DimseSettings, bridge: Bridge) -> list[Listener]:
             ae_title=settings.ae_title,
             bind=settings.bind,
             port=port,
+            tls=context is not None,
+            client_certificates="required" if context and settings.tls_ca_file else None,
             allowed_callers=sorted(settings.allowed_callers) or "any",
         )
     return listeners
 
 
-async def main(settings: DimseSettings) -> None:
+async def main(settings: DimseSettings, tls: ssl.SSLContext | None = None) -> None:
     ensure_folders(settings.uploads_path)
     redis = connect(settings)
     bridge = Bridge(
         asyncio.get_running_loop(), redis, settings.uploads_path, settings.redis_timeout
     )
-    listeners = start(settings, bridge)
+    listeners = start(settings, bridge, tls)
 
     async def listening() -> None:
         for listener in listeners:
@@ -166,7 +180,12 @@ async def main(settings: DimseSettings) -> None:
 def serve(settings: DimseSettings) -> None:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     threading.excepthook = _thread_died
-    run_forever(main(settings))
+    try:
+        tls = server_context(settings) if settings.tls else None
+    except TlsUnusable as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_forever(main(settings, tls))
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:
