@@ -60,11 +60,12 @@ class Bridge:
     def store(self) -> JobStore:
         return JobStore(self.redis)
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it, at most ``timeout`` seconds."""
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for it, at most ``timeout`` seconds (by default
+        the bridge's); then it is cancelled and ``TimeoutError`` raised."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return future.result(self.timeout)
+            return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:
             future.cancel()
             raise
