@@ -269,7 +269,7 @@ class Listener(ThreadedAssociationServer):
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, abort every association still established (A-ABORT), and after
-        ``grace`` seconds close every connection still open."""
+        ``grace`` seconds close every connection still open, a TLS handshake's too."""
         self.shutdown()
         for assoc in self.active_associations:
             if assoc.is_established:

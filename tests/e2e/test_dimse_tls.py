@@ -8,6 +8,7 @@ pynetdicom (``tls_args``) and, when Debian's build has TLS, dcmtk's echoscu and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
@@ -208,14 +210,14 @@ def _dimse_jobs(system: System, calling_ae: str, count: int, seconds: float = 30
 # -- the service alone: TLS only, and the errors that stop it at start -------------------------
 
 
-def _service(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+def _service(tmp_path: Path, http_port: int = 0, /, **env: str) -> subprocess.Popen[str]:
     """dimse-service as a process of its own (no Redis: C-ECHO and start-up need none)."""
     variables = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DIMSE_")},
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "UPLOADS_PATH": str(tmp_path / "uploads"),
         "ARCHIVE_PATH": str(tmp_path / "archive"),
-        "DIMSE_HTTP_PORT": str(free_port()),
+        "DIMSE_HTTP_PORT": str(http_port or free_port()),
         "LOG_FORMAT": "json",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "dimse-service")]),
         **env,
@@ -230,17 +232,33 @@ def _service(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def _wait_healthy(service: subprocess.Popen[str], http_port: int, seconds: float = 30) -> None:
+    """Until /health answers: the service runs, its SIGTERM handling in place."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert service.poll() is None, "the service ended"
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the service never answered /health"
+        time.sleep(0.1)
+
+
 def test_tls_only_when_the_plain_port_is_0(tmp_path: Path, pki: Pki) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     service = _service(
         tmp_path,
+        http_port,
         DIMSE_PORT="0",
         DIMSE_TLS_PORT=str(port),
         DIMSE_TLS_CERT_FILE=str(pki.server_cert),
         DIMSE_TLS_KEY_FILE=str(pki.server_key),
     )
     try:
-        assert listening(port, 30), "the TLS port never listened"
+        _wait_healthy(service, http_port)
+        assert listening(port, 1), "the TLS port does not listen"
         assoc = associate(port, client_context(pki))  # no CA file: no client certificate asked
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0x0000
@@ -251,6 +269,60 @@ def test_tls_only_when_the_plain_port_is_0(tmp_path: Path, pki: Pki) -> None:
     assert service.returncode == 0, output
     listeners = [r for r in log_records(output) if r.get("event") == "dimse.listening"]
     assert [(r["port"], r["tls"]) for r in listeners] == [(port, True)]
+
+
+def test_a_stop_is_prompt_whatever_the_peers_do(tmp_path: Path, pki: Pki) -> None:
+    """SIGTERM with an idle association, one stalled in the middle of a PDU and a TLS peer
+    stalled in its handshake: the service aborts the association and ends at once, not after
+    the read timeout (30 s here), nor never (pynetdicom's threads would wait for ever)."""
+    plain, port, http_port = free_port(), free_port(), free_port()
+    service = _service(
+        tmp_path,
+        http_port,
+        DIMSE_PORT=str(plain),
+        DIMSE_TLS_PORT=str(port),
+        DIMSE_TLS_CERT_FILE=str(pki.server_cert),
+        DIMSE_TLS_KEY_FILE=str(pki.server_key),
+    )
+    peers: list[socket.socket] = []
+    try:
+        _wait_healthy(service, http_port)
+        idle = associate(plain, None, calling="IDLE")
+        assert idle.is_established
+        stalled = associate(plain, None, calling="STALLED")
+        assert stalled.is_established
+        assert stalled.dul.socket is not None
+        assert stalled.dul.socket.socket is not None
+        stalled.dul.socket.socket.sendall(b"\x04\x00\x00")  # half a P-DATA-TF header
+        peers.append(_stalled_in_handshake(port, pki))
+        started = time.monotonic()
+        service.terminate()
+        output, _ = service.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        for peer in peers:
+            peer.close()
+        if service.poll() is None:
+            service.kill()
+    assert service.returncode == 0, output
+    assert took < 10, f"the service took {took:.1f}s to stop"
+    deadline = time.monotonic() + 10
+    while not idle.is_aborted:
+        assert time.monotonic() < deadline, "the idle association was not aborted"
+        time.sleep(0.05)
+
+
+def _stalled_in_handshake(port: int, pki: Pki) -> socket.socket:
+    """A connection whose TLS handshake the service has begun (its ServerHello came back)
+    and that says nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(pki).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    sock.sendall(outgoing.read())  # ClientHello
+    assert sock.recv(5), "no ServerHello"
+    return sock
 
 
 @pytest.mark.parametrize(
