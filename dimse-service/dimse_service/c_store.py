@@ -13,9 +13,9 @@ the pipeline recognises as a duplicate).
 
 Status codes (PS3.4 B.2.3): 0x0000 success (also for bytes already archived: the pipeline
 settles it as a duplicate); 0xA700 out of resources, the uploads folder is full; 0xA701 out of
-resources, the queue (Redis) is unreachable or did not answer within DIMSE_REDIS_TIMEOUT
-(twice that with the settling); 0xC000 cannot understand (the dataset could not be written as a
-file).
+resources, the queue (Redis) is unreachable or did not answer within DIMSE_REDIS_TIMEOUT (half
+of it for the transaction, half for settling it); 0xC000 cannot understand (the dataset could
+not be written as a file).
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ def handle_store(event: Event, bridge: Bridge) -> int:
     received = intake.received(
         upload_id, path, hashlib.sha256(data).hexdigest(), len(data), origin_of(event)
     )
-    queued = intake.queue(bridge.store, [received], transaction_timeout=bridge.timeout)
+    # half the time for the transaction, half for settling it should its answer not come
+    queued = intake.queue(bridge.store, [received], transaction_timeout=bridge.timeout / 2)
     try:
-        bridge.call(queued, timeout=2 * bridge.timeout + 1)  # the transaction, its settling
+        bridge.call(queued, timeout=bridge.timeout + 1)
     except (QueueOutcomeUnknown, TimeoutError) as exc:
         log.warning("dimse.store.queue_unsure", upload_id=str(upload_id), error=type(exc).__name__)
         return QUEUE_DOWN  # the file stays: its job may exist

@@ -89,7 +89,7 @@ async def test_c_store_whose_queue_answer_comes_late_keeps_its_file_and_succeeds
         client = Redis.from_url(proxy.url, decode_responses=True)
         try:
             proxy.hold(b"EXEC", "replies")
-            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 0.5), data)
+            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 1), data)
         finally:
             await client.aclose()
     assert status == 0x0000
@@ -109,7 +109,7 @@ async def test_c_store_whose_transaction_arrives_late_keeps_nothing_and_it_never
         client = Redis.from_url(proxy.url, decode_responses=True)
         try:
             proxy.hold(b"EXEC", "request")
-            bridge = Bridge(asyncio.get_running_loop(), client, tmp_path, 0.5)
+            bridge = Bridge(asyncio.get_running_loop(), client, tmp_path, 1)
             status = await _store(bridge, ct_slice(0, rows=16, columns=16))
             late = await proxy.late()
         finally:
@@ -133,7 +133,7 @@ async def test_c_store_whose_outcome_cannot_be_known_keeps_the_file(
         client = Redis.from_url(proxy.url, decode_responses=True)
         try:
             proxy.hold(b"EXEC", "replies", every_connection=True)
-            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 0.5), data)
+            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 1), data)
         finally:
             await client.aclose()
     assert status == 0xA701
