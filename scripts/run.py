@@ -212,6 +212,8 @@ def main() -> None:
             label = s.name if s.replica == 0 else f"{s.name}.{s.replica}"
             say(f"  {label:<12} http://127.0.0.1:{s.port}/health  pid {s.proc.pid}")  # type: ignore[union-attr]
         say(f"  {'dimse':<12} DICOM on port {env.get('DIMSE_PORT', '11112')}")
+        if env.get("DIMSE_TLS_CERT_FILE"):
+            say(f"  {'dimse':<12} DICOM TLS on port {env.get('DIMSE_TLS_PORT', '2762')}")
         say("Ctrl-C stops everything")
     try:
         while not stopping:

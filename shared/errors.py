@@ -97,6 +97,11 @@ class ServiceUnavailable(AppError):
     status, code = 503, "service-unavailable"
 
 
+class QueueOutcomeUnknown(ServiceUnavailable):
+    """The queue (Redis) never said whether a job was created, and could not be asked again:
+    it may exist, so the files it refers to are kept (``shared.intake.queue``)."""
+
+
 class InsufficientStorage(AppError):
     status, code = 507, "insufficient-storage"
 

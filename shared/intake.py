@@ -10,8 +10,10 @@ transaction, all the files of a request or none. Nothing here is HTTP's or DIMSE
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -21,16 +23,29 @@ from shared import audit, catalog
 from shared import redis_names as names
 from shared.audit import Caller
 from shared.bus import REDIS_DOWN, add_event
-from shared.errors import ServiceUnavailable
+from shared.errors import QueueOutcomeUnknown, ServiceUnavailable
 from shared.events import AnyEvent, FileReceived, FileRef, Origin
 from shared.files import sha256_of
 from shared.jobs import JobStore
+from shared.lua import Lua
+
+SETTLE_TIMEOUT_S = 10.0  # how long settling an unanswered transaction may take, by default
+FENCE_LIFETIME_S = 86_400
+_SETTLE = Lua.of("shared", "job_scripts/settle.lua")
+_NOTHING_ACCEPTED = "the queue (Redis) is unreachable; nothing was accepted, send the file again"
+
+
+@dataclass
+class _Attempt:
+    taken: set[UUID] = field(default_factory=set)
+    sent: bool = False  # the transaction (MULTI ... EXEC) may have gone out
 
 
 async def queue(
     store: JobStore,
     events: Sequence[AnyEvent],
     batch: tuple[str, str | None] | None = None,
+    transaction_timeout: float | None = None,
     by: Caller | None = None,
 ) -> set[UUID]:
     """Create each job, queue its event, file it and record it in the audit trail, in one
@@ -40,38 +55,99 @@ async def queue(
     request) is not queued: its upload id is returned, for the caller to refuse it.
     ``batch`` is (batch id, user id) when the files are one batch. ``by``: who sent them (it
     goes into each job's origin); without it, the origin says (a DIMSE peer's AE title).
+    ``transaction_timeout``
+    bounds the transaction (else the Redis client's own timeouts do); settling it, below, may
+    take as long again (``SETTLE_TIMEOUT_S`` without one).
+
+    A transaction sent but not answered (a timeout, the connection lost) may have run, or may
+    still reach Redis later: it is settled before anything is said (``settle.lua``). If its
+    first job exists, it ran, and this returns as if it had answered. If not, the settling sets
+    a key the transaction watches, so it never will run, and ``ServiceUnavailable`` says
+    nothing was accepted (the caller removes the files), as when Redis cannot be reached at
+    all. If Redis cannot be asked either, ``QueueOutcomeUnknown``: the jobs may exist, so the
+    caller keeps the files; the late transaction, or the gateway's recovery of files without
+    a job (``api_gateway.recovery``), makes them jobs.
     """
+    if not events:
+        return set()
     events = [_sent_by(e, by) for e in events] if by else list(events)
+    while True:
+        attempt = _Attempt()
+        try:
+            async with asyncio.timeout(transaction_timeout):
+                return await _transaction(store, events, batch, attempt, by)
+        except WatchError as exc:
+            if not isinstance(exc.__context__, REDIS_DOWN):
+                continue  # a watched label changed meanwhile: look again
+            if not attempt.sent:
+                raise ServiceUnavailable(_NOTHING_ACCEPTED) from None
+        except TimeoutError:
+            if not attempt.sent:
+                raise ServiceUnavailable(_NOTHING_ACCEPTED) from None
+        except REDIS_DOWN:
+            raise ServiceUnavailable(_NOTHING_ACCEPTED) from None
+        if await _settle(store, events, attempt, transaction_timeout or SETTLE_TIMEOUT_S):
+            return attempt.taken
+        raise ServiceUnavailable(_NOTHING_ACCEPTED)
+
+
+async def _transaction(
+    store: JobStore,
+    events: Sequence[AnyEvent],
+    batch: tuple[str, str | None] | None,
+    attempt: _Attempt,
+    by: Caller | None,
+) -> set[UUID]:
+    """One try: watch the fence (and the labels), then MULTI ... EXEC."""
     labelled = [e for e in events if isinstance(e, FileReceived) and e.origin and e.origin.label]
+    async with store.redis.pipeline(transaction=True) as pipe:
+        fence = names.intake_fence_key(events[0].upload_id)
+        await pipe.watch(fence, *{names.label_key(_label(e)) for e in labelled})
+        if labelled:
+            attempt.taken = await _taken(pipe, labelled)
+        pipe.multi()
+        for event in events:
+            if event.upload_id in attempt.taken:
+                continue
+            await store.queue_create(pipe, event)
+            add_event(pipe, event)
+            audit.queue(pipe, _audit_entry(event, by))
+            if isinstance(event, FileReceived):
+                catalog.queue_file(pipe, event)
+        if batch is not None:
+            batch_id, user_id = batch
+            total = len(events) - len(attempt.taken)
+            catalog.queue_batch(pipe, batch_id, user_id, total, events[0].occurred_at)
+        attempt.sent = True
+        await pipe.execute()
+    return attempt.taken
+
+
+async def _settle(
+    store: JobStore, events: Sequence[AnyEvent], attempt: _Attempt, within: float
+) -> bool:
+    """Whether the unanswered transaction ran; if it did not, it never will (the fence).
+    ``QueueOutcomeUnknown`` when Redis does not answer this either."""
+    created = [e for e in events if e.upload_id not in attempt.taken]
+    if not created:
+        return False  # it would have created no job: nothing refers to a file either way
     try:
-        async with store.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    taken: set[UUID] = set()
-                    if labelled:
-                        await pipe.watch(*{names.label_key(_label(e)) for e in labelled})
-                        taken = await _taken(pipe, labelled)
-                        pipe.multi()
-                    for event in events:
-                        if event.upload_id in taken:
-                            continue
-                        await store.queue_create(pipe, event)
-                        add_event(pipe, event)
-                        audit.queue(pipe, _audit_entry(event, by))
-                        if isinstance(event, FileReceived):
-                            catalog.queue_file(pipe, event)
-                    if batch is not None and events:
-                        batch_id, user_id = batch
-                        total = len(events) - len(taken)
-                        catalog.queue_batch(pipe, batch_id, user_id, total, events[0].occurred_at)
-                    await pipe.execute()
-                    return taken
-                except WatchError:
-                    continue  # someone filed under the same label meanwhile: look again
-    except REDIS_DOWN:
-        raise ServiceUnavailable(
-            "the queue (Redis) is unreachable; nothing was accepted, send the file again"
+        async with asyncio.timeout(within):
+            ran = await _SETTLE(
+                keys=[
+                    names.status_key(created[0].upload_id),
+                    names.intake_fence_key(events[0].upload_id),
+                ],
+                args=[FENCE_LIFETIME_S],
+                client=store.redis,
+            )
+    except (TimeoutError, *REDIS_DOWN):
+        raise QueueOutcomeUnknown(
+            "the queue (Redis) did not say whether the file was accepted: it is kept, and "
+            "becomes a job once Redis answers; sending it again is safe (a duplicate is "
+            "recognised)"
         ) from None
+    return bool(ran)
 
 
 def _sent_by(event: AnyEvent, by: Caller) -> AnyEvent:

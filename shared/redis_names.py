@@ -91,6 +91,12 @@ def label_key(label: str) -> str:
     return f"dcm:labels:{label}"
 
 
+def intake_fence_key(upload_id: UUID | str) -> str:
+    """Set (for a day) only when an intake whose transaction went unanswered was settled as not
+    done: the transaction watches it, so should it still arrive, it does nothing."""
+    return f"dcm:intake-fences:{upload_id}"
+
+
 def user_uploads_key(user_id: str) -> str:
     """Sorted set of a user's upload ids, scored by time."""
     return f"dcm:users:{user_id}:uploads"

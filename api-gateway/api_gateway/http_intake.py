@@ -25,6 +25,7 @@ from shared.errors import (
     BadRequest,
     FileTooLarge,
     InsufficientStorage,
+    QueueOutcomeUnknown,
     ServiceUnavailable,
 )
 from shared.events import FileReceived, Origin
@@ -87,9 +88,14 @@ async def screen(
 def undone_on_failure(undo: Callable[[], None]) -> Iterator[None]:
     """Run the taking in of a request's files; if it fails, ``undo`` (drop what was written)
     and answer as every upload route does, counted: a client that went away is a 400, a full
-    disk a 507, another storage error a 503, and an AppError as it is."""
+    disk a 507, another storage error a 503, and an AppError as it is. When the queue could
+    not say whether the files were taken (``QueueOutcomeUnknown``, a 503), they are kept:
+    their jobs may exist."""
     try:
         yield
+    except QueueOutcomeUnknown as exc:
+        metrics.UPLOADS.labels(exc.code).inc()
+        raise
     except ClientDisconnect:
         undo()
         metrics.UPLOADS.labels("aborted").inc()

@@ -5,12 +5,17 @@ pynetdicom builds for them become a PS3.10 file on the uploads volume, written u
 name, fsynced and renamed; then the same intake as HTTP (``shared.intake``) creates the job and
 queues ``file.received`` in one Redis transaction, on the service's event loop, before the
 success status goes back. A file whose job could not be created is removed: nothing is kept
-that the pipeline does not know about.
+that the pipeline does not know about. A transaction that went unanswered is settled by the
+intake before anything is decided: one that did run keeps its file and answers success (its
+job would otherwise fail on a file that is gone); only when Redis cannot say is the file kept
+and 0xA701 answered, the job being made when Redis answers (or by the sender's retry, which
+the pipeline recognises as a duplicate).
 
 Status codes (PS3.4 B.2.3): 0x0000 success (also for bytes already archived: the pipeline
 settles it as a duplicate); 0xA700 out of resources, the uploads folder is full; 0xA701 out of
-resources, the queue (Redis) is unreachable; 0xC000 cannot understand (the dataset could not be
-written as a file).
+resources, the queue (Redis) is unreachable or did not answer within DIMSE_REDIS_TIMEOUT (half
+of it for the transaction, half for settling it); 0xC000 cannot understand (the dataset could
+not be written as a file).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from uuid import uuid4
 import structlog
 
 from shared import intake
-from shared.errors import ServiceUnavailable
+from shared.errors import QueueOutcomeUnknown, ServiceUnavailable
 from shared.events import Origin
 from shared.files import atomic_file
 
@@ -71,9 +76,14 @@ def handle_store(event: Event, bridge: Bridge) -> int:
     received = intake.received(
         upload_id, path, hashlib.sha256(data).hexdigest(), len(data), origin_of(event)
     )
+    # half the time for the transaction, half for settling it should its answer not come
+    queued = intake.queue(bridge.store, [received], transaction_timeout=bridge.timeout / 2)
     try:
-        bridge.call(intake.queue(bridge.store, [received]))
-    except (ServiceUnavailable, TimeoutError) as exc:
+        bridge.call(queued, timeout=bridge.timeout + 1)
+    except (QueueOutcomeUnknown, TimeoutError) as exc:
+        log.warning("dimse.store.queue_unsure", upload_id=str(upload_id), error=type(exc).__name__)
+        return QUEUE_DOWN  # the file stays: its job may exist
+    except ServiceUnavailable as exc:
         path.unlink(missing_ok=True)
         log.warning("dimse.store.queue_unreachable", error=type(exc).__name__)
         return QUEUE_DOWN

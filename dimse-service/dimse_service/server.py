@@ -1,19 +1,24 @@
 """The DIMSE listener's life: a pynetdicom Application Entity beside the HTTP probes.
 
-The AE (PS3.7, PS3.8) listens on ``DIMSE_BIND:DIMSE_PORT`` with its own AE title and accepts
-Verification (C-ECHO), every storage SOP class (C-STORE, ``c_store``) in every transfer syntax
-pynetdicom knows, and Study Root Query/Retrieve - FIND (C-FIND, ``c_find``). pynetdicom runs
-its handlers in a thread per association; they reach Redis only through ``Bridge.call``, which
-runs a coroutine on the service's event loop (``asyncio.run_coroutine_threadsafe``), never the
-loop's objects directly. Associations are logged with the calling AE title, the peer's address
-and the outcome, never with patient data.
+The AE (PS3.7, PS3.8) listens on ``DIMSE_BIND:DIMSE_PORT`` and, given a certificate and its
+key, over TLS on ``DIMSE_TLS_PORT`` (``tls``); each port is a ``listener.Listener``, which
+guards its connections against peers that stall or send what is not DICOM. It has its
+own AE title and accepts Verification (C-ECHO), every storage SOP class (C-STORE, ``c_store``)
+in every transfer syntax pynetdicom knows, and Study Root Query/Retrieve - FIND (C-FIND,
+``c_find``). pynetdicom runs its handlers in a thread per association; they reach Redis only
+through ``Bridge.call``, which runs a coroutine on the service's event loop
+(``asyncio.run_coroutine_threadsafe``), never the loop's objects directly. Associations are
+logged with the calling AE title, the peer's address and the outcome, never with patient
+data; a thread of pynetdicom's that dies of an exception is logged as ``service.crashed``
+(the service goes on, that association ends).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
+import ssl
+import sys
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +31,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 from redis.asyncio import Redis
 
 from dimse_service import c_find, c_store
+from dimse_service.listener import MESSAGE_SLACK, Listener
 from dimse_service.settings import DimseSettings
+from dimse_service.tls import TlsUnusable, server_context
+from shared.errors import frames, safe_error
 from shared.jobs import JobStore
 from shared.logging import configure_logging
 from shared.service import connect, ensure_folders, run, run_forever, standard_checks, worker_app
@@ -53,11 +60,12 @@ class Bridge:
     def store(self) -> JobStore:
         return JobStore(self.redis)
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for it, at most ``timeout`` seconds."""
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for it, at most ``timeout`` seconds (by default
+        the bridge's); then it is cancelled and ``TimeoutError`` raised."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return future.result(self.timeout)
+            return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:
             future.cancel()
             raise
@@ -74,14 +82,6 @@ def _peer(event: Event) -> dict[str, str]:
         "calling_ae": str(requestor.ae_title).strip(),
         "peer": f"{requestor.address}:{requestor.port}",
     }
-
-
-def _on_open(event: Event) -> None:
-    """TCP_NODELAY on each accepted connection: small PDUs (responses) go out at once."""
-    with contextlib.suppress(Exception):
-        sock = event.assoc.dul.socket.socket  # type: ignore[union-attr]
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _outcome(outcome: str) -> Any:
@@ -107,45 +107,66 @@ def make_ae(settings: DimseSettings) -> AE:
     return ae
 
 
-def start(settings: DimseSettings, bridge: Bridge) -> ThreadedAssociationServer:
-    """Start listening (in pynetdicom's own threads); returns the server to shut down."""
+def start(
+    settings: DimseSettings, bridge: Bridge, tls: ssl.SSLContext | None = None
+) -> list[Listener]:
+    """Listen on the plain port (unless ``DIMSE_PORT`` is 0) and, with ``tls``, on the TLS
+    port, each in pynetdicom's own threads; returns the listeners to stop."""
+    ae = make_ae(settings)
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, c_store.handle_store, [bridge]),
         (evt.EVT_C_FIND, c_find.handle_find, [bridge]),
-        (evt.EVT_CONN_OPEN, _on_open),
         (evt.EVT_ACCEPTED, _outcome("accepted")),
         (evt.EVT_REJECTED, _outcome("rejected")),
         (evt.EVT_RELEASED, _outcome("released")),
         (evt.EVT_ABORTED, _outcome("aborted")),
     ]
-    server = make_ae(settings).start_server(
-        (settings.bind, settings.port),
-        block=False,
-        evt_handlers=handlers,  # type: ignore[arg-type]
+    ports: list[tuple[int, ssl.SSLContext | None]] = (
+        [(settings.port, None)] if settings.port else []
     )
-    assert server is not None
-    log.info(
-        "dimse.listening",
-        ae_title=settings.ae_title,
-        bind=settings.bind,
-        port=settings.port,
-        allowed_callers=sorted(settings.allowed_callers) or "any",
-    )
-    return server
+    if tls is not None:
+        ports.append((settings.tls_port, tls))
+    listeners = []
+    for port, context in ports:
+        listener = ae.make_server(
+            (settings.bind, port),
+            ssl_context=context,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            server_class=Listener,
+            io_timeout=settings.io_timeout,
+            max_pdu=settings.max_pdu,
+            max_message=settings.max_file_size + MESSAGE_SLACK,
+        )
+        assert isinstance(listener, Listener)
+        threading.Thread(
+            target=listener.serve_forever, name=f"dimse-listener-{port}", daemon=True
+        ).start()
+        listeners.append(listener)
+        log.info(
+            "dimse.listening",
+            ae_title=settings.ae_title,
+            bind=settings.bind,
+            port=port,
+            tls=context is not None,
+            client_certificates="required" if context and settings.tls_ca_file else None,
+            allowed_callers=sorted(settings.allowed_callers) or "any",
+        )
+    return listeners
 
 
-async def main(settings: DimseSettings) -> None:
+async def main(settings: DimseSettings, tls: ssl.SSLContext | None = None) -> None:
     ensure_folders(settings.uploads_path)
     redis = connect(settings)
     bridge = Bridge(
         asyncio.get_running_loop(), redis, settings.uploads_path, settings.redis_timeout
     )
-    server = start(settings, bridge)
+    listeners = start(settings, bridge, tls)
 
     async def listening() -> None:
-        if not server.socket or server.socket.fileno() < 0:
-            raise RuntimeError("the DIMSE listener is closed")
+        for listener in listeners:
+            if not listener.socket or listener.socket.fileno() < 0:
+                raise RuntimeError("a DIMSE listener is closed")
 
     checks = standard_checks(redis, settings, None, settings.uploads_path)
     checks["dimse"] = listening
@@ -153,13 +174,32 @@ async def main(settings: DimseSettings) -> None:
     try:
         await run(app, settings.host, settings.http_port)
     finally:
-        await asyncio.to_thread(server.shutdown)
+        await asyncio.gather(*(asyncio.to_thread(listener.stop) for listener in listeners))
         await redis.aclose()
 
 
 def serve(settings: DimseSettings) -> None:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    run_forever(main(settings))
+    threading.excepthook = _thread_died
+    try:
+        tls = server_context(settings) if settings.tls else None
+    except TlsUnusable as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_forever(main(settings, tls))
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread (pynetdicom's: an association's, its DUL's) ended with an exception: said as
+    a crash, safely (no message, no local value), where the crash checks look for it."""
+    if args.exc_type is SystemExit:
+        return
+    exc = args.exc_value
+    thread = args.thread.name if args.thread else "?"
+    if exc is None:
+        log.error("service.crashed", thread=thread, error=args.exc_type.__name__)
+        return
+    log.error("service.crashed", thread=thread, error=safe_error(exc), frames=frames(exc))
 
 
 __all__ = ["Bridge", "make_ae", "serve", "start"]

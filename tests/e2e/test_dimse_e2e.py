@@ -3,10 +3,12 @@ pynetdicom as a second client, against the pipeline running as processes."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,15 +26,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
+from redis.asyncio import Redis
+from status_service.indexes import queue_index
 
 from shared import redis_names as names
+from shared.events import StudyKeys
 from testbed.series import ct_slice, write_ct_series
 from testbed.system import System, start_system, stop_system
-from tests.support import pydicom_file
+from tests.support import dicom_ids, pydicom_file
 
 pytestmark = pytest.mark.e2e
 DCMTK = all(shutil.which(tool) for tool in ("echoscu", "storescu", "findscu"))
-ALLOWED = "STORESCU,FINDSCU,ECHOSCU,PYCLIENT,ABORTER"
+ALLOWED = "STORESCU,FINDSCU,ECHOSCU,PYCLIENT,ABORTER,CANCELLER"
 # pydicom's compressed test files, and the storescu option that proposes each one's syntax
 COMPRESSED = {"JPEG2000.dcm": "-xw", "MR_small_RLE.dcm": "-xr", "SC_rgb_jpeg_dcmtk.dcm": "-xy"}
 
@@ -227,3 +232,51 @@ def test_abort_mid_dataset_keeps_nothing_and_service_stays_up(system: System) ->
     after.release()
     with system.client("dimse") as c:
         assert c.get("/ready").status_code == 200
+
+
+def test_c_cancel_stops_a_c_find_with_status_cancel(system: System) -> None:
+    """A C-FIND matching 2500 instances (three pages of the query), cancelled after its first
+    answer: the last answer is Cancel (0xFE00), most matches never sent, and the association
+    still serves a C-FIND after it."""
+    study, series = "1.2.826.0.1.3680043.10.1111.1", "1.2.826.0.1.3680043.10.1111.1.1"
+    total = 2500
+    asyncio.run(_index_instances(system, study, series, total))
+    ae = AE(ae_title="CANCELLER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", system.dimse_port, ae_title="DICOMFLOW")
+    assert assoc.is_established
+    try:
+        [context] = assoc.accepted_contexts
+        query = Dataset()
+        query.QueryRetrieveLevel, query.StudyInstanceUID, query.SOPInstanceUID = "IMAGE", study, ""
+        pending, statuses = 0, []
+        for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, 7):
+            statuses.append(int(status.Status))
+            if status.Status == 0xFF00:
+                pending += 1
+                if pending == 1:
+                    assoc.send_c_cancel(7, context.context_id)
+        assert statuses[-1] == 0xFE00, hex(statuses[-1])
+        assert set(statuses[:-1]) == {0xFF00}
+        assert pending < total
+        again = Dataset()
+        again.QueryRetrieveLevel, again.StudyInstanceUID = "STUDY", study
+        answers = list(assoc.send_c_find(again, StudyRootQueryRetrieveInformationModelFind))
+        assert [int(s.Status) for s, _ in answers] == [0xFF00, 0x0000]
+    finally:
+        assoc.release()
+
+
+async def _index_instances(system: System, study: str, series: str, count: int) -> None:
+    """``count`` instances of one series in the search indexes, as the status service files
+    archived ones (``queue_index``), without sending each through the pipeline."""
+    client = Redis.from_url(system.redis.url)
+    keys = StudyKeys(patient_id="CANCEL-1", study_date="20240101")
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for number in range(1, count + 1):
+                ids = dicom_ids(study_uid=study, series_uid=series, sop_uid=f"{series}.{number}")
+                await queue_index(pipe, uuid.uuid4(), ids, keys)
+            await pipe.execute()
+    finally:
+        await client.aclose()

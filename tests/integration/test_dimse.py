@@ -1,5 +1,6 @@
 """dimse-service's handlers against a real Redis: C-STORE keeps a file only with its job and
-answers the PS3.4 status for a full disk or an unreachable queue; C-FIND's identifier reading."""
+answers the PS3.4 status for a full disk or an unreachable queue, also when the queue's answer
+comes late (a proxy holds it back); C-FIND's identifier reading."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from redis.asyncio import Redis
 
+from shared import redis_names as names
 from shared.errors import BadRequest
 from shared.jobs import JobStore
 from testbed.processes import free_port
 from testbed.series import ct_slice
+from tests.redis_proxy import HoldingProxy
 
 
 def _event(data: bytes) -> Any:
@@ -70,6 +73,73 @@ async def test_c_store_with_redis_unreachable_is_a701_and_keeps_nothing(tmp_path
         assert list(tmp_path.iterdir()) == []
     finally:
         await down.aclose()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def test_c_store_whose_queue_answer_comes_late_keeps_its_file_and_succeeds(
+    redis: Redis, flushed_redis: str, tmp_path: Path
+) -> None:
+    """The transaction ran, its answer came after DIMSE_REDIS_TIMEOUT: the job exists, so its
+    file must too (removing it would fail the job later), and the sender hears success."""
+    data = ct_slice(0, rows=16, columns=16)
+    async with HoldingProxy(_port(flushed_redis)) as proxy:
+        client = Redis.from_url(proxy.url, decode_responses=True)
+        try:
+            proxy.hold(b"EXEC", "replies")
+            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 1), data)
+        finally:
+            await client.aclose()
+    assert status == 0x0000
+    [path] = list(tmp_path.iterdir())
+    assert path.read_bytes() == data
+    job = await JobStore(redis).read(UUID(path.stem))
+    assert job is not None
+    assert job.status == "accepted"
+
+
+async def test_c_store_whose_transaction_arrives_late_keeps_nothing_and_it_never_runs(
+    redis: Redis, flushed_redis: str, tmp_path: Path
+) -> None:
+    """The transaction had not reached Redis when the time was up: settled as not done, the
+    file goes and 0xA701 is answered; when it does reach Redis, it runs nothing (the fence)."""
+    async with HoldingProxy(_port(flushed_redis)) as proxy:
+        client = Redis.from_url(proxy.url, decode_responses=True)
+        try:
+            proxy.hold(b"EXEC", "request")
+            bridge = Bridge(asyncio.get_running_loop(), client, tmp_path, 1)
+            status = await _store(bridge, ct_slice(0, rows=16, columns=16))
+            late = await proxy.late()
+        finally:
+            await client.aclose()
+    assert status == 0xA701
+    assert list(tmp_path.iterdir()) == []
+    # MULTI's +OK, each command +QUEUED, then EXEC: nil (RESP2 *-1, RESP3 _), a watched key
+    # changed, nothing ran
+    assert late.startswith(b"+OK\r\n+QUEUED\r\n")
+    assert late.endswith((b"\r\n*-1\r\n", b"\r\n_\r\n"))
+    assert await redis.zcard(names.JOBS_BY_TIME) == 0
+
+
+async def test_c_store_whose_outcome_cannot_be_known_keeps_the_file(
+    redis: Redis, flushed_redis: str, tmp_path: Path
+) -> None:
+    """Neither the transaction nor the question whether it ran is answered: 0xA701, and the
+    file is kept, since its job may exist (here it does: the transaction ran)."""
+    data = ct_slice(0, rows=16, columns=16)
+    async with HoldingProxy(_port(flushed_redis)) as proxy:
+        client = Redis.from_url(proxy.url, decode_responses=True)
+        try:
+            proxy.hold(b"EXEC", "replies", every_connection=True)
+            status = await _store(Bridge(asyncio.get_running_loop(), client, tmp_path, 1), data)
+        finally:
+            await client.aclose()
+    assert status == 0xA701
+    [path] = list(tmp_path.iterdir())
+    assert path.read_bytes() == data
+    assert await JobStore(redis).read(UUID(path.stem)) is not None
 
 
 def test_c_find_identifier_reads_matching_and_return_keys() -> None:

@@ -75,8 +75,8 @@ def test_each_pipeline_service_runs_a_real_module_as_non_root_on_its_port(
     assert f"http://127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
     if name == "api-gateway":
         assert f"{port}:{port}" in service["ports"]
-    elif name == "dimse-service":  # one listener; its DICOM port, on the host's loopback only
-        assert service["ports"] == ["127.0.0.1:11112:11112"]
+    elif name == "dimse-service":  # one listener; DICOM and DICOM TLS, on the host's loopback
+        assert service["ports"] == ["127.0.0.1:11112:11112", "127.0.0.1:2762:2762"]
         assert str(port) in service["expose"]
         assert "replicas" not in service.get("deploy", {})
     else:  # a worker scales out: its replicas would collide on a published host port
