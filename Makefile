@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint fmt clean emulators viewer
+.PHONY: run test test-fast bench soak lint fmt clean emulators viewer
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: $(STAMP)  ## unit tests only
 
 bench: $(STAMP)  ## throughput, latency and memory table
 	$(PY) bench/bench.py
+
+soak: $(STAMP)  ## 1,000 uploads while services are SIGKILLed every 2 s and Redis once
+	$(PY) bench/soak.py
 
 PACKAGES := shared api-gateway/api_gateway validator-service/validator_service \
 	descriptor-service/descriptor_service uploader-service/uploader_service \
