@@ -151,7 +151,7 @@ async def main(settings: DimseSettings) -> None:
     checks["dimse"] = listening
     app = worker_app(SERVICE, checks)
     try:
-        await run(app, settings.host, settings.http_port)
+        await run(app, settings, settings.http_port)
     finally:
         await asyncio.to_thread(server.shutdown)
         await redis.aclose()
