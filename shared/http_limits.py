@@ -129,7 +129,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().data_received(data)
         if self._head_bytes is None or self.transport.is_closing():
             return
-        self._head_bytes += len(data)  # at most one read more than the head: bytes before it
+        # counted after the parser took them: a read that ended an earlier (pipelined) request
+        # and began this head counts whole, at most one read more than the head itself
+        self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes or len(self.headers) > self.max_headers:
             self._refuse(self._too_large())
 
@@ -145,7 +147,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         """The app of a request whose head came whole and too large: a 431, and close."""
         error = self._too_large()
         metrics.HTTP_CUT_SHORT.labels(error.code).inc()
-        log.info("http.refused", status=error.status, reason=error.code)
+        log.info("http.refused", status=error.status, reason=error.code, client=self._address())
         body = problems.encoded(error, str(scope.get("path", "")) or None)
         await send(
             {
@@ -160,11 +162,15 @@ class GuardedHttpTools(HttpToolsProtocol):
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
+    def _address(self) -> str | None:
+        """The client's address, for the log (an address, as the audit trail keeps, no data)."""
+        return self.client[0] if self.client else None
+
     def _refuse(self, error: AppError) -> None:
         """Answer ``error`` and end the connection; with the answer to an earlier request under
         way (pipelining), end the connection after that answer instead."""
         metrics.HTTP_CUT_SHORT.labels(error.code).inc()
-        log.info("http.refused", status=error.status, reason=error.code)
+        log.info("http.refused", status=error.status, reason=error.code, client=self._address())
         self._disarm()
         self._head_bytes = None
         if self.cycle is not None and not self.cycle.response_complete:

@@ -63,7 +63,14 @@ class BodyDeadline:
             except TimeoutError:
                 timed_out = True
                 metrics.HTTP_CUT_SHORT.labels("body-timeout").inc()
-                log.info("http.refused", status=408, reason="body-timeout", received=received)
+                client = scope.get("client")
+                log.info(
+                    "http.refused",
+                    status=408,
+                    reason="body-timeout",
+                    received=received,
+                    client=client[0] if client else None,
+                )
                 return GONE
             finally:
                 waited += time.monotonic() - began
