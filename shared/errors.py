@@ -77,12 +77,24 @@ class NotRenderable(AppError):
     status, code = 422, "not-renderable"
 
 
+class RequestTimeout(AppError):
+    """A request's headers or body stopped coming in time (``shared.http_limits``)."""
+
+    status, code = 408, "request-timeout"
+
+
 class FileTooLarge(AppError):
     status, code = 413, "file-too-large"
 
 
 class UnsupportedMediaType(AppError):
     status, code = 415, "unsupported-media-type"
+
+
+class HeaderFieldsTooLarge(AppError):
+    """A request head over HTTP_MAX_HEADER_BYTES or HTTP_MAX_HEADERS (RFC 6585 §5)."""
+
+    status, code = 431, "header-fields-too-large"
 
 
 class NotConfigured(AppError):

@@ -20,6 +20,12 @@ UPLOADS = Counter(
     "Files offered to the gateway, by outcome (accepted, too-large, aborted, ...).",
     ["outcome"],
 )
+HTTP_CUT_SHORT = Counter(
+    "dicomflow_http_cut_short_total",
+    "Connections and requests the HTTP limits ended, by reason (header-timeout, "
+    "header-fields-too-large, body-timeout, idle, unread-body).",
+    ["reason"],
+)
 UPLOAD_BYTES = Counter("dicomflow_upload_bytes_total", "Bytes of accepted uploads.")
 OUTCOMES = Counter(
     "dicomflow_outcomes_total",

@@ -6,6 +6,8 @@ response; anything unexpected becomes a bare 500 problem with no trace and no da
 
 from __future__ import annotations
 
+import json
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +19,30 @@ from shared.errors import AppError, frames, safe_error
 log = structlog.get_logger()
 
 
+MEDIA_TYPE = "application/problem+json"
+
+
+def document(
+    status: int, code: str, detail: str | None, instance: str | None, **extra: object
+) -> dict[str, object]:
+    """The problem document: its type and title from our code, the status, what went wrong."""
+    return {
+        "type": f"/problems/{code}",
+        "title": code.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+
+
+def encoded(exc: AppError, instance: str | None = None) -> bytes:
+    """An error's problem document as the bytes of a body, for answers made below FastAPI (the
+    HTTP server's own refusals, an ASGI middleware's)."""
+    body = document(exc.status, exc.code, str(exc) or None, instance, **exc.extra)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _body(
     request: Request,
     status: int,
@@ -25,15 +51,8 @@ def _body(
     headers: dict[str, str] | None = None,
     **extra: object,
 ) -> JSONResponse:
-    body = {
-        "type": f"/problems/{code}",
-        "title": code.replace("-", " ").capitalize(),
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        **extra,
-    }
-    return JSONResponse(body, status, headers, media_type="application/problem+json")
+    body = document(status, code, detail, request.url.path, **extra)
+    return JSONResponse(body, status, headers, media_type=MEDIA_TYPE)
 
 
 async def app_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,8 @@
 
 ``/health`` says the process answers; ``/ready`` says Redis answers, the service's consumer
 groups exist and its folders are writable; ``/metrics`` is Prometheus text. ``run`` serves the
-HTTP app and the worker loops in one event loop and stops them together on SIGTERM/SIGINT.
+HTTP app (within ``http_limits``) and the worker loops in one event loop and stops them together
+on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from redis.asyncio import Redis
 from shared import redis_names as names
 from shared.bus import Bus
 from shared.errors import frames, safe_error
+from shared.http_limits import raise_open_file_limit, server_config
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -157,19 +159,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def run(app: FastAPI, host: str, port: int, *work: Coroutine[Any, Any, None]) -> None:
-    """Serve ``app`` and run ``work`` until SIGTERM/SIGINT, or until the work fails."""
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
-    )
+async def run(
+    app: FastAPI, settings: ServiceSettings, port: int, *work: Coroutine[Any, Any, None]
+) -> None:
+    """Serve ``app`` on ``settings.host``:``port`` within the HTTP limits (``http_limits``) and
+    run ``work`` until SIGTERM/SIGINT, or until the work fails."""
+    raise_open_file_limit(settings.http_max_connections)
+    server = _Server(server_config(app, settings, port))
     app.state.stopping = asyncio.Event()  # open streams (SSE, long-polls) end when it is set
     tasks = [asyncio.create_task(coro) for coro in work]
     serving = asyncio.create_task(server.serve())
@@ -216,7 +212,7 @@ def serve_worker(
     ensure_folders(*folders)
     redis = connect(settings)
     app = worker_app(service, standard_checks(redis, settings, group, *folders))
-    run_forever(run(app, settings.host, port, work(make_bus(redis, settings))))
+    run_forever(run(app, settings, port, work(make_bus(redis, settings))))
 
 
 def run_forever(main: Coroutine[Any, Any, None]) -> None:

@@ -41,6 +41,15 @@ class ServiceSettings(BaseSettings):
     # worked through after; each stage names its own (VALIDATOR_NICE, ...)
     worker_nice: int = Field(0, ge=0, le=19)
 
+    # what one HTTP client may take from a service's port (shared/http_limits.py): time to send
+    # a request's line and headers, their size, connections (past it: 503), idle keep-alive
+    http_header_timeout_s: float = Field(10.0, gt=0, le=300, alias="HTTP_HEADER_TIMEOUT_S")
+    http_max_header_bytes: int = Field(64 * 1024, ge=4096, alias="HTTP_MAX_HEADER_BYTES")
+    http_max_headers: int = Field(100, ge=16, alias="HTTP_MAX_HEADERS")
+    http_max_connections: int = Field(1000, ge=1, alias="HTTP_MAX_CONNECTIONS")
+    http_backlog: int = Field(2048, ge=1, alias="HTTP_BACKLOG")
+    http_keep_alive_s: int = Field(5, ge=1, le=300, alias="HTTP_KEEP_ALIVE_S")
+
 
 S = TypeVar("S", bound=BaseSettings)
 

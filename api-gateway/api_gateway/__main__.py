@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args:
         sys.exit(asyncio.run(manage_keys(args)))
     configure_logging("api-gateway", settings.log_level, settings.log_format)
-    run_forever(run(create_app(settings), settings.host, settings.port))
+    run_forever(run(create_app(settings), settings, settings.port))
 
 
 async def manage_keys(argv: Sequence[str]) -> int:

@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api_gateway.access import Scope, access_of, authorize, needs
 from api_gateway.auditing import AuditTrail
+from api_gateway.body_deadline import BodyDeadline
 from api_gateway.compat import cloud_jobs, dicom_file_service, study_folders, upload_service
 from api_gateway.dicomweb import qido, stow, wado
 from api_gateway.hardening import SecurityHeaders
@@ -130,6 +131,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         dependencies=[Depends(authorize)],  # each route's declared scope (api_gateway.access)
     )
     app.state.settings = settings  # read through deps.get_settings
+    # innermost of the middleware: the audit trail sees its 408, CORS and security headers
+    # are added to it
+    app.add_middleware(
+        BodyDeadline,
+        read_timeout_s=settings.http_body_read_timeout_s,
+        min_rate=settings.http_body_min_rate,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import AliasChoices, AnyHttpUrl, Field
 
 from shared.settings import ServiceSettings, load
 
@@ -31,9 +31,17 @@ class GatewaySettings(ServiceSettings):
     dimse_url: AnyHttpUrl | None = Field(None, alias="DIMSE_URL")
     max_batch_size: int = Field(512 * 1024 * 1024, gt=0, alias="MAX_BATCH_SIZE")
     deid_secret: str | None = Field(None, min_length=16, alias="DEID_SECRET")
-    # STOW-RS: how long its answer waits for the instances' validation, and for a stalled body
+    # STOW-RS: how long its answer waits for the instances' validation
     stow_validation_timeout_s: float = Field(10.0, ge=0, alias="STOW_VALIDATION_TIMEOUT_S")
-    stow_read_timeout_s: float = Field(30.0, gt=0, alias="STOW_READ_TIMEOUT_S")
+    # every route's request body (api_gateway/body_deadline.py): the longest wait for its next
+    # bytes (STOW_READ_TIMEOUT_S, its former STOW-only name, is still read), and the slowest
+    # average rate it may come at, in bytes/s past that first wait (0: any)
+    http_body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=AliasChoices("HTTP_BODY_READ_TIMEOUT_S", "STOW_READ_TIMEOUT_S"),
+    )
+    http_body_min_rate: int = Field(1024, ge=0, alias="HTTP_BODY_MIN_RATE")
     # the DICOMweb root as clients reach it (behind a proxy), for the URLs in answers
     dicomweb_public_url: AnyHttpUrl | None = Field(None, alias="DICOMWEB_PUBLIC_URL")
     # browser origins (scheme://host[:port]) allowed to call the API, comma-separated; "*" any

@@ -172,7 +172,7 @@ async def main(settings: DimseSettings, tls: ssl.SSLContext | None = None) -> No
     checks["dimse"] = listening
     app = worker_app(SERVICE, checks)
     try:
-        await run(app, settings.host, settings.http_port)
+        await run(app, settings, settings.http_port)
     finally:
         await asyncio.gather(*(asyncio.to_thread(listener.stop) for listener in listeners))
         await redis.aclose()

@@ -17,9 +17,7 @@ def main() -> None:
     configure_logging("status-service", settings.log_level, settings.log_format)
     redis = connect(settings)
     app = create_app(redis, settings)
-    run_forever(
-        run(app, settings.host, settings.port, worker.run(make_bus(redis, settings), settings))
-    )
+    run_forever(run(app, settings, settings.port, worker.run(make_bus(redis, settings), settings)))
 
 
 if __name__ == "__main__":

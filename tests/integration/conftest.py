@@ -22,6 +22,7 @@ from api_gateway.app import create_app
 from api_gateway.settings import GatewaySettings
 from fastapi import FastAPI
 
+from shared.http_limits import server_config
 from tests.support import free_port
 
 
@@ -72,16 +73,14 @@ class _Server(uvicorn.Server):
 
 
 @pytest.fixture
-async def served_gateway(gateway_app: FastAPI) -> AsyncIterator[str]:
-    """The gateway served by uvicorn on a free port, lifespan on: its base URL."""
+async def served_gateway(
+    gateway_app: FastAPI, gateway_settings: GatewaySettings
+) -> AsyncIterator[str]:
+    """The gateway served by uvicorn on a free port as every service is (``server_config``:
+    its HTTP limits from the settings), lifespan on: its base URL."""
     port = free_port()
-    config = uvicorn.Config(
-        gateway_app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=2,
+    config = server_config(
+        gateway_app, gateway_settings, port, host="127.0.0.1", timeout_graceful_shutdown=2
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve())

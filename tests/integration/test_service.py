@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from shared.logging import configure_logging
 from shared.service import run
+from shared.settings import ServiceSettings
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,7 +30,7 @@ async def test_a_crash_logs_the_frames_it_came_through_and_never_the_message(
 ) -> None:
     configure_logging("test-service", "INFO", "json")  # to the stderr captured now
     with pytest.raises(SystemExit):
-        await run(FastAPI(), "127.0.0.1", free_port(), work_that_crashes())
+        await run(FastAPI(), ServiceSettings(), free_port(), work_that_crashes())
 
     out, err = capfd.readouterr()
     lines = [json.loads(line) for line in err.splitlines()]

@@ -29,7 +29,11 @@ BOUNDARY = "stow-test-boundary"
 
 @pytest.fixture
 def gateway_env() -> dict[str, Any]:
-    return {"STOW_VALIDATION_TIMEOUT_S": 0.3, "STOW_READ_TIMEOUT_S": 0.5, "MAX_FILE_SIZE": 200_000}
+    return {
+        "STOW_VALIDATION_TIMEOUT_S": 0.3,
+        "HTTP_BODY_READ_TIMEOUT_S": 0.5,
+        "MAX_FILE_SIZE": 200_000,
+    }
 
 
 def encoded(ds: pydicom.Dataset) -> bytes:
@@ -151,7 +155,7 @@ async def test_a_body_cut_short_is_a_400_and_leaves_nothing(
     assert leftovers(uploads) == []
 
 
-async def test_a_chunked_body_that_stalls_is_a_400_and_leaves_nothing(
+async def test_a_chunked_body_that_stalls_is_a_408_and_leaves_nothing(
     served_gateway: str, uploads: Path
 ) -> None:
     first = body(encoded(ct_instances(1)[0]), close=False)  # one whole part, then nothing, ever
@@ -169,8 +173,8 @@ async def test_a_chunked_body_that_stalls_is_a_400_and_leaves_nothing(
         answer = await asyncio.wait_for(reader.read(65536), 10)
     finally:
         writer.close()
-    assert answer.startswith(b"HTTP/1.1 400 ")
-    assert b"stopped arriving" in answer
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"/problems/request-timeout" in answer
     assert leftovers(uploads) == []
 
 

@@ -16,16 +16,16 @@ the private attribute (0009,1001) of private creator ``dicomflow`` (block (0009,
 
 Status codes (PS3.18 Table 10.5.3-1): 200 every instance stored; 202 some stored, with
 failures or warnings for others; 409 none stored; 400 a malformed body (no or wrong boundary,
-a body cut short, a body that stops arriving for STOW_READ_TIMEOUT_S); 415 a Content-Type
-other than ``multipart/related; type="application/dicom"``. A request that fails as a whole
-leaves nothing written.
+a body cut short); 408 a body that stops coming (HTTP_BODY_READ_TIMEOUT_S, HTTP_BODY_MIN_RATE:
+``api_gateway.body_deadline``, as for every route); 415 a Content-Type other than
+``multipart/related; type="application/dicom"``. A request that fails as a whole leaves nothing
+written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -137,19 +137,6 @@ def boundary_of(content_type: str | None) -> bytes:
     if not boundary:
         raise BadRequest("the multipart/related Content-Type has no boundary")
     return boundary
-
-
-async def _chunks(request: Request, idle_s: float) -> AsyncIterator[bytes]:
-    """The body's chunks; a body that stops arriving for ``idle_s`` is a 400."""
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), idle_s)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise BadRequest(f"the body stopped arriving for {idle_s:g} s") from None
-        yield chunk
 
 
 def _read_uids(instance: Instance) -> None:
@@ -277,7 +264,7 @@ async def store_instances(
         receiver = StowReceiver(
             boundary, settings.uploads_path, settings.max_file_size, settings.fsync_uploads
         )
-        async for chunk in _chunks(request, settings.stow_read_timeout_s):
+        async for chunk in request.stream():  # one that stops coming: body_deadline, 408
             receiver.feed(chunk)
         files = receiver.finish()
         if not files and not receiver.refused:
@@ -318,7 +305,8 @@ async def store_instances(
 _RESPONSES: dict[int | str, dict] = {
     200: {"description": "Every instance stored (validated)", "content": {MEDIA_TYPE: {}}},
     202: {"description": "Some stored; failures or warnings (validation pending) for others"},
-    400: {"description": "A malformed body: boundary, a part cut short, a body that stalls"},
+    400: {"description": "A malformed body: no or a wrong boundary, a part cut short"},
+    408: {"description": "The body stopped coming (HTTP_BODY_READ_TIMEOUT_S); nothing kept"},
     409: {"description": "No instance stored; FailedSOPSequence says why for each"},
     415: {"description": 'Not multipart/related; type="application/dicom"'},
 }
