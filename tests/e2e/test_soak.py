@@ -23,7 +23,7 @@ from shared import redis_names as names
 from testbed.series import ct_slice
 from testbed.system import System, start_system, stop_system
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SECONDS = 45  # past the first trim (30 s after each consumer starts)
 CONCURRENCY = 8
@@ -67,9 +67,11 @@ def test_sustained_load_through_the_housekeeping_crashes_no_service(soaked: Syst
         thread.join()
 
     store = redis.Redis.from_url(system.redis.url, decode_responses=True)
-    deadline = time.monotonic() + 60
+    # the ways in take the load first and the stages behind them work it off after (README
+    # "How it keeps every upload"): on a busy machine the backlog takes a while to drain
+    deadline = time.monotonic() + 180
     while not drained(store):
-        assert time.monotonic() < deadline, "the pipeline did not drain within 60s"
+        assert time.monotonic() < deadline, "the pipeline did not drain within 180s"
         time.sleep(0.2)
     store.close()
     finals = system.wait_final(random.Random(7).sample(ids, min(100, len(ids))), seconds=30)

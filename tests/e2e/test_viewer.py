@@ -200,14 +200,19 @@ def save(page: Page, name: str, pixels: np.ndarray | None = None) -> None:
         Image.fromarray(pixels.astype(np.uint8)).save(ARTIFACTS / f"{name}-canvas.png")
 
 
-def test_ohif_lists_the_studies_draws_the_ct_and_scrolls_through_it(
-    system: System, browser: Browser, ct_study: str
-) -> None:
+def open_page(browser: Browser, system: System) -> tuple[BrowserContext, Page, Watched]:
+    """A fresh browser context on the gateway, OHIF's tour off, every answer watched."""
     context = browser.new_context(base_url=system.url(), viewport={"width": 1440, "height": 900})
     context.add_init_script(NO_TOUR)
     seen = watch(context, system.url())
     context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
+    return context, context.new_page(), seen
+
+
+def test_ohif_lists_the_studies_draws_the_ct_and_scrolls_through_it(
+    system: System, browser: Browser, ct_study: str
+) -> None:
+    context, page, seen = open_page(browser, system)
 
     # The study list: one row per study, with the patient, date, modality and instance count.
     page.goto("/viewer/")
@@ -286,11 +291,7 @@ def test_ohif_lists_the_studies_draws_the_ct_and_scrolls_through_it(
 def test_the_dashboard_opens_a_study_in_ohif(
     system: System, browser: Browser, ct_study: str
 ) -> None:
-    context = browser.new_context(base_url=system.url(), viewport={"width": 1440, "height": 900})
-    context.add_init_script(NO_TOUR)
-    seen = watch(context, system.url())
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
+    context, page, seen = open_page(browser, system)
     page.goto("/#/studies")
     card = page.locator(".study", has_text="Viewer, Test")
     link = card.get_by_role("link", name="Open in OHIF")

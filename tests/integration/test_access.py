@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -40,13 +40,6 @@ ROLES = {
     Scope.WRITE: ("dicomflow-write",),
     Scope.ADMIN: ("dicomflow-admin",),
 }
-
-
-@pytest.fixture
-async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(flushed_redis, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 # -- API keys ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ admins with ``GET /audit``; never a secret nor patient data in it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,13 +25,6 @@ PATIENT = "Audit^Hidden^Patient"
 @pytest.fixture
 def gateway_env() -> dict[str, Any]:
     return {"ACCESS_CONTROL": "on"}
-
-
-@pytest.fixture
-async def redis(flushed_redis: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(flushed_redis, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
