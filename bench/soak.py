@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -164,6 +165,9 @@ def main() -> None:
         finally:
             stop_system(system, check=False)
             problems += system.unexpected_exits()
+            kept = ROOT / "test-artifacts" / "soak.log"
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(system.log, kept)  # every service's lines, for a failure's story
 
     rows = [
         ("files", FILES),
@@ -185,6 +189,7 @@ def main() -> None:
         print(f"| {key.ljust(width)} | {value} |")
     if problems:
         print("\nFAILED:\n  " + "\n  ".join(problems[:20]), file=sys.stderr)
+        print(f"(the services' log: {ROOT / 'test-artifacts' / 'soak.log'})", file=sys.stderr)
         sys.exit(1)
     print("\npassed: every accepted upload archived once, byte for byte; no patient data logged")
 

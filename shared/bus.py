@@ -94,15 +94,29 @@ class Bus:
 
     # -- producing ---------------------------------------------------------------------------
 
-    async def ensure_groups(self) -> None:
-        """Create every stream and consumer group of the topology (idempotent)."""
-        for stream, groups in names.TOPOLOGY.items():
-            for group in groups:
-                try:
-                    await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+    async def ensure_groups(self, wait: bool = True) -> None:
+        """Create every stream and consumer group of the topology (idempotent). While Redis
+        cannot be reached, wait for it, as the read loop does (a worker started, or told the
+        groups are gone, during an outage goes on once Redis is back); ``wait=False``: raise."""
+        failures = 0
+        while True:
+            try:
+                for stream, groups in names.TOPOLOGY.items():
+                    for group in groups:
+                        await self._create_group(stream, group)
+                return
+            except REDIS_DOWN as exc:
+                if not wait:
+                    raise
+                failures += 1
+                await _back_off(failures, exc)
+
+    async def _create_group(self, stream: str, group: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def publish(self, *events: Event) -> None:
         """Append events to their streams, all or none (one XADD needs no transaction)."""
@@ -261,9 +275,7 @@ class Bus:
                 failures = 0
             except REDIS_DOWN as exc:
                 failures += 1
-                delay = min(0.2 * 2**failures, 5.0)
-                log.warning("redis.unavailable", error=safe_error(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                await _back_off(failures, exc)
                 continue
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -471,6 +483,13 @@ class Bus:
             if oldest is not None:
                 return oldest
         return info["last-delivered-id"]
+
+
+async def _back_off(failures: int, exc: BaseException) -> None:
+    """Wait longer after each failure in a row to reach Redis: 0.4 s, 0.8 s, ... at most 5 s."""
+    delay = min(0.2 * 2**failures, 5.0)
+    log.warning("redis.unavailable", error=safe_error(exc), retry_in_s=delay)
+    await asyncio.sleep(delay)
 
 
 def add_event(pipe: Redis, event: Event) -> None:

@@ -98,7 +98,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         checks.clear()
         checks.update(standard_checks(redis, settings, None, settings.uploads_path))
         try:
-            await make_bus(redis, settings).ensure_groups()
+            await make_bus(redis, settings).ensure_groups(wait=False)
         except REDIS_DOWN:
             log.warning("redis.unavailable", error="groups not created yet; /ready says so")
         log.info("gateway.started", port=settings.port, access_control=settings.access_enabled)

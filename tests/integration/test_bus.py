@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from structlog.testing import capture_logs
 
 from shared import redis_names as names
@@ -715,3 +716,26 @@ async def test_a_loop_stops_even_when_a_library_swallowed_its_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2)
     assert rounds == 1
+
+
+async def test_a_worker_started_while_redis_is_down_creates_its_groups_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """A service restarted during a Redis outage (make soak met it) waits instead of dying."""
+    server = RedisServer(tmp_path)  # its port chosen, not started yet
+    client = Redis.from_url(server.url, decode_responses=True, socket_connect_timeout=0.5)
+    starting = asyncio.create_task(bus(client).ensure_groups())
+    with capture_logs() as logs:
+        await asyncio.sleep(1.0)
+        assert not starting.done()
+    assert any(line["event"] == "redis.unavailable" for line in logs)
+    server.start()
+    try:
+        await asyncio.wait_for(starting, 15)
+        groups = await client.xinfo_groups(names.FILE_RECEIVED)
+        assert {g["name"] for g in groups} == set(names.TOPOLOGY[names.FILE_RECEIVED])
+        with pytest.raises(RedisConnectionError):  # the gateway's way: say so and go on
+            await bus(Redis.from_url("redis://127.0.0.1:1/0")).ensure_groups(wait=False)
+    finally:
+        await client.aclose()
+        server.stop()
