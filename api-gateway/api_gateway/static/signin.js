@@ -66,6 +66,9 @@ export async function begin() {
     return "Your sign-in is no longer valid (expired or revoked): sign in again.";
   }
   shown({ ...credential, ...(who.body ? described(credential, who.body) : {}) });
+  // a viewer that sent the browser here while this credential works was not refused for
+  // want of one: going back would only bring it here again
+  sessionStorage.removeItem(RETURN);
   return null;
 }
 
