@@ -82,6 +82,7 @@ class System:
     expected: Counter[str] = field(default_factory=Counter)  # other exits it announced
     reported: set[str] = field(default_factory=set)  # deaths a check has already failed on
     dimse_port: int = 0  # the DIMSE listener's DICOM port (DIMSE_PORT)
+    api_key: str | None = None  # sent to the gateway by client() when access control is on
 
     def url(self, service: str = "gateway", replica: int = 0) -> str:
         return f"http://127.0.0.1:{self.port(service, replica)}"
@@ -92,7 +93,9 @@ class System:
     def client(
         self, service: str = "gateway", timeout: float = 30, replica: int = 0
     ) -> httpx.Client:
-        return httpx.Client(base_url=self.url(service, replica), timeout=timeout)
+        wanted = self.api_key and service == "gateway"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if wanted else {}
+        return httpx.Client(base_url=self.url(service, replica), timeout=timeout, headers=headers)
 
     def upload(self, *paths: Path) -> list[str]:
         files = [("file", (p.name, p.read_bytes(), "application/dicom")) for p in paths]

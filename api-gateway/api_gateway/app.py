@@ -23,6 +23,7 @@ from api_gateway.hardening import SecurityHeaders
 from api_gateway.recovery import keep_recovering
 from api_gateway.routes import (
     audit_trail,
+    auth,
     batches,
     cloud,
     dashboard,
@@ -56,6 +57,7 @@ log = structlog.get_logger()
 
 ROUTERS: tuple[APIRouter, ...] = (
     audit_trail.router,
+    auth.router,
     upload.router,
     uploads.router,
     batches.router,

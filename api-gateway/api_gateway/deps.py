@@ -1,5 +1,6 @@
-"""What a gateway handler may ask for: the settings, the job store, Redis, the status feed, and
-who is asking (``By``: the principal the door let in, and the client's address).
+"""What a gateway handler may ask for: the settings, the job store, Redis, the status feed, the
+door (``Door``: how a credential becomes a principal), and who is asking (``By``: the principal
+the door let in, and the client's address).
 
 Each is a FastAPI dependency, declared with its ``Annotated`` alias (``store: Store``), so no
 handler reads ``app.state``. ``create_app`` puts the settings on the app; the lifespan connects
@@ -15,17 +16,19 @@ from typing import Annotated, TypeAlias
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from api_gateway.access import ANONYMOUS, Principal
+from api_gateway.access import ANONYMOUS, Access, Principal
 from api_gateway.settings import GatewaySettings
 from shared.audit import Caller
 from shared.status_api import Feed, Store, get_feed, get_store
 
 __all__ = [
     "By",
+    "Door",
     "Feed",
     "RedisClient",
     "Settings",
     "Store",
+    "get_access",
     "get_caller",
     "get_feed",
     "get_redis",
@@ -45,8 +48,15 @@ async def get_redis(store: Store) -> Redis:
     return store.redis
 
 
+async def get_access(request: Request) -> Access:
+    """The door the lifespan built from the settings (``api_gateway.access.access_of``)."""
+    door: Access = request.app.state.access
+    return door
+
+
 Settings: TypeAlias = Annotated[GatewaySettings, Depends(get_settings)]
 RedisClient: TypeAlias = Annotated[Redis, Depends(get_redis)]
+Door: TypeAlias = Annotated[Access, Depends(get_access)]
 
 
 def caller_of(request: Request) -> Caller:

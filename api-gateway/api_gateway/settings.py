@@ -7,6 +7,7 @@ import functools
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, AnyHttpUrl, Field
 
@@ -63,12 +64,33 @@ class GatewaySettings(ServiceSettings):
     oidc_read_values: str = Field("dicomflow.read", alias="OIDC_READ_VALUES")
     oidc_write_values: str = Field("dicomflow.write", alias="OIDC_WRITE_VALUES")
     oidc_admin_values: str = Field("dicomflow.admin", alias="OIDC_ADMIN_VALUES")
+    # the dashboard's sign-in at the issuer (Authorization Code with PKCE, in the browser): the
+    # issuer's public client for it, and the scopes it asks for; unset: API keys only
+    oidc_client_id: str | None = Field(None, min_length=1, alias="OIDC_CLIENT_ID")
+    oidc_scopes: str = Field("openid", min_length=1, alias="OIDC_SCOPES")
 
     @property
     def access_enabled(self) -> bool:
         if self.access_control != "auto":
             return self.access_control == "on"
         return not is_loopback(self.host)
+
+    @property
+    def oidc_sign_in(self) -> bool:
+        """Whether the dashboard offers to sign in at the issuer: tokens of it are taken, and
+        it has a public client for the dashboard."""
+        return bool(self.oidc_issuer and self.oidc_audience and self.oidc_client_id)
+
+    @property
+    def oidc_issuer_origin(self) -> str | None:
+        """The issuer's origin (scheme://host[:port]), which the dashboard's page may fetch
+        from (discovery, token exchange) when it signs in there; None when it does not."""
+        if not self.oidc_sign_in or not self.oidc_issuer:
+            return None
+        parts = urlsplit(self.oidc_issuer)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return None
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def cors_origins(self) -> list[str]:

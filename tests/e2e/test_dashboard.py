@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from api_gateway.routes import dashboard
+from api_gateway.settings import GatewaySettings
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -31,6 +32,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 async def test_root_is_a_json_welcome_to_api_clients_and_the_page_to_browsers() -> None:
     """No pipeline needed: the dashboard's routes alone."""
     app = FastAPI()
+    app.state.settings = GatewaySettings()
     app.include_router(dashboard.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
@@ -53,6 +55,7 @@ async def test_root_is_a_json_welcome_to_api_clients_and_the_page_to_browsers() 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "connect-src 'self';" in page.headers["content-security-policy"]
     assert '<script type="module" src="/ui/app.js">' in page.text
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")

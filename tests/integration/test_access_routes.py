@@ -53,6 +53,11 @@ OPEN = {
     ("GET", "/ui/app.js"),
     ("GET", "/viewer"),
     ("GET", "/viewer/app.js"),
+    # the dashboard's sign-in: whether access control is on and the OIDC issuer's public
+    # client (nothing secret); and whom a credential names, which checks the credential itself
+    # so that a key of any scope may sign in (401 without a valid one: the test below)
+    ("GET", "/auth/config"),
+    ("GET", "/auth/whoami"),
 }
 
 
@@ -192,3 +197,74 @@ async def test_metrics_can_be_closed(served_gateway: str, keys: dict[Scope, str]
         admin = {"Authorization": f"Bearer {keys[Scope.ADMIN]}"}
         assert (await client.get("/metrics", headers=admin)).status_code == 200
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_the_dashboard_learns_how_to_sign_in_and_whom_a_credential_names(
+    served_gateway: str, keys: dict[Scope, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=served_gateway) as client:
+        config = await client.get("/auth/config")
+        assert config.json() == {"access_control": True, "oidc": None}
+        nobody = await client.get("/auth/whoami")
+        assert nobody.status_code == 401
+        assert nobody.headers["www-authenticate"].startswith("Bearer")
+        wrong = await client.get("/auth/whoami", headers={"Authorization": "Bearer dfk_x_y"})
+        assert wrong.status_code == 401
+        named = {}
+        for scope, key in keys.items():
+            answer = await client.get("/auth/whoami", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            named[scope] = answer.json()
+    assert named[Scope.WRITE] == {
+        "actor": "key:write-key",
+        "scopes": ["write"],
+        "access_control": True,
+    }
+    assert named[Scope.READ]["scopes"] == ["read"]
+    assert named[Scope.ADMIN]["scopes"] == ["read", "write", "admin"]  # admin holds the others
+
+
+@pytest.mark.parametrize(
+    "gateway_env",
+    [
+        {
+            "ACCESS_CONTROL": "on",
+            "OIDC_ISSUER": "https://sso.example.org:8443/realms/hospital",
+            "OIDC_AUDIENCE": "dicomflow",
+            "OIDC_CLIENT_ID": "dicomflow-dashboard",
+            "OIDC_SCOPES": "openid dicomflow.read",
+        }
+    ],
+)
+async def test_with_a_public_client_the_dashboard_signs_in_at_the_issuer(
+    served_gateway: str,
+) -> None:
+    async with httpx.AsyncClient(base_url=served_gateway) as client:
+        config = (await client.get("/auth/config")).json()
+        page = await client.get("/", headers={"Accept": "text/html"})
+    assert config == {
+        "access_control": True,
+        "oidc": {
+            "issuer": "https://sso.example.org:8443/realms/hospital",
+            "client_id": "dicomflow-dashboard",
+            "scopes": ["openid", "dicomflow.read"],
+        },
+    }
+    # the page may fetch from the issuer's origin (discovery, the token), and nothing else new
+    csp = dict(d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";"))
+    assert csp["connect-src"] == "'self' https://sso.example.org:8443"
+    assert csp["script-src"] == "'self'"
+    assert "unsafe" not in page.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("gateway_env", [{"ACCESS_CONTROL": "off"}])
+async def test_without_access_control_nobody_signs_in(served_gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=served_gateway) as client:
+        config = (await client.get("/auth/config")).json()
+        who = (await client.get("/auth/whoami")).json()
+    assert config == {"access_control": False, "oidc": None}
+    assert who == {
+        "actor": "anonymous",
+        "scopes": ["read", "write", "admin"],
+        "access_control": False,
+    }

@@ -1,7 +1,9 @@
 """The web dashboard: ``GET /`` (the page to browsers, a JSON welcome to others) and ``/ui/``.
 
 The page is plain HTML, CSS and ES modules from ``static/``: no build step, nothing fetched
-from anywhere but this gateway (its Content-Security-Policy says so to the browser too).
+from anywhere but this gateway (its Content-Security-Policy says so to the browser too), and the
+OpenID Connect issuer's origin when the dashboard signs people in there (``OIDC_CLIENT_ID``:
+its discovery document and token endpoint; the sign-in page itself is a navigation).
 Assets are served with ``Cache-Control: no-cache``: their names carry no version, so a browser
 keeps them but asks each time whether they changed (ETag / Last-Modified, a 304 when not).
 """
@@ -21,6 +23,8 @@ from pydicom.datadict import DicomDictionary, RepeatersDictionary
 from starlette.staticfiles import StaticFiles
 
 from api_gateway.access import needs
+from api_gateway.deps import Settings
+from api_gateway.settings import GatewaySettings
 
 router = APIRouter(tags=["dashboard"])
 
@@ -28,6 +32,7 @@ STATIC = Path(__file__).resolve().parents[1] / "static"
 
 WELCOME = "dicomflow gateway: upload DICOM files and follow each one through the pipeline"
 ENDPOINTS = {
+    "sign-in": "GET /auth/config",
     "upload": "POST /upload",
     "status": "GET /status/{study_id}",
     "events": "GET /events?upload_id={id},{id}",
@@ -44,18 +49,12 @@ ENDPOINTS = {
     "docs": "GET /docs",
 }
 
-# The page talks to this origin only; images may also be blob: (none today) or data: (icon).
+# The page talks to this origin only (and the issuer's, to sign in there); images may also be
+# blob: (those fetched with a credential) or data: (the icon).
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'{issuer}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Vary": "Accept",
-}
 ASSET_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 ASSET_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -68,19 +67,38 @@ DICTIONARY = "dictionary.json"
 _assets = StaticFiles(directory=STATIC, check_dir=False)
 
 
+def page_csp(settings: GatewaySettings) -> str:
+    """The page's policy: this origin only, and the issuer's when it signs people in there."""
+    origin = settings.oidc_issuer_origin
+    return CSP.format(issuer=f" {origin}" if origin else "")
+
+
+def page_headers(settings: GatewaySettings) -> dict[str, str]:
+    return {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": page_csp(settings),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Vary": "Accept",
+    }
+
+
 @router.get(
     "/",
     response_model=None,
     responses={200: {"content": {"text/html": {}, "application/json": {}}}},
     openapi_extra=needs(None),
 )
-async def root(request: Request, response: Response) -> Response | dict[str, Any]:
+async def root(
+    request: Request, response: Response, settings: Settings
+) -> Response | dict[str, Any]:
     """The dashboard to a browser (``Accept`` names text/html); to anything else, a welcome
-    that says where the API is."""
+    that says where the API is. (The issuer sends a browser back here after a sign-in, with
+    ``?code=...&state=...`` for the page to finish it.)"""
     response.headers["Vary"] = "Accept"
     if "text/html" in request.headers.get("accept", ""):
         return FileResponse(
-            STATIC / "index.html", media_type=ASSET_TYPES[".html"], headers=PAGE_HEADERS
+            STATIC / "index.html", media_type=ASSET_TYPES[".html"], headers=page_headers(settings)
         )
     return {"service": "api-gateway", "message": WELCOME, "endpoints": ENDPOINTS, "dashboard": "/"}
 
@@ -108,7 +126,7 @@ def _dictionary() -> tuple[bytes, bytes]:
 @router.api_route(
     "/ui/{path:path}", methods=["GET", "HEAD"], include_in_schema=False, openapi_extra=needs(None)
 )
-async def asset(path: str, request: Request) -> Response:
+async def asset(path: str, request: Request, settings: Settings) -> Response:
     """A file of the dashboard: ``/ui/app.js``, ``/ui/app.css``, ...; ``/ui/`` is the page;
     ``/ui/dictionary.json`` is made from pydicom's dictionary (one route: no two overlap)."""
     if path == DICTIONARY and request.method == "GET":
@@ -118,5 +136,5 @@ async def asset(path: str, request: Request) -> Response:
     media = ASSET_TYPES.get(Path(clean).suffix)
     if media and response.status_code == 200:
         response.headers["Content-Type"] = media
-    response.headers.update(PAGE_HEADERS if clean == "index.html" else ASSET_HEADERS)
+    response.headers.update(page_headers(settings) if clean == "index.html" else ASSET_HEADERS)
     return response

@@ -3,7 +3,9 @@
 ``make viewer`` (``scripts/fetch_viewer.py``) puts OHIF's dist, prepared to live under
 ``/viewer/``, in ``VIEWER_DIR``; until then every ``/viewer`` path is a 404 problem that says
 so. The dist's own ``app-config.js`` is never served: ``/viewer/app-config.js`` is written here,
-one DICOMweb data source on this gateway's ``/dicomweb`` (or ``DICOMWEB_PUBLIC_URL``).
+one DICOMweb data source on this gateway's ``/dicomweb`` (or ``DICOMWEB_PUBLIC_URL``), followed
+by ``static/ohif-signin.js``: OHIF sends the dashboard's credential (this tab's sessionStorage)
+as ``Authorization: Bearer``, and goes to the dashboard's sign-in when the gateway answers 401.
 
 OHIF routes in the browser (``/viewer/viewer?StudyInstanceUIDs=...``): a path that is no file
 gets ``index.html`` when a page is asked for (``Accept: text/html``, or a last segment without
@@ -45,6 +47,7 @@ MOUNT = "/viewer"
 INDEX = "index.html"
 CONFIG = "app-config.js"
 DICOMWEB = "/dicomweb"
+SIGN_IN = Path(__file__).resolve().parents[1] / "static" / "ohif-signin.js"
 
 TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -163,9 +166,15 @@ def page_csp(page: bytes, dicomweb_origin: str) -> str:
 
 
 def config_response(settings: GatewaySettings) -> Response:
-    body = f"window.config = {json.dumps(app_config(settings), indent=2)};\n"
+    """OHIF's configuration, then what makes it send the dashboard's credential."""
+    body = f"window.config = {json.dumps(app_config(settings), indent=2)};\n\n{_sign_in()}"
     headers = {"Cache-Control": "no-cache", **COMMON}
     return Response(body, media_type=TYPES[".js"], headers=headers)
+
+
+@functools.cache
+def _sign_in() -> str:
+    return SIGN_IN.read_text(encoding="utf-8")
 
 
 def app_config(settings: GatewaySettings) -> dict[str, Any]:
@@ -197,7 +206,10 @@ def app_config(settings: GatewaySettings) -> dict[str, Any]:
                     "supportsFuzzyMatching": True,
                     "supportsWildcard": True,
                     "imageRendering": "wadors",
-                    "thumbnailRendering": "thumbnailDirect",
+                    # fetched with the Authorization header (thumbnailDirect is an <img src>,
+                    # which sends none), at 256 by 256
+                    "thumbnailRendering": "thumbnail",
+                    "thumbnailRequestStrategy": "fetch",
                     "enableStudyLazyLoad": True,
                     "bulkDataURI": {"enabled": True},
                 },

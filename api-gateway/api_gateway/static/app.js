@@ -1,16 +1,22 @@
 // The dicomflow dashboard: four views behind hash routes, each a module of its own.
 //   #/upload  #/jobs  #/studies  #/view/{upload id} (in Studies)  #/health
+// With access control on, the sign-in view comes first, and again whenever the gateway
+// answers 401 (the credential expired or was revoked): signin.js.
 
 import { $, nav } from "./dom.js";
 import * as health from "./health.js";
 import * as jobs from "./jobs.js";
+import { UNAUTHORIZED } from "./session.js";
+import * as signin from "./signin.js";
 import * as studies from "./studies.js";
 import * as upload from "./upload.js";
 
 const VIEWS = { upload, jobs, studies, health };
 let current = null;
+let signingIn = false;
 
 function route() {
+  if (signingIn) return;
   const match = /^#\/([a-z]+)(?:\/(.+))?$/.exec(location.hash);
   let name = match?.[1] ?? "upload";
   let arg = match?.[2] ? decodeURIComponent(match[2]) : null;
@@ -31,9 +37,28 @@ function route() {
   VIEWS[name].show(arg);
 }
 
+/** The sign-in view in place of the views, until signed in; then the view of the URL. */
+async function signIn(message) {
+  if (signingIn) return;
+  signingIn = true;
+  if (current) VIEWS[current].hide();
+  current = null;
+  for (const key of Object.keys(VIEWS)) $(`view-${key}`).hidden = true;
+  document.title = "Sign in · dicomflow";
+  await signin.ask(message);
+  signingIn = false;
+  route();
+}
+
+signin.init();
 for (const view of Object.values(VIEWS)) view.init();
 window.addEventListener("hashchange", () => {
   nav.moved = true;
   route();
 });
-route();
+window.addEventListener(UNAUTHORIZED, () => {
+  signIn("The gateway asks for a credential (none, or yours expired or was revoked): sign in.");
+});
+const needed = await signin.begin();
+if (needed === null) route();
+else signIn(needed);

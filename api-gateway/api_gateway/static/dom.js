@@ -1,5 +1,8 @@
 // Small helpers shared by the views: building elements (text always goes in as text, never
-// as markup), talking to the gateway, formatting, and the job states.
+// as markup), talking to the gateway (every request with the tab's credential, if any),
+// formatting, and the job states.
+
+import { authorization, mayNot, unauthorized } from "./session.js";
 
 /** An element with attributes and children; strings become text nodes. */
 export function h(tag, props = {}, ...children) {
@@ -20,7 +23,8 @@ export function h(tag, props = {}, ...children) {
 }
 
 function safeUrl(url) {
-  return url.startsWith("/") && !url.startsWith("//") || url.startsWith("#");
+  return url.startsWith("/") && !url.startsWith("//") || url.startsWith("#") ||
+    url.startsWith(`blob:${location.origin}/`); // made here, from a response of ours
 }
 
 export function append(parent, children) {
@@ -57,11 +61,24 @@ export function notice(el, text, kind = "error") {
 // ---- HTTP ----
 
 export class ApiError extends Error {
-  constructor(status, problem) {
-    super(problemText(status, problem));
+  /** `action`, what was asked ("list the jobs"): a 403 says this credential may not do it. */
+  constructor(status, problem, action = null) {
+    super(status === 403 && action ? refusal(problem, action) : problemText(status, problem));
     this.status = status;
     this.problem = problem;
   }
+}
+
+/** A refusal as a notice says it: "This key may not list the jobs (…)." */
+export function sentence(text) {
+  const t = String(text);
+  return `${t.charAt(0).toUpperCase()}${t.slice(1)}${/[.!?]$/.test(t) ? "" : "."}`;
+}
+
+/** "this key may not upload files (this needs the write scope)". */
+export function refusal(problem, action) {
+  const why = problem?.detail ? ` (${problem.detail})` : "";
+  return `${mayNot(action)}${why}`;
 }
 
 /** The human part of a problem+json answer (RFC 9457): its detail, else its title. */
@@ -73,18 +90,105 @@ export function problemText(status, problem) {
   return status ? `the gateway answered ${status}` : "the gateway did not answer";
 }
 
-/** JSON from the gateway, or an ApiError carrying the problem it answered. */
-export async function api(path, options = {}) {
+/**
+ * fetch() to the gateway, the one way every request goes: with the tab's credential as
+ * `Authorization: Bearer`, and a 401 answered with the sign-in view (session.js).
+ */
+export async function request(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...authorization(), ...options.headers } });
+  if (res.status === 401) unauthorized();
+  return res;
+}
+
+/** JSON from the gateway, or an ApiError carrying the problem it answered. `options.action`
+ * says what the request does, for the words of a 403 ("this key may not …"). */
+export async function api(path, { action = null, ...options } = {}) {
   let res;
   try {
-    res = await fetch(path, { ...options, headers: { Accept: "application/json", ...options.headers } });
+    res = await request(path, { ...options, headers: { Accept: "application/json", ...options.headers } });
   } catch {
     throw new ApiError(0, null);
   }
   const type = res.headers.get("content-type") || "";
   const body = type.includes("json") ? await res.json().catch(() => null) : null;
-  if (!res.ok) throw new ApiError(res.status, body);
+  if (!res.ok) throw new ApiError(res.status, body, action);
   return body;
+}
+
+/** Whether requests carry a credential: images and downloads are then fetched here, since
+ * the browser sends no Authorization header for an <img> or a link. */
+export function withCredential() {
+  return "Authorization" in authorization();
+}
+
+const objectUrls = new WeakMap(); // an <img> -> the blob: URL it shows, freed when replaced
+
+/**
+ * Show one of the gateway's images in `img`: the URL as it is without a credential (the
+ * browser fetches it; its load and error events say how it went), else fetched with it and
+ * shown from a blob: URL; a refusal then throws an ApiError (`action` for a 403's words).
+ */
+export async function showImage(img, url, action = "see this image") {
+  if (!withCredential()) {
+    img.src = url;
+    return;
+  }
+  let res;
+  try {
+    res = await request(url, { headers: { Accept: "image/*" } });
+  } catch {
+    throw new ApiError(0, null);
+  }
+  if (!res.ok) {
+    const type = res.headers.get("content-type") || "";
+    throw new ApiError(res.status, type.includes("json") ? await res.json().catch(() => null) : null, action);
+  }
+  const blob = URL.createObjectURL(await res.blob());
+  const before = objectUrls.get(img);
+  objectUrls.set(img, blob);
+  img.src = blob;
+  if (before) URL.revokeObjectURL(before);
+}
+
+let lazy = null; // one observer for every image shown when it comes near the screen
+
+/** showImage once `img` is near the screen (as loading="lazy" does for a plain src). */
+export function showImageLater(img, url, failed) {
+  if (!withCredential()) {
+    img.loading = "lazy";
+    img.addEventListener("error", failed);
+    img.src = url;
+    return;
+  }
+  lazy ??= new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      lazy.unobserve(entry.target);
+      const { url: wanted, failed: fail } = entry.target.lazyImage;
+      showImage(entry.target, wanted).catch(fail);
+    }
+  }, { rootMargin: "300px" });
+  img.lazyImage = { url, failed };
+  img.addEventListener("error", failed);
+  lazy.observe(img);
+}
+
+/** Save one of the gateway's files (an original, a de-identified copy) with the credential:
+ * fetched, then handed to the browser as a download of a blob: URL. */
+export async function download(url, action = "download this file") {
+  const res = await request(url);
+  if (!res.ok) {
+    const type = res.headers.get("content-type") || "";
+    throw new ApiError(res.status, type.includes("json") ? await res.json().catch(() => null) : null, action);
+  }
+  const named = /filename="?([^";]+)"?/i.exec(res.headers.get("content-disposition") || "");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await res.blob());
+  link.download = named ? named[1] : url.split("/").filter(Boolean).pop();
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000); // the browser has it by then
 }
 
 /** Run `work` over `items`, at most `limit` at a time. */

@@ -1,7 +1,7 @@
 // The Health view: GET /system every few seconds while shown: each service's readiness,
 // the jobs in each state, and each consumer group's queue.
 
-import { $, api, badge, clear, h, notice, STATES } from "./dom.js";
+import { $, api, badge, clear, h, notice, sentence, STATES } from "./dom.js";
 
 const EVERY_MS = 3000;
 let timer = null;
@@ -27,14 +27,15 @@ export function hide() {
 async function refresh() {
   clearTimeout(timer);
   try {
-    const system = await api("/system");
+    const system = await api("/system", { action: "see the system's health" });
     notice($("health-notice"), system.error ? `Could not read Redis: ${system.error}` : null);
     services(system.services ?? []);
     counts(system.counts?.by_state ?? {});
     queues(system.queues ?? []);
     $("health-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
-    notice($("health-notice"), `The gateway did not describe the system: ${err.message}`);
+    notice($("health-notice"), err.status === 403 ? sentence(err.message) : `The gateway did not describe the system: ${err.message}`);
+    if (err.status === 401 || err.status === 403) active = false; // asking again changes nothing
   } finally {
     // keep going only while someone looks
     if (active && !document.hidden) timer = setTimeout(refresh, EVERY_MS);

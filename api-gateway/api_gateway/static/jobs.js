@@ -2,7 +2,7 @@
 // the live feed; stage timings, reasons and errors; Retry for a failed job, View for an
 // archived one.
 
-import { $, api, badge, breakable, clear, fmtMs, fmtTime, h, isNews, notice, pool, FINAL, STATES, troubles } from "./dom.js";
+import { $, api, badge, breakable, clear, fmtMs, fmtTime, h, isNews, notice, pool, sentence, FINAL, STATES, troubles } from "./dom.js";
 import { StatusFeed, feedLabel } from "./feed.js";
 
 const LIMIT = 100;
@@ -58,7 +58,7 @@ async function load(cursor = null) {
   if (cursor !== null) params.set("before", String(cursor)); // the `next` of the page before
   const url = `/uploads?${params}`;
   try {
-    const page = await api(url);
+    const page = await api(url, { action: "list the jobs" });
     notice($("jobs-notice"), null);
     if (cursor === null) {
       jobs.clear();
@@ -69,9 +69,11 @@ async function load(cursor = null) {
     $("jobs-more").hidden = !next;
     counted();
   } catch (err) {
-    const text = err.status === 404 || err.status === 405
-      ? "This gateway cannot list uploads yet (GET /uploads is missing). Uploads made on this page still show their states on the Upload view."
-      : `Could not list uploads: ${err.message}`;
+    let text = `Could not list uploads: ${err.message}`;
+    if (err.status === 403) text = sentence(err.message);
+    if (err.status === 404 || err.status === 405) {
+      text = "This gateway cannot list uploads yet (GET /uploads is missing). Uploads made on this page still show their states on the Upload view.";
+    }
     notice($("jobs-notice"), text);
   } finally {
     loading = false;
@@ -203,7 +205,7 @@ function actions(entry) {
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
-        const answer = await api(`/jobs/${encodeURIComponent(entry.id)}/retry`, { method: "POST" });
+        const answer = await api(`/jobs/${encodeURIComponent(entry.id)}/retry`, { method: "POST", action: "retry a job" });
         entry.state = answer.status;
         entry.at = new Date().toISOString();
         entry.details = { ...entry.details, error: undefined };

@@ -2,7 +2,7 @@
 // preview of each instance; the viewer of one instance lives here too (#/view/{id}). Each study
 // opens in OHIF (/viewer/) too, when the gateway serves it (make viewer).
 
-import { $, api, clear, fmtDate, fmtName, h, notice } from "./dom.js";
+import { $, api, clear, fmtDate, fmtName, h, notice, sentence, showImageLater } from "./dom.js";
 import * as viewer from "./viewer.js";
 
 const PAGE = 24;
@@ -70,7 +70,7 @@ async function search() {
   const results = $("studies-results");
   results.setAttribute("aria-busy", "true");
   try {
-    const [page, withOhif] = await Promise.all([api(`/studies?${query()}`), ohifServed()]);
+    const [page, withOhif] = await Promise.all([api(`/studies?${query()}`, { action: "search the studies" }), ohifServed()]);
     if (mine !== asking) return;
     notice($("studies-notice"), null);
     total = Number(page.total) || 0;
@@ -85,9 +85,11 @@ async function search() {
     clear(results);
     total = 0;
     $("studies-count").textContent = "";
-    const text = err.status === 404 || err.status === 405
-      ? "Study search is not available on this gateway yet (GET /studies is missing). Open archived uploads from the Jobs view meanwhile."
-      : `Search failed: ${err.message}`;
+    let text = `Search failed: ${err.message}`;
+    if (err.status === 403) text = sentence(err.message);
+    if (err.status === 404 || err.status === 405) {
+      text = "Study search is not available on this gateway yet (GET /studies is missing). Open archived uploads from the Jobs view meanwhile.";
+    }
     notice($("studies-notice"), text);
   } finally {
     if (mine === asking) results.removeAttribute("aria-busy");
@@ -128,7 +130,10 @@ function study(s, withOhif) {
           class: "ohif",
           href: `/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(s.study_uid)}`,
           target: "_blank",
-          rel: "noopener",
+          // the new tab starts with a copy of this one's sessionStorage, where the credential
+          // is (OHIF sends it: ohif-signin.js), only when it is opened with an opener; the
+          // viewer's page (same origin) then cuts that link itself (Cross-Origin-Opener-Policy)
+          rel: "opener",
         }, "Open in OHIF")
         : null),
     h("p", { class: "desc" },
@@ -138,13 +143,8 @@ function study(s, withOhif) {
 }
 
 function preview(id) {
-  const img = h("img", {
-    src: `/uploads/${encodeURIComponent(id)}/image?size=256&format=jpeg`,
-    alt: "preview",
-    loading: "lazy",
-    width: 128,
-    height: 128,
-  });
-  img.addEventListener("error", () => img.replaceWith(h("span", { class: "nopreview" }, "no preview")));
+  const img = h("img", { alt: "preview", width: 128, height: 128 });
+  const url = `/uploads/${encodeURIComponent(id)}/image?size=256&format=jpeg`;
+  showImageLater(img, url, () => img.replaceWith(h("span", { class: "nopreview" }, "no preview")));
   return h("a", { class: "thumb", href: `#/view/${encodeURIComponent(id)}`, title: `upload ${id}` }, img);
 }

@@ -1,8 +1,9 @@
 // The Upload view: choose or drop files and folders, send each as its own POST /upload
 // (a few at a time, with a progress bar), then follow each job live until it is final.
 
-import { $, api, badge, breakable, fmtBytes, fmtMs, h, isNews, pool, FINAL, problemText, troubles } from "./dom.js";
+import { $, api, badge, breakable, fmtBytes, fmtMs, h, isNews, pool, FINAL, problemText, refusal, troubles } from "./dom.js";
 import { StatusFeed, feedLabel } from "./feed.js";
+import { authorization, unauthorized } from "./session.js";
 
 const PARALLEL = 3; // requests in flight at once
 const LITTER = /^(\.|thumbs\.db$|desktop\.ini$)/i; // hidden files and OS litter in folders
@@ -167,6 +168,7 @@ function send(item, label) {
     xhr.open("POST", "/upload");
     xhr.responseType = "json";
     xhr.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(authorization())) xhr.setRequestHeader(name, value);
     xhr.upload.addEventListener("progress", (e) => {
       if (!e.lengthComputable) return;
       item.progress = e.loaded / e.total;
@@ -207,9 +209,11 @@ function answered(item, status, body) {
     paint(item);
     follow(item);
   } else {
-    // 4xx: the file was refused, and the answer says why (seed 004's files[] too).
-    item.phase = status >= 400 && status < 500 ? "refused" : "error";
-    const lines = [problemText(status, body)];
+    // 4xx: the file was refused, and the answer says why (seed 004's files[] too); a 401 asks
+    // for a sign-in, after which the file may be sent again ("Try again").
+    if (status === 401) unauthorized();
+    item.phase = status >= 400 && status < 500 && status !== 401 ? "refused" : "error";
+    const lines = [status === 403 ? refusal(body, "upload files") : problemText(status, body)];
     for (const f of body?.files ?? []) {
       const reason = f.reason ? ` (${String(f.reason).replaceAll("_", " ")})` : "";
       if (f.message === lines[0]) lines[0] += reason;
@@ -249,10 +253,14 @@ function refreshAll() {
 
 async function refresh(item) {
   try {
-    const job = await api(`/status/${encodeURIComponent(item.uploadId)}`);
+    const job = await api(`/status/${encodeURIComponent(item.uploadId)}`, { action: "follow its progress" });
     apply(item, job.status, job.timestamp, job.details ?? {});
   } catch (err) {
     if (err.status === 404) apply(item, "deleted", new Date().toISOString(), {});
+    if (err.status === 403) {
+      item.lines = [err.message]; // a key that may send but not read (a modality's)
+      paint(item);
+    }
   }
 }
 
@@ -274,7 +282,7 @@ function apply(item, state, at, details) {
 async function retry(item, button) {
   button.disabled = true;
   try {
-    const answer = await api(`/jobs/${encodeURIComponent(item.uploadId)}/retry`, { method: "POST" });
+    const answer = await api(`/jobs/${encodeURIComponent(item.uploadId)}/retry`, { method: "POST", action: "retry a job" });
     item.details = {};
     item.lines = [];
     apply(item, answer.status, new Date().toISOString(), null);

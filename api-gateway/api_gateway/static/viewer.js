@@ -1,7 +1,7 @@
 // The viewer of one archived instance: a frame rendered by the gateway (window presets, a
 // frame slider for multi-frame objects), its attributes, and its files to download.
 
-import { $, api, clear, fmtDate, fmtName, h, nav, notice, problemText } from "./dom.js";
+import { $, api, clear, download, fmtDate, fmtName, h, nav, notice, problemText, request, showImage, withCredential } from "./dom.js";
 import { TagTable, loadDictionary } from "./tags.js";
 
 const PRESETS = [
@@ -42,7 +42,15 @@ export function init() {
     img.classList.remove("stale");
     notice($("viewer-notice"), null); // a frame that failed before does not stay reported
   });
-  img.addEventListener("error", () => imageFailed(img.src));
+  img.addEventListener("error", () => imageFailed(img.dataset.url));
+  for (const [id, what] of [["viewer-original", "download originals"], ["viewer-deid", "download de-identified copies"]]) {
+    // a link sends no credential: with one, the file is fetched here and saved from memory
+    $(id).addEventListener("click", (e) => {
+      if (!withCredential()) return;
+      e.preventDefault();
+      download(e.currentTarget.getAttribute("href"), what).catch((err) => notice($("viewer-notice"), err.message));
+    });
+  }
   $("viewer-back").addEventListener("click", () => {
     if (nav.moved) history.back();
     else location.hash = "#/studies";
@@ -65,9 +73,10 @@ export async function open(id) {
   $("viewer-original").href = `${base}/original`;
   $("viewer-deid").href = `${base}/deidentified`;
   $("viewer-img").removeAttribute("src");
+  delete $("viewer-img").dataset.url;
   let metadata;
   try {
-    [metadata] = await Promise.all([api(`${base}/metadata`), loadDictionary()]);
+    [metadata] = await Promise.all([api(`${base}/metadata`, { action: "see this upload" }), loadDictionary()]);
   } catch (err) {
     if (shown?.id !== id) return;
     notice($("viewer-notice"), `This upload cannot be shown: ${err.message}`);
@@ -190,12 +199,18 @@ function imageUrl() {
 function render() {
   const img = $("viewer-img");
   const url = imageUrl();
-  if (img.getAttribute("src") === url) return;
+  if (img.dataset.url === url) return;
+  img.dataset.url = url;
   $("viewer-loading").hidden = false;
   img.hidden = false;
   img.classList.add("stale");
   img.alt = `Frame ${shown.frame} of upload ${shown.id}`;
-  img.src = url;
+  showImage(img, url, "see this image").catch((err) => {
+    if (img.dataset.url !== url) return; // another frame or window was asked for meanwhile
+    $("viewer-loading").hidden = true;
+    img.hidden = true;
+    notice($("viewer-notice"), `No image: ${err.message}`);
+  });
 }
 
 /** An image that did not load: ask again for the problem's words, and show them. */
@@ -206,7 +221,7 @@ async function imageFailed(url) {
   let status = 0;
   let problem = null;
   try {
-    const res = await fetch(url, { headers: { Accept: "application/json" } });
+    const res = await request(url, { headers: { Accept: "application/json" } });
     status = res.status;
     problem = await res.json().catch(() => null);
   } catch {

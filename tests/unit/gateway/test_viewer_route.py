@@ -159,6 +159,12 @@ async def test_app_config_is_ours_pointing_at_this_gateways_dicomweb(
     assert settings["supportsFuzzyMatching"] is settings["supportsWildcard"] is True
     assert settings["enableStudyLazyLoad"] is True
     assert "omitQuotationForMultipartRequest" not in settings
+    # then OHIF is made to send the dashboard's credential: read from sessionStorage, as a
+    # header (tests/e2e/test_dashboard_signin.py runs it)
+    sign_in = answer.text.partition(";\n")[2]
+    assert "sessionStorage" in sign_in
+    assert "getAuthorizationHeader" in sign_in
+    assert "localStorage" not in sign_in
 
 
 async def test_dicomweb_public_url_is_the_viewers_root_and_allowed_by_its_policy(
@@ -189,7 +195,10 @@ async def test_without_the_viewer_every_path_says_to_run_make_viewer(tmp_path: P
 
 
 def _config(script: str) -> dict[str, object]:
+    """The configuration's data: the first statement, before the sign-in script."""
     prefix = "window.config = "
     assert script.startswith(prefix)
-    config: dict[str, object] = json.loads(script.removeprefix(prefix).rstrip().rstrip(";"))
+    data, separator, _ = script.removeprefix(prefix).partition(";\n")
+    assert separator
+    config: dict[str, object] = json.loads(data)
     return config
