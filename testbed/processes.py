@@ -12,6 +12,9 @@ from pathlib import Path
 REPLICA_PORT_STEP = 10  # make run's rule: replica i of a stage listens on its port + 10 * i
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 nothing uses, below the kernel's ephemeral range.
 
@@ -21,7 +24,8 @@ def free_port() -> int:
     low = _ephemeral_low()
     while True:
         port = random.randrange(max(1024, low - 16_384), low)
-        if port_free(port):
+        if port not in _GIVEN and port_free(port):
+            _GIVEN.add(port)  # nothing binds it until its server starts: never give it twice
             return port
 
 
