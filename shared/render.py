@@ -42,6 +42,8 @@ from pydicom.pixels.processing import (
 )
 from pydicom.uid import UID
 
+from shared.dicom import decoding
+
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"  # every PNG file starts so (PNG spec 5.2)
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
@@ -174,8 +176,9 @@ def _decode(ds: Dataset, frame: int) -> tuple[NDArray[Any], dict[str, Any]]:
         raise IndexError(f"frame {frame} requested, the dataset has {frames}")
     try:
         decoder = get_decoder(syntax)
-        arr, properties = decoder.as_array(ds, index=frame)  # options read from ds
-    except Exception as exc:  # no plugin, corrupt stream, inconsistent attributes
+        with decoding():
+            arr, properties = decoder.as_array(ds, index=frame)  # options read from ds
+    except Exception as exc:  # no plugin, corrupt stream (a panic too), inconsistent attributes
         raise RenderError(
             f"cannot decode pixel data: {type(exc).__name__} ({syntax.name})"
         ) from None

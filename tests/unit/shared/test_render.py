@@ -365,6 +365,15 @@ def test_corrupt_jpeg_2000_stream() -> None:
         to_display(ds)
 
 
+def test_a_decoder_panic_is_a_render_error() -> None:
+    """Found by fuzzing: pylibjpeg-rle (Rust) panics on an RLE frame longer than Rows x
+    Columns say, and pyo3's PanicException is a BaseException, which got past every guard."""
+    ds = read("MR_small_RLE.dcm")
+    ds.Rows = ds.Columns = 1
+    with pytest.raises(RenderError, match=r"^cannot decode pixel data: DecoderPanic \(RLE"):
+        to_display(ds)
+
+
 def test_missing_decoder_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_decoder(uid: str) -> None:
         raise NotImplementedError(f"no decoder for {uid}")
