@@ -8,6 +8,10 @@ before the case through ``/proc/self/clear_refs``). The alarm raises a ``BaseExc
 no ``except Exception`` in the code under test can swallow a hang; out of the case, it and any
 other ``BaseException`` that escapes the code (a Rust panic is one) become ``CaseFailed``, an
 ``AssertionError``, which hypothesis shrinks and reports like any failed property.
+
+A native library that aborts the process (a Rust decoder whose allocation fails does) ends
+the run with no report from hypothesis; so each case's input, when given, is written first to
+``.cache/fuzz/<target>.last``, where the case that killed the run can be read back.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 CASES: Counter[str] = Counter()  # cases run per target, for the summary
+LAST_CASES = Path(__file__).resolve().parents[2] / ".cache" / "fuzz"
 MIB = 1024 * 1024
 # what the address-space cap leaves above the process's size before the case: far above the
 # resident budget (allocators reserve more than they touch), far below the machine's memory
@@ -53,9 +58,14 @@ def _reset_peak() -> bool:
 
 
 @contextlib.contextmanager
-def bounded(target: str, *, seconds: float = 5.0, memory_mb: int = 512) -> Iterator[None]:
+def bounded(
+    target: str, *, seconds: float = 5.0, memory_mb: int = 512, case: object = None
+) -> Iterator[None]:
     """Run one case of ``target`` within ``seconds`` and ``memory_mb`` of resident growth."""
     CASES[target] += 1
+    if case is not None:
+        LAST_CASES.mkdir(parents=True, exist_ok=True)
+        (LAST_CASES / f"{target.replace(' ', '-').replace('/', '-')}.last").write_text(repr(case))
 
     def overran(_signum: int, _frame: FrameType | None) -> None:
         raise _Alarm(f"one {target} case ran longer than {seconds:g} s")

@@ -295,7 +295,7 @@ _BINARY_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "AT", "OB", "OW", "OF", "OD",
 
 
 @st.composite
-def field_mutation(draw: st.DrawFn, source: Seed) -> tuple[Any, ...]:
+def field_mutation(draw: st.DrawFn, source: Seed, lengths: bool = True) -> tuple[Any, ...]:
     present = [tag for tag in INTERESTING if tag in source.fields]
     tag = int(
         draw(
@@ -305,7 +305,7 @@ def field_mutation(draw: st.DrawFn, source: Seed) -> tuple[Any, ...]:
         )
     )
     field = source.fields[tag]
-    if draw(st.integers(0, 3)) == 0:
+    if lengths and draw(st.integers(0, 3)) == 0:
         around = [field.length + d for d in (-2, -1, 1, 2)] + [field.length * 2]
         length = draw(st.sampled_from([*_NUMBERS, *around]) | st.integers(0, 0xFFFFFFFF))
         return ("length", tag, length)
@@ -314,14 +314,16 @@ def field_mutation(draw: st.DrawFn, source: Seed) -> tuple[Any, ...]:
 
 
 @st.composite
-def byte_mutation(draw: st.DrawFn, source: Seed, size: int) -> tuple[Any, ...]:
+def byte_mutation(
+    draw: st.DrawFn, source: Seed, size: int, kinds: tuple[str, ...] = _BYTE_KINDS
+) -> tuple[Any, ...]:
     """A byte-level change, at an offset often near an element's header or the file's start."""
     size = max(size, 1)
     starts = [f.length_at for f in source.fields.values() if f.length_at < size]
     near = st.sampled_from(starts).flatmap(lambda s: st.integers(max(s - 8, 0), s + 8))
     anywhere = st.integers(0, min(size, 512)) | st.integers(0, size)
     at = draw(anywhere | near if starts else anywhere)
-    kind = draw(st.sampled_from(_BYTE_KINDS))
+    kind = draw(st.sampled_from(kinds))
     if kind == "flip":
         return ("flip", at, draw(st.sampled_from(_FLIPS) | st.integers(1, 255)))
     if kind == "set":
@@ -337,16 +339,24 @@ def byte_mutation(draw: st.DrawFn, source: Seed, size: int) -> tuple[Any, ...]:
 
 @st.composite
 def mutants(
-    draw: st.DrawFn, seeds: tuple[str, ...] = SEEDS, fields: int = 2, changes: int = 3
+    draw: st.DrawFn,
+    seeds: tuple[str, ...] = SEEDS,
+    fields: int = 2,
+    changes: int = 3,
+    gentle: bool = False,
 ) -> Mutant:
-    """A seed with up to ``fields`` field mutations, then up to ``changes`` byte changes."""
+    """A seed with up to ``fields`` field mutations, then up to ``changes`` byte changes.
+
+    ``gentle`` keeps the file's structure (values changed, lengths and sizes kept), so that
+    more mutants get past the validator to what reads the files it accepts."""
     name = draw(st.sampled_from(seeds))
     source = seed(name)
     recipe: list[tuple[Any, ...]] = []
     if source.fields:
-        recipe += draw(st.lists(field_mutation(source), max_size=fields))
+        recipe += draw(st.lists(field_mutation(source, lengths=not gentle), max_size=fields))
     size = len(source.data)
+    kinds = ("flip", "set") if gentle else _BYTE_KINDS
     for _ in range(draw(st.integers(0, changes))):
-        recipe.append(draw(byte_mutation(source, size)))
+        recipe.append(draw(byte_mutation(source, size, kinds)))
         size = len(apply(name, tuple(recipe)))
     return Mutant(name, tuple(recipe))

@@ -56,10 +56,10 @@ def patient_names(data: bytes) -> list[str]:
     return [v for v in values if len(v.strip()) >= 4 and re.search("[A-Za-z]", v)]
 
 
-def check(workdir: Path, data: bytes) -> Verdict:
+def check(workdir: Path, data: bytes, case: Mutant | None = None) -> Verdict:
     path = workdir / "validator-case.dcm"
     path.write_bytes(data)
-    with bounded("validator", seconds=5, memory_mb=256):
+    with bounded("validator", seconds=5, memory_mb=256, case=case):
         return check_file(path, LIMITS)
 
 
@@ -71,7 +71,7 @@ def check(workdir: Path, data: bytes) -> Verdict:
 @example(Mutant("SC_rgb_rle_32bit.dcm", (("length", 0x00200013, 414),)))
 def test_validator_answers_every_mutated_file_with_a_verdict(workdir: Path, mutant: Mutant) -> None:
     note(repr(mutant))
-    verdict = check(workdir, mutant.data)
+    verdict = check(workdir, mutant.data, mutant)
     event(verdict.reasons[0].code if verdict.reasons else "accepted")
     assert isinstance(verdict, Verdict)
     assert verdict.accepted == (verdict.ids is not None)
