@@ -327,9 +327,18 @@ async def test_an_instance_the_server_already_holds_counts_as_stored(
         ([_stow_answer(202, [("1.2.3", 0xC000)])], PermanentError, 1),
         ([_stow_answer(202, [("1.2.3", 0xA700)])], RetryableError, 2),
         ([httpx.Response(429, headers={"retry-after": "0"})], RetryableError, 2),
+        # "²" (latin-1 B2): str.isdigit takes it, float refuses it: a ValueError, not a retry
+        ([httpx.Response(429, headers=[(b"retry-after", b"\xb2")])], RetryableError, 2),
         ([httpx.Response(413)], PermanentError, 1),
     ],
-    ids=["409-sop-class-not-supported", "cannot-understand", "out-of-resources", "429", "413"],
+    ids=[
+        "409-sop-class-not-supported",
+        "cannot-understand",
+        "out-of-resources",
+        "429",
+        "429-odd-retry-after",
+        "413",
+    ],
 )
 async def test_refusals_are_sorted_into_retryable_and_permanent(
     answers: list[httpx.Response], error: type[Exception], tries: int
