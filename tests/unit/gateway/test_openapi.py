@@ -34,3 +34,14 @@ def test_a_routes_own_error_responses_keep_their_words() -> None:
     stow = document["paths"]["/dicomweb/studies"]["post"]["responses"]
     assert stow["415"]["description"] == 'Not multipart/related; type="application/dicom"'
     assert stow["415"]["content"][PROBLEM_MEDIA_TYPE] == PROBLEM
+
+
+def test_qido_rs_and_the_metrics_document_the_media_types_they_answer() -> None:
+    """Found by schemathesis: QIDO-RS said application/json and /metrics said JSON."""
+    document = create_app(GatewaySettings()).openapi()
+    for path in ("/dicomweb/studies", "/dicomweb/studies/{study}/series/{series}/instances"):
+        assert list(document["paths"][path]["get"]["responses"]["200"]["content"]) == [
+            "application/dicom+json"
+        ]
+    metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
