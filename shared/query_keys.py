@@ -21,7 +21,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from shared.errors import BadRequest
 from shared.study_index import exact_key, name_key, yyyymmdd
-from shared.study_search import has_wildcards, is_universal
+from shared.study_search import MAX_OFFSET, has_wildcards, is_universal
 from shared.study_search import wildcard_match as _wildcard
 
 Level = Literal["study", "series", "instance"]
@@ -138,8 +138,8 @@ class Query:
         query = cls(level, study_uid=study_uid, series_uid=series_uid)
         if limit < 1:
             raise BadRequest("limit must be 1 or more")
-        if offset < 0:
-            raise BadRequest("offset must be 0 or more")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadRequest(f"offset must be 0 to {MAX_OFFSET}")
         query.limit, query.offset = min(limit, MAX_LIMIT), offset
         for key, value in params:
             if key == "includefield":
