@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench soak lint fmt clean emulators viewer
+.PHONY: run test test-fast fuzz bench soak lint fmt clean emulators viewer
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint  ## lint, then unit, integration and end-to-end tests
 
 test-fast: $(STAMP)  ## unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+fuzz: $(STAMP)  ## the long fuzz run: 10,000+ mutated inputs, then every API operation (tests/fuzz)
+	FUZZ_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider tests/fuzz -o timeout=3600 \
+		--hypothesis-show-statistics $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## throughput, latency and memory table
 	$(PY) bench/bench.py

@@ -108,6 +108,8 @@ async def read(
 ) -> tuple[list[Entry], str | None]:
     """Entries in time order matching every filter given, at most ``limit``; and the id to go
     on from (``after``) when there may be more, looking through at most ``SCAN`` entries."""
+    if after is not None and after == f"{MAX_ID_PART}-{MAX_ID_PART}":
+        return [], None  # nothing can come after the last id there is (and Redis says so)
     low = f"({after}" if after else (_ms(since) if since else "-")
     high = _ms(until) if until else "+"
     found: list[Entry] = []
@@ -132,9 +134,20 @@ async def read(
 
 
 def _ms(moment: datetime) -> str:
+    """The stream id of a moment: its milliseconds since 1970, 0 for any moment before."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return str(int(moment.timestamp() * 1000))
+    return str(max(0, int(moment.timestamp() * 1000)))
+
+
+MAX_ID_PART = 2**64 - 1  # each half of a stream id is an unsigned 64-bit number
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether text can be a stream entry's id, ``<ms>-<seq>``, as Redis takes it."""
+    ms, dash, seq = text.partition("-")
+    parts = (ms, seq)
+    return bool(dash) and all(p.isascii() and p.isdigit() and int(p) <= MAX_ID_PART for p in parts)
 
 
 def _entry(entry_id: str, raw: Mapping[str, str]) -> Entry:

@@ -1,4 +1,5 @@
-"""DICOM helpers every service may need: reading with pydicom without leaking what it read.
+"""DICOM helpers every service may need: reading with pydicom without leaking what it read,
+and decoding pixel data without a decoder's panic passing every ``except Exception``.
 
 Quiet is a flag of the code that parses (a context variable: its thread, or its asyncio task),
 read by a warnings filter and a logging filter installed once for the process. Entering it
@@ -57,3 +58,25 @@ def _install() -> None:
 
 def _drop_while_quiet(_record: logging.LogRecord) -> bool:
     return not _quiet.get()
+
+
+class DecoderPanic(Exception):
+    """A pixel data decoder written in Rust panicked on a corrupt stream (an ordinary error)."""
+
+
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Decode pixel data with pydicom's plugins, a decoder's panic raised as ``DecoderPanic``.
+
+    pylibjpeg-rle is Rust: on some corrupt streams (an RLE frame shorter than Rows x Columns
+    says) it panics, and pyo3 raises ``pyo3_runtime.PanicException``, a ``BaseException``, so
+    that neither pydicom (which would try its next plugin) nor a caller's ``except Exception``
+    sees it. Within this block it is an ``Exception`` like any other failure to decode. The
+    class is matched by name: pyo3 makes it at run time, in no module one can import.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise DecoderPanic("the pixel data decoder panicked on the stream") from exc

@@ -393,7 +393,7 @@ def _unreachable(exc: httpx.TransportError) -> RetryableError:
 
 def _busy(response: httpx.Response, what: str) -> _Busy:
     retry_after = response.headers.get("retry-after", "")
-    seconds = float(retry_after) if retry_after.isdigit() else None
+    seconds = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
     return _Busy(f"dicomweb: {what} answered {response.status_code}", seconds)
 
 

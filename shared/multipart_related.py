@@ -1,4 +1,5 @@
-"""WADO-RS answers read as they arrive: multipart/related parts as start, data and end events."""
+"""WADO-RS answers read as they arrive: multipart/related parts as start, data and end events;
+and the preamble any multipart body may start with, skipped for python-multipart."""
 
 from __future__ import annotations
 
@@ -23,6 +24,46 @@ class Mark(Enum):
 
 Event: TypeAlias = Mark | bytes
 _MALFORMED = "dicomweb: malformed multipart response"
+MAX_PREAMBLE = 64 * 1024  # bytes before the first boundary a reader is willing to skip
+
+
+class Preamble:
+    """What comes before a multipart body's first boundary, skipped as the chunks arrive.
+
+    RFC 2046 5.1.1 lets a body start with a preamble, to be ignored; python-multipart's parser
+    refuses one. ``skip`` gives each chunk from the first boundary on (the CRLF before it
+    included, which the parser takes), and b"" while it is not in sight yet; only the last
+    bytes, which may begin it, are kept between chunks. Past ``MAX_PREAMBLE`` bytes without it,
+    ``too_long`` is set and the caller refuses the body.
+    """
+
+    def __init__(self, boundary: bytes | str) -> None:
+        self.delimiter = b"--" + (
+            boundary.encode("latin-1") if isinstance(boundary, str) else boundary
+        )
+        self.done = False
+        self.too_long = False
+        self._tail = b""
+        self.skipped = 0  # bytes of preamble seen
+
+    def skip(self, chunk: bytes) -> bytes:
+        if self.done:
+            return chunk
+        head = self._tail + chunk
+        if head.startswith(self.delimiter):
+            at = 0
+        elif self.delimiter.startswith(head):  # may be the boundary itself, cut by the chunks
+            self._tail = head
+            return b""
+        else:
+            at = head.find(b"\r\n" + self.delimiter)
+        if at < 0:
+            self.skipped += len(chunk)
+            self.too_long = self.skipped > MAX_PREAMBLE
+            self._tail = head[-(len(self.delimiter) + 1) :]
+            return b""
+        self.done, self._tail = True, b""
+        return head[at:]
 
 
 def parts(response: httpx.Response) -> AsyncGenerator[Event, None]:
@@ -64,6 +105,7 @@ class PartReader:
     def __init__(self, boundary: str) -> None:
         self._events: list[Event] = []
         self._ended = False
+        self._preamble = Preamble(boundary)
         try:
             self._parser = MultipartParser(
                 boundary,
@@ -80,6 +122,9 @@ class PartReader:
             raise PermanentError(_MALFORMED) from exc
 
     def feed(self, chunk: bytes) -> list[Event]:
+        chunk = self._preamble.skip(chunk)
+        if self._preamble.too_long:
+            raise PermanentError(_MALFORMED)
         try:
             self._parser.write(chunk)
         except FormParserError as exc:
@@ -88,6 +133,8 @@ class PartReader:
         return events
 
     def close(self) -> None:
+        if self._preamble.skipped and not self._preamble.done:  # bytes, and no boundary at all
+            raise PermanentError(_MALFORMED)
         if not self._ended:
             raise RetryableError("dicomweb: the response ended before its closing boundary")
 

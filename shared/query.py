@@ -259,7 +259,8 @@ async def _children(
 
 def _number_key(h: Mapping[str, str], number: str, uid: str) -> tuple[int, str]:
     value = h.get(number, "")
-    return (int(value) if value.lstrip("-").isdigit() else 2**31), h.get(uid, "")
+    number = value.removeprefix("-")
+    return (int(value) if number.isascii() and number.isdigit() else 2**31), h.get(uid, "")
 
 
 _REQUIRED: dict[Level, tuple[str, ...]] = {  # PS3.18 Tables 10.6.3-3, -4 and -5

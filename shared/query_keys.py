@@ -21,7 +21,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from shared.errors import BadRequest
 from shared.study_index import exact_key, name_key, yyyymmdd
-from shared.study_search import has_wildcards, is_universal
+from shared.study_search import MAX_OFFSET, has_wildcards, is_universal
 from shared.study_search import wildcard_match as _wildcard
 
 Level = Literal["study", "series", "instance"]
@@ -138,8 +138,8 @@ class Query:
         query = cls(level, study_uid=study_uid, series_uid=series_uid)
         if limit < 1:
             raise BadRequest("limit must be 1 or more")
-        if offset < 0:
-            raise BadRequest("offset must be 0 or more")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise BadRequest(f"offset must be 0 to {MAX_OFFSET}")
         query.limit, query.offset = min(limit, MAX_LIMIT), offset
         for key, value in params:
             if key == "includefield":
@@ -170,7 +170,7 @@ def _check(attr: Attribute, value: str) -> None:
         ok = all(_bound(attr.vr, part) is not None for part in (start, end) if part)
         if not ok or "-" in end or not (start or end):
             raise BadRequest(f"{attr.keyword} must be a {attr.vr} value or range A-B, A-, -B")
-    if attr.vr == "UI" and not all(c.isdigit() or c in ".,\\" for c in value):
+    if attr.vr == "UI" and not all(c in "0123456789.,\\" for c in value):
         raise BadRequest(f"{attr.keyword} must be UIDs: digits and dots, \\ or , between")
 
 
@@ -180,12 +180,18 @@ def _bound(vr: str, text: str) -> str | None:
         return yyyymmdd(text)
     clock = text.strip().replace(":", "")
     digits, _, fraction = clock.partition(".")
-    if not (digits.isdigit() and len(digits) in (2, 4, 6) and (fraction.isdigit() or not fraction)):
+    if not (_digits(digits) and len(digits) in (2, 4, 6) and (_digits(fraction) or not fraction)):
         return None
     hh, mm, ss = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
     if hh > 23 or mm > 59 or ss > 60 or len(fraction) > 6:
         return None
     return digits.ljust(6, "0") + "." + fraction.ljust(6, "0")
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also says yes to ``²`` or ``٣``, which a DICOM value
+    never holds and ``int`` refuses (or reads as 3)."""
+    return text.isascii() and text.isdigit()
 
 
 def matches(attr: Attribute, wanted: str, value: str | None) -> bool:
@@ -211,7 +217,7 @@ def matches(attr: Attribute, wanted: str, value: str | None) -> bool:
         return (low is None or have >= low) and (high is None or have <= high)
     if attr.vr in ("IS", "US"):
         return stored == wanted.strip().lstrip("+").lstrip("0") or (
-            stored.isdigit() and wanted.strip().isdigit() and int(stored) == int(wanted)
+            _digits(stored) and _digits(wanted.strip()) and int(stored) == int(wanted)
         )
     if attr.vr == "PN":
         pattern, have = wanted.strip().upper(), name_key(stored)

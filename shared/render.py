@@ -42,6 +42,8 @@ from pydicom.pixels.processing import (
 )
 from pydicom.uid import UID
 
+from shared.dicom import decoding
+
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"  # every PNG file starts so (PNG spec 5.2)
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
@@ -59,6 +61,13 @@ _VALUE_KEYWORDS = (
 _FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 Image8 = NDArray[np.uint8]
+
+MAX_FRAME_SAMPLES = 8192 * 8192
+"""The largest frame shown, in samples (Rows x Columns x Samples per Pixel): a 64-megapixel
+gray image, or a 4096 x 4096 colour one. Decoders allocate what the attributes claim before
+they find that the stream holds less, and the display pipeline holds about ten bytes a sample
+at once, so this bounds a preview's memory under 1 GiB. The validator's MAX_PIXEL_BYTES is a
+budget for a whole file's pixels (2 GiB by default), so it lets a frame claim more."""
 
 IDAT_MAX = 1 << 20  # bytes of compressed data per IDAT chunk (a chunk may hold up to 2 GiB)
 
@@ -172,14 +181,29 @@ def _decode(ds: Dataset, frame: int) -> tuple[NDArray[Any], dict[str, Any]]:
         raise RenderError("unreadable Number of Frames") from None
     if not 0 <= frame < frames:
         raise IndexError(f"frame {frame} requested, the dataset has {frames}")
+    if (samples := _frame_samples(ds)) > MAX_FRAME_SAMPLES:
+        raise RenderError(
+            f"the frame claims {samples} samples, more than the {MAX_FRAME_SAMPLES} shown"
+        )
     try:
         decoder = get_decoder(syntax)
-        arr, properties = decoder.as_array(ds, index=frame)  # options read from ds
-    except Exception as exc:  # no plugin, corrupt stream, inconsistent attributes
+        with decoding():
+            arr, properties = decoder.as_array(ds, index=frame)  # options read from ds
+    except Exception as exc:  # no plugin, corrupt stream (a panic too), inconsistent attributes
         raise RenderError(
             f"cannot decode pixel data: {type(exc).__name__} ({syntax.name})"
         ) from None
     return arr, properties
+
+
+def _frame_samples(ds: Dataset) -> int:
+    """Rows x Columns x Samples per Pixel, as the attributes say (the decoder believes them)."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except Exception:  # absent or not a number: nothing can be decoded without them
+        raise RenderError("unreadable Rows, Columns or Samples per Pixel") from None
+    return rows * columns * samples
 
 
 def _grayscale(arr: NDArray[Any], attrs: Dataset, window: tuple[float, float] | None) -> Image8:

@@ -20,7 +20,7 @@ from typing import Any, Final
 import structlog
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
@@ -125,7 +125,11 @@ def probe_router(
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics", openapi_extra=OPEN if metrics_extra is None else metrics_extra)
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,  # documented as the text it is
+        openapi_extra=OPEN if metrics_extra is None else metrics_extra,
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -146,7 +146,7 @@ def date_score(study_date: str | None, study_time: str | None = None) -> int:
     if day is None:
         return 0
     clock = (study_time or "").split(".")[0].replace(":", "").strip()
-    if not (clock.isdigit() and len(clock) <= 6):
+    if not (clock.isascii() and clock.isdigit() and len(clock) <= 6):
         clock = ""
     return int(day) * 1_000_000 + int(clock.ljust(6, "0") or 0)
 
@@ -156,7 +156,7 @@ def yyyymmdd(value: str | None) -> str | None:
     text = (value or "").strip()
     if len(text) == 10 and text[4] == text[7] == "-":
         text = text.replace("-", "")
-    if not (len(text) == 8 and text.isdigit()):
+    if not (len(text) == 8 and text.isascii() and text.isdigit()):
         return None
     try:
         date(int(text[:4]), int(text[4:6]), int(text[6:]))

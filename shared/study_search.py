@@ -67,6 +67,7 @@ def wildcard_match(pattern: str, value: str) -> bool:
 
 # ---- reading ----
 
+MAX_OFFSET = 2**31  # far past any index; Redis takes a LIMIT offset of 64 bits at most
 SORT_KEYS = ("study_date", "patient_name", "patient_id", "accession_number", "updated_at")
 
 
@@ -100,7 +101,7 @@ class StudyQuery(BaseModel):
     accession_number: str | None = Field(default=None, max_length=256)
     study_uid: Annotated[list[str], BeforeValidator(_listed)] = []
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort: str = "-study_date"
 
     @field_validator("patient_name", "patient_id", "institution", "accession_number")

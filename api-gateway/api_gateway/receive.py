@@ -20,6 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from shared.errors import BadRequest, FileTooLarge, UnsupportedMediaType
+from shared.multipart_related import Preamble
 
 FILE_FIELDS = frozenset({b"file", b"files"})  # seed 001 and 004 spellings
 TEXT_FIELDS = frozenset({b"label", b"study"})  # kept; other fields are skipped
@@ -151,6 +152,7 @@ class MultipartReceiver:
         self._header_value = bytearray()
         self._other_bytes = 0
         self._ended = False
+        self._preamble = Preamble(boundary)
         self._parser = MultipartParser(
             boundary,
             {
@@ -167,6 +169,12 @@ class MultipartReceiver:
         )
 
     def feed(self, chunk: bytes) -> None:
+        if not self._preamble.done:
+            chunk = self._preamble.skip(chunk)
+            if self._preamble.too_long:
+                raise BadRequest("the multipart body has no boundary in its first 64 KiB")
+            if not chunk:
+                return
         try:
             self._parser.write(chunk)
         except MultipartParseError:

@@ -250,7 +250,7 @@ class _Walker:
         }
 
     def element(self, ds: Dataset, tag: int, path: str) -> dict[str, Any]:
-        raw = ds.get_item(tag)  # before conversion, to keep the bytes if converting fails
+        raw = ds.get_item(tag, keep_deferred=True)  # as read: its bytes if converting fails
         try:
             return self._convert(ds[tag], path)
         except Exception as exc:

@@ -552,6 +552,7 @@ async def snapshot(redis: Redis) -> dict[str, Any]:
         {"limit": 0},
         {"limit": 1001},
         {"offset": -1},
+        {"offset": 2**64},  # Redis takes no LIMIT offset past 64 bits: it was a 500
         {"modality": ["C;T"]},
         {"study_uid": ["1.2.abc"]},
         {"patient_name": "X" * 300},

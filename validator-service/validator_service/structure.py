@@ -34,6 +34,7 @@ waveform 3,591, and an enhanced multi-frame image roughly 80 per frame."""
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_DELIMITER_GROUP = 0xFFFE  # items and delimiters (PS3.5 7.5): never a data element
 _ITEM_BYTES = b"\xfe\xff\x00\xe0"  # (FFFE,E000) in Implicit VR Little Endian
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA})  # Float, Double Float, Pixel Data
@@ -278,6 +279,8 @@ def _check_lengths(ds: Dataset, end: int, budget: _Budget) -> None:
     while stack:
         item, depth, within = stack.pop()
         for tag, elem in list(item.items()):  # raw as read; nothing converted or re-read
+            if tag >> 16 == _DELIMITER_GROUP:
+                raise _Stop(_stray_item(tag, within))
             inner = within  # what bounds the items of this element, if it is a sequence
             if isinstance(elem, RawDataElement):
                 _check_raw_length(elem, end, within)
@@ -305,6 +308,15 @@ def _check_lengths(ds: Dataset, end: int, budget: _Budget) -> None:
                     )
                 )
             stack.extend((child, depth + 1, inner) for child in items)
+
+
+def _stray_item(tag: int, within: str | None) -> Reason:
+    """An item or delimiter tag read as a data element: pydicom keeps it, nothing can use it."""
+    where = f"in an item of {within}" if within else "in the dataset"
+    return _reason(
+        "unreadable",
+        f"an item or delimiter tag {_label(tag)} stands where a data element should be {where}",
+    )
 
 
 def _parse_sequence(elem: RawDataElement, budget: _Budget) -> list[Dataset]:

@@ -22,6 +22,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length, pack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from shared.dicom import decoding
 from shared.errors import BadRequest, InstanceNotFound
 
 PIXEL_DATA = 0x7FE00010
@@ -81,7 +82,8 @@ def read_frames(path: Path, numbers: list[int], decode: bool) -> list[bytes]:
 
 def _native(ds: Dataset, syntax: UID, index: int) -> bytes:
     """One frame decoded (or byte-swapped) to native little-endian bytes."""
-    arr, _ = get_decoder(syntax).as_array(ds, index=index)
+    with decoding():
+        arr, _ = get_decoder(syntax).as_array(ds, index=index)
     if int(ds.BitsAllocated) == 1:
         return pack_bits(arr)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -91,7 +93,8 @@ def transcoded(path: Path) -> bytes:
     """The instance as Explicit VR Little Endian (decompressed when it was compressed)."""
     ds = pydicom.dcmread(path)
     if UID(ds.file_meta.TransferSyntaxUID).is_compressed:
-        ds.decompress(generate_instance_uid=False)  # same instance; RGB for YBR colour
+        with decoding():
+            ds.decompress(generate_instance_uid=False)  # same instance; RGB for YBR colour
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)

@@ -44,6 +44,13 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
 }
 _ACCEPTED = {"application/dicom+json", "application/json", "application/*", "*/*"}
 
+
+class DicomJSON(JSONResponse):
+    """What every resource here answers: the DICOM JSON model (PS3.18 Annex F)."""
+
+    media_type = MEDIA_TYPE
+
+
 Limit = Annotated[int, Query(description=f"1 or more; at most {query_keys.MAX_LIMIT} are returned")]
 Offset = Annotated[int, Query(description="results to skip")]
 Fuzzy = Annotated[bool, Query(description="accepted; matching stays literal")]
@@ -130,7 +137,9 @@ def _retrieve_url(service: str, level: query_keys.Level, dataset: dict[str, Any]
     return "/".join(path)
 
 
-@router.get("/studies", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/studies", responses=_RESPONSES, response_class=DicomJSON, openapi_extra=needs(Scope.READ)
+)
 async def search_for_studies(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -138,7 +147,9 @@ async def search_for_studies(
     return await _answer(redis, request, settings, "study", page)
 
 
-@router.get("/series", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/series", responses=_RESPONSES, response_class=DicomJSON, openapi_extra=needs(Scope.READ)
+)
 async def search_for_series(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -146,7 +157,9 @@ async def search_for_series(
     return await _answer(redis, request, settings, "series", page)
 
 
-@router.get("/instances", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/instances", responses=_RESPONSES, response_class=DicomJSON, openapi_extra=needs(Scope.READ)
+)
 async def search_for_instances(
     redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -154,7 +167,12 @@ async def search_for_instances(
     return await _answer(redis, request, settings, "instance", page)
 
 
-@router.get("/studies/{study}/series", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/studies/{study}/series",
+    responses=_RESPONSES,
+    response_class=DicomJSON,
+    openapi_extra=needs(Scope.READ),
+)
 async def search_for_study_series(
     study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -162,7 +180,12 @@ async def search_for_study_series(
     return await _answer(redis, request, settings, "series", page, study)
 
 
-@router.get("/studies/{study}/instances", responses=_RESPONSES, openapi_extra=needs(Scope.READ))
+@router.get(
+    "/studies/{study}/instances",
+    responses=_RESPONSES,
+    response_class=DicomJSON,
+    openapi_extra=needs(Scope.READ),
+)
 async def search_for_study_instances(
     study: str, redis: RedisClient, request: Request, settings: Settings, page: Page
 ) -> Response:
@@ -173,6 +196,7 @@ async def search_for_study_instances(
 @router.get(
     "/studies/{study}/series/{series}/instances",
     responses=_RESPONSES,
+    response_class=DicomJSON,
     openapi_extra=needs(Scope.READ),
 )
 async def search_for_series_instances(

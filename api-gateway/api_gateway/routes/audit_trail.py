@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from api_gateway.access import Scope, needs
 from api_gateway.deps import RedisClient
 from shared import audit
+from shared.errors import BadRequest
 
 router = APIRouter(tags=["access"])
 
@@ -41,6 +42,8 @@ async def audit_trail(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """Who did what, when, from where, and how it ended."""
+    if after is not None and not audit.is_entry_id(after):
+        raise BadRequest("after is the next of a previous page: two numbers of 64 bits")
     entries, following = await audit.read(
         redis, actor=actor, action=action, since=since, until=until, after=after, limit=limit
     )

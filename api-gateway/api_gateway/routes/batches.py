@@ -91,7 +91,12 @@ async def accept_batch(
         raise UnsupportedMediaType('send the batch as application/json: {"files": [...]}')
     user_id = catalog.clean_name(request.headers.get("x-user-id"), "X-User-ID header")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_batch_size:
+    if (
+        declared
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > settings.max_batch_size
+    ):
         raise FileTooLarge(_too_large(settings))
     batch_id = str(uuid4())
     spool = settings.uploads_path / f"{batch_id}.batch.part"

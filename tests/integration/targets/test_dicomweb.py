@@ -327,9 +327,18 @@ async def test_an_instance_the_server_already_holds_counts_as_stored(
         ([_stow_answer(202, [("1.2.3", 0xC000)])], PermanentError, 1),
         ([_stow_answer(202, [("1.2.3", 0xA700)])], RetryableError, 2),
         ([httpx.Response(429, headers={"retry-after": "0"})], RetryableError, 2),
+        # "²" (latin-1 B2): str.isdigit takes it, float refuses it: a ValueError, not a retry
+        ([httpx.Response(429, headers=[(b"retry-after", b"\xb2")])], RetryableError, 2),
         ([httpx.Response(413)], PermanentError, 1),
     ],
-    ids=["409-sop-class-not-supported", "cannot-understand", "out-of-resources", "429", "413"],
+    ids=[
+        "409-sop-class-not-supported",
+        "cannot-understand",
+        "out-of-resources",
+        "429",
+        "429-odd-retry-after",
+        "413",
+    ],
 )
 async def test_refusals_are_sorted_into_retryable_and_permanent(
     answers: list[httpx.Response], error: type[Exception], tries: int
@@ -464,14 +473,29 @@ def test_part_data_comes_out_as_it_arrives() -> None:
     "body",
     [
         b"--b\r\nContent-Type: application/dicom\r\nno colon here\r\n\r\nDICM\r\n--b--",
-        b"--x\r\n\r\nDICM\r\n--b--",
+        b"--x\r\n\r\nDICM\r\n--x--",  # no --b: all of it would be a preamble (RFC 2046)
         b"--b\r\n" + b"Content-Type: " + b"x" * 20_000 + b"\r\n\r\nDICM\r\n--b--",
     ],
     ids=["bad-header", "wrong-boundary", "header-too-long"],
 )
 def test_a_malformed_body_is_permanent(body: bytes) -> None:
+    def read() -> None:
+        reader = PartReader("b")
+        reader.feed(body)
+        reader.close()
+
     with pytest.raises(PermanentError, match="dicomweb: malformed multipart response"):
-        PartReader("b").feed(body)
+        read()
+
+
+def test_a_preamble_is_skipped() -> None:
+    """RFC 2046 5.1.1: text before the first boundary is ignored (found by fuzzing)."""
+    body = b"a preamble\r\n--b\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--b--"
+    reader = PartReader("b")
+    events = [event for at in range(len(body)) for event in reader.feed(body[at : at + 1])]
+    reader.close()
+    assert events[0] is Mark.PART_START
+    assert b"".join(e for e in events if isinstance(e, bytes)) == b"DICM"
 
 
 async def test_a_retrieve_streamed_in_odd_chunks_writes_each_instance_whole(

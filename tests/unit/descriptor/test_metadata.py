@@ -14,7 +14,9 @@ import pytest
 from descriptor_service.metadata import FORMAT, SUMMARY_KEYS, describe, summarise
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 TAG = re.compile(r"^[0-9A-F]{8}$")
@@ -221,6 +223,19 @@ def test_malformed_values_do_not_stop_the_description() -> None:
     assert doc["summary"]["slice_thickness"] is None
     assert doc["summary"]["patient_name"] == "Doe^Jane"
     assert doc["summary"]["pixel_spacing"] == [0.5, 0.5]
+
+
+def test_an_empty_element_of_no_known_vr_is_a_problem_not_a_crash() -> None:
+    """Found by fuzzing: a stray delimiter tag at the top level, length 0, has no VR pydicom
+    can convert; reading it for its raw bytes converted it, outside the guard."""
+    ds = Dataset()
+    ds.PatientName = "Doe^Jane"
+    ds[0xFFFEE0DD] = RawDataElement(Tag(0xFFFEE0DD), None, 0, None, 0, False, True)
+    doc = describe(ds)
+    assert doc["dataset"]["FFFEE0DD"] == {"vr": "UN"}
+    # the dictionary's VR for a delimiter
+    assert doc["problems"] == [{"path": "FFFEE0DD", "vr": "NONE", "error": "NotImplementedError"}]
+    assert doc["summary"]["patient_name"] == "Doe^Jane"
 
 
 def test_malformed_integer_string() -> None:

@@ -49,8 +49,16 @@ def test_a_query_reads_its_keys_includefields_and_paging() -> None:
         ("study", [("StudyDate", "2020")], 100, 0),
         ("study", [("StudyTime", "2460")], 100, 0),
         ("study", [("StudyInstanceUID", "1.2.x")], 100, 0),
+        # found by fuzzing: digits of other scripts, which str.isdigit takes and int refuses
+        # (a ValueError, so a 500)
+        ("study", [("StudyTime", "²²")], 100, 0),
+        ("study", [("StudyTime", "12³")], 100, 0),
+        ("study", [("StudyInstanceUID", "1.²")], 100, 0),
+        ("study", [("StudyDate", "٢٠٢٠٠١٠١")], 100, 0),
         ("study", [], 0, 0),
         ("study", [], 10, -1),
+        # found by schemathesis: Redis refused a LIMIT offset past 64 bits, and that was a 500
+        ("study", [], 10, 114908686333989561040896),
     ],
 )
 def test_bad_keys_values_and_paging_are_refused(
@@ -99,6 +107,14 @@ def test_date_and_time_ranges() -> None:
     assert not match("StudyTime", "0800-0830", "083015")
     assert match("StudyTime", "0830", "083015")  # a single time at its own precision
     assert not match("StudyTime", "0831", "083015")
+
+
+def test_numbers_in_other_scripts_never_match_and_never_fail() -> None:
+    """Found by fuzzing: ``SeriesNumber=²`` reached ``int("²")`` on every stored series."""
+    number = ATTRIBUTES["SeriesNumber"]
+    assert not matches(number, "²", "2")
+    assert not matches(number, "0²", "2")
+    assert matches(number, "007", "7")
 
 
 def test_modalities_in_study_match_any_of_a_list() -> None:

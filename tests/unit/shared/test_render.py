@@ -365,6 +365,28 @@ def test_corrupt_jpeg_2000_stream() -> None:
         to_display(ds)
 
 
+def test_a_decoder_panic_is_a_render_error() -> None:
+    """Found by fuzzing: pylibjpeg-rle (Rust) panics on an RLE frame longer than Rows x
+    Columns say, and pyo3's PanicException is a BaseException, which got past every guard."""
+    ds = read("MR_small_RLE.dcm")
+    ds.Rows = ds.Columns = 1
+    with pytest.raises(RenderError, match=r"^cannot decode pixel data: DecoderPanic \(RLE"):
+        to_display(ds)
+
+
+def test_a_frame_larger_than_a_preview_is_refused_before_decoding() -> None:
+    """Found by fuzzing: an RLE image whose Rows and Columns claim 32768 x 32768 at 16 bits
+    (2 GiB, within the validator's budget) made the decoder allocate 2 GiB (or abort the
+    process where memory is capped) before it found the stream too short."""
+    ds = read("MR_small_RLE.dcm")
+    ds.Rows = ds.Columns = 32768
+    with pytest.raises(RenderError, match=r"^the frame claims 1073741824 samples, more than"):
+        to_display(ds)
+    ds.Rows, ds.Columns = 8192, 8192  # the largest frame shown: decoding is tried (and fails)
+    with pytest.raises(RenderError, match=r"^cannot decode pixel data"):
+        to_display(ds)
+
+
 def test_missing_decoder_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_decoder(uid: str) -> None:
         raise NotImplementedError(f"no decoder for {uid}")

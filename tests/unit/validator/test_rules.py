@@ -287,6 +287,13 @@ REJECTED: list[tuple[str, Callable[[], bytes], set[str]]] = [
         lambda: bad.nested_sequences(MAX_NESTING + 1, False),
         {"too-deep"},
     ),
+    # found by fuzzing: an item or a sequence delimiter where a data element should be
+    (
+        "item-at-top-level",
+        lambda: with_element(b"\xfe\xff\x00\xe0" + struct.pack("<L", 4) + b"abcd"),
+        {"unreadable"},
+    ),
+    ("delimiter-at-top-level", lambda: with_element(b"\xfe\xff\xdd\xe0\0\0\0\0"), {"unreadable"}),
     ("deflate-cut", lambda: bad.deflated(bad.image())[:-20], {"truncated"}),
     (
         "deflate-garbage",
