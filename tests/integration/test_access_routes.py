@@ -16,9 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from api_gateway.access import KeyStore, Scope, needed
+from api_gateway.app import create_app
+from api_gateway.settings import GatewaySettings
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 
 @pytest.fixture
@@ -268,3 +271,27 @@ async def test_without_access_control_nobody_signs_in(served_gateway: str) -> No
         "scopes": ["read", "write", "admin"],
         "access_control": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("host", "control", "on", "warned"),
+    [
+        ("127.0.0.1", "auto", False, False),  # make run: the README's curl works as it is
+        ("0.0.0.0", "auto", True, False),  # compose, a server: a credential for everything
+        ("0.0.0.0", "off", False, True),  # off where others reach it: said at start
+        ("127.0.0.1", "on", True, False),
+    ],
+)
+async def test_access_control_is_on_wherever_others_can_reach_the_gateway(
+    gateway_settings: GatewaySettings, host: str, control: str, on: bool, warned: bool
+) -> None:
+    settings = gateway_settings.model_copy(update={"host": host, "access_control": control})
+    assert settings.access_enabled is on
+    app = create_app(settings)
+    with capture_logs() as logs:
+        async with app.router.lifespan_context(app):
+            pass
+    said = [line for line in logs if line["event"] == "access_control.off"]
+    assert bool(said) is warned
+    started = next(line for line in logs if line["event"] == "gateway.started")
+    assert started["access_control"] is on
