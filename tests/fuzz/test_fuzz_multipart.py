@@ -225,18 +225,30 @@ def test_form_data_gives_back_every_file_as_sent(
             assert receiver.fields[field] == values[-1].decode("utf-8", "replace")
 
 
+def receive_damaged(
+    target: str,
+    receiver: type[MultipartReceiver],
+    uploads: Path,
+    request_: tuple[str, list[Part], bytes],
+    data: st.DataObject,
+) -> None:
+    """A request damaged (or replaced by random bytes, its Content-Type too), in random
+    chunks: files as sent, or a bad request, and nothing left behind either way."""
+    content_type, _, body = request_
+    body = data.draw(damaged(body) | st.binary(max_size=512))
+    content_type = data.draw(st.just(content_type) | st.text(LATIN_1, max_size=80))
+    chunks = data.draw(chunked(body))
+    with bounded(target, seconds=5, memory_mb=64, case=(content_type, chunks)):
+        outcome = receive(receiver, content_type, chunks, uploads, 1 << 20)
+    check_consistent(outcome, uploads)
+
+
 @given(form_requests(), st.data())
 @cases("multipart form-data")
 def test_form_data_damaged_or_random_is_files_or_a_bad_request(
     uploads: Path, request_: tuple[str, list[Part], bytes], data: st.DataObject
 ) -> None:
-    content_type, _, body = request_
-    body = data.draw(damaged(body) | st.binary(max_size=512))
-    content_type = data.draw(st.just(content_type) | st.text(LATIN_1, max_size=80))
-    chunks = data.draw(chunked(body))
-    with bounded("multipart form-data", seconds=5, memory_mb=64, case=(content_type, chunks)):
-        outcome = receive(MultipartReceiver, content_type, chunks, uploads, 1 << 20)
-    check_consistent(outcome, uploads)
+    receive_damaged("multipart form-data", MultipartReceiver, uploads, request_, data)
 
 
 # --- multipart/related (STOW-RS) ----------------------------------------------------------------
@@ -271,13 +283,7 @@ def test_stow_gives_back_every_part_as_sent(
 def test_stow_damaged_or_random_is_parts_or_a_bad_request(
     uploads: Path, request_: tuple[str, list[Part], bytes], data: st.DataObject
 ) -> None:
-    content_type, _, body = request_
-    body = data.draw(damaged(body) | st.binary(max_size=512))
-    content_type = data.draw(st.just(content_type) | st.text(LATIN_1, max_size=80))
-    chunks = data.draw(chunked(body))
-    with bounded("STOW multipart/related", seconds=5, memory_mb=64, case=(content_type, chunks)):
-        outcome = receive(stow.StowReceiver, content_type, chunks, uploads, 1 << 20)
-    check_consistent(outcome, uploads)
+    receive_damaged("STOW multipart/related", stow.StowReceiver, uploads, request_, data)
 
 
 # --- multipart/related answers (WADO-RS, read by the uploader and the retrieval) ----------------
