@@ -53,8 +53,8 @@ async def queue(
 
     A labelled file whose name is already filed under its label (or earlier in the same
     request) is not queued: its upload id is returned, for the caller to refuse it.
-    ``batch`` is (batch id, user id) when the files are one batch. ``by``: who sent them (it
-    goes into each job's origin); without it, the origin says (a DIMSE peer's AE title).
+    ``batch`` is (batch id, user id) when the files are one batch. ``by``: who sent them;
+    without it, the origin says (a DIMSE peer's AE title). Either goes into each job's origin.
     ``transaction_timeout``
     bounds the transaction (else the Redis client's own timeouts do); settling it, below, may
     take as long again (``SETTLE_TIMEOUT_S`` without one).
@@ -70,7 +70,7 @@ async def queue(
     """
     if not events:
         return set()
-    events = [_sent_by(e, by) for e in events] if by else list(events)
+    events = [_sent_by(e, by) for e in events]
     while True:
         attempt = _Attempt()
         try:
@@ -150,26 +150,36 @@ async def _settle(
     return bool(ran)
 
 
-def _sent_by(event: AnyEvent, by: Caller) -> AnyEvent:
-    if not isinstance(event, FileReceived):
+def _sender(event: AnyEvent, by: Caller | None) -> Caller | None:
+    """Who sent an event's file, and from where: the caller given, else a DIMSE peer by its
+    calling AE title; None when nothing says."""
+    origin = event.origin if isinstance(event, FileReceived) else None
+    client = (origin.peer if origin else None) or (by.client if by else "")
+    if by is not None:
+        return Caller(by.actor, client)
+    if origin is not None and origin.calling_ae:
+        return Caller(f"ae:{origin.calling_ae}", client)
+    return None
+
+
+def _sent_by(event: AnyEvent, by: Caller | None) -> AnyEvent:
+    """A received file's event with its sender in its origin: the job's details name it."""
+    sender = _sender(event, by)
+    if not isinstance(event, FileReceived) or sender is None:
         return event
-    origin = event.origin or Origin()
-    sender = {"actor": by.actor, "peer": origin.peer or by.client or None}
-    return event.model_copy(update={"origin": origin.model_copy(update=sender)})
+    origin = (event.origin or Origin()).model_copy(
+        update={"actor": sender.actor, "peer": sender.client or None}
+    )
+    return event.model_copy(update={"origin": origin})
 
 
 def _audit_entry(event: AnyEvent, by: Caller | None) -> dict[str, str]:
     """An accepted upload (or a copy asked for) in the audit trail: by whom, from where."""
-    origin = event.origin if isinstance(event, FileReceived) else None
-    client = (origin.peer if origin else None) or (by.client if by else None)
-    if by is not None:
-        actor = by.actor
-    elif origin is not None and origin.calling_ae:
-        actor = f"ae:{origin.calling_ae}"
-    else:
-        actor = audit.ANONYMOUS
+    sender = _sender(event, by) or Caller(audit.ANONYMOUS)
     action = "upload" if isinstance(event, FileReceived) else event.type
-    return audit.fields(actor, action, "accepted", client, upload_id=str(event.upload_id))
+    return audit.fields(
+        sender.actor, action, "accepted", sender.client, upload_id=str(event.upload_id)
+    )
 
 
 def _label(event: FileReceived) -> str:

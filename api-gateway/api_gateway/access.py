@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from api_gateway.settings import GatewaySettings
 from shared import redis_names as names
 from shared.errors import AppError
+from shared.service import OPEN
 
 KEY_PREFIX = "dfk_"
 
@@ -319,7 +320,9 @@ def needs(scope: Scope | None, audit: str | None = None) -> dict[str, Any]:
     """A route's ``openapi_extra`` saying the scope it needs in OpenAPI's own terms, which the
     door enforces and the API docs show; ``None``: open to anyone (probes, static pages).
     ``audit``: the action the audit trail records for each request (``api_gateway.auditing``)."""
-    extra: dict[str, Any] = {"security": [{SECURITY_SCHEME: [scope.value]}] if scope else []}
+    extra: dict[str, Any] = (
+        {"security": [{SECURITY_SCHEME: [scope.value]}]} if scope else dict(OPEN)
+    )
     if audit:
         extra[AUDIT_KEY] = audit
     return extra

@@ -142,6 +142,9 @@ async def test_a_dimse_upload_is_recorded_as_its_calling_ae(redis: Redis, tmp_pa
     assert entry["actor"] == "ae:CT01"
     assert entry["client"] == "10.0.0.7:4100"
     assert entry["upload_id"] == str(event.upload_id)
+    job = await JobStore(redis).read(event.upload_id)
+    assert job is not None
+    assert job.details["actor"] == "ae:CT01"  # the job names its sender too
     entries, following = await audit.read(redis, actor="ae:CT01")
     assert [e.targets["upload_id"] for e in entries] == [str(event.upload_id)]
     assert following is None
