@@ -84,8 +84,12 @@ def wanted_states(values: list[str], param: str = "wait") -> frozenset[str]:
 
 
 def settled(job: JobStatus, wanted: frozenset[str]) -> bool:
+    return reached(job.status, wanted)
+
+
+def reached(state: str, wanted: frozenset[str]) -> bool:
     """In a wanted state, or past every one of them (states only move forward)."""
-    return job.status in wanted or not any(RANK[w] > RANK[job.status] for w in wanted)
+    return state in wanted or not any(RANK[w] > RANK[state] for w in wanted)
 
 
 async def _read(store: JobStore, upload_id: UUID) -> JobStatus:
@@ -106,28 +110,72 @@ async def wait_until(
     wanted: frozenset[str],
     seconds: float,
 ) -> tuple[JobStatus, bool]:
-    """The job once settled for ``wanted``, or as it is after ``seconds`` (then True)."""
-    job = await _read(store, upload_id)
-    if settled(job, wanted):
-        return job, False
+    """The job once settled for ``wanted``, or as it is after ``seconds`` (then True); a 404
+    when there is no such job."""
+    job, timed_out = (await wait_all(store, feed, [upload_id], wanted, seconds))[upload_id]
+    if job is None:
+        raise UploadNotFound(f"no upload has id {upload_id}")
+    return job, timed_out
+
+
+async def wait_all(
+    store: JobStore,
+    feed: StatusFeed,
+    upload_ids: list[UUID],
+    wanted: frozenset[str],
+    seconds: float,
+) -> dict[UUID, tuple[JobStatus | None, bool]]:
+    """Each job once settled for ``wanted``, or as it is after ``seconds`` (then True); None
+    for a job that does not exist (or was deleted meanwhile). One watcher of the feed for them
+    all, however many: a job is read again only when a change of its own may have settled it
+    (its new state is settled, or the change names none: a deletion).
+    A 503 when Redis does not answer."""
+    done: dict[UUID, tuple[JobStatus | None, bool]] = {}
+    latest: dict[UUID, JobStatus] = {}
+
+    async def look(ids: list[UUID]) -> None:
+        try:
+            jobs = await store.read_many(ids)
+        except (RedisError, OSError):
+            raise ServiceUnavailable("Redis does not answer; try again shortly") from None
+        for upload_id, job in zip(ids, jobs, strict=True):
+            if job is None or settled(job, wanted):
+                done[upload_id] = (job, False)
+            else:
+                latest[upload_id] = job
+
+    def pending() -> list[UUID]:
+        return [i for i in upload_ids if i not in done]
+
+    await look(upload_ids)
+    if not pending():
+        return done
     deadline = time.monotonic() + seconds
     try:
         async with feed.listening() as cursor:
-            job = await _read(store, upload_id)  # read after the cursor: no change slips by
-            while not settled(job, wanted):
+            await look(pending())  # read after the cursor: no change slips by
+            while waiting := {str(i): i for i in pending()}:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return job, True
+                    break
                 changes = await feed.after(cursor, remaining)
                 if changes:
                     cursor = changes[-1].id
-                if any(c.data.get("upload_id") == str(upload_id) for c in changes):
-                    job = await _read(store, upload_id)
+                moved = {
+                    waiting[c.data["upload_id"]]
+                    for c in changes
+                    if c.data.get("upload_id") in waiting
+                    and (c.data.get("status") not in RANK or reached(c.data["status"], wanted))
+                }
+                if moved:
+                    await look([i for i in upload_ids if i in moved])
     except FeedClosed:
-        return job, True
+        pass
     except FeedUnavailable:
         raise ServiceUnavailable("Redis does not answer; try again shortly") from None
-    return job, False
+    if pending():
+        await look(pending())  # as they are now: changes that settle nothing were not read
+    return done | {i: (latest[i], True) for i in pending()}
 
 
 def status_router(openapi_extra: dict[str, Any] | None = None) -> APIRouter:

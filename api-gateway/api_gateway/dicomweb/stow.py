@@ -24,8 +24,7 @@ written.
 
 from __future__ import annotations
 
-import asyncio
-import time
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -45,8 +44,9 @@ from api_gateway.dicomweb.wado import public_root
 from api_gateway.receive import MultipartReceiver, ReceivedFile, Sink
 from shared import intake, metrics
 from shared.errors import AppError, BadRequest, UnsupportedMediaType
+from shared.files import is_small, run_blocking
 from shared.jobs import JobStatus
-from shared.status_api import wait_until
+from shared.status_api import wait_all
 
 log = structlog.get_logger()
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -175,7 +175,7 @@ async def _screen(
             instance.failure = CANNOT_UNDERSTAND
             instance.reason = "the part is not DICOM (no 'DICM' after its 128-byte preamble)"
         else:
-            await asyncio.to_thread(_read_uids, instance)
+            await run_blocking(functools.partial(_read_uids, instance), inline=is_small(f.size))
             if instance.failure is None and study is not None and instance.study_uid != study:
                 instance.failure = STUDY_UID_MISMATCH
                 instance.reason = f"the instance is of study {instance.study_uid}, not of the URL's"
@@ -188,6 +188,27 @@ async def _screen(
             Instance(refused.name or "", failure=OUT_OF_RESOURCES, reason=refused.message)
         )
     return instances
+
+
+async def _follow(kept: list[Instance], store: Store, feed: Feed, seconds: float) -> None:
+    """Wait, up to ``seconds`` in all, for each queued instance's validation, and say what
+    became of it (one watcher of the feed for the whole request)."""
+    ids = [i.upload_id for i in kept if i.upload_id is not None]
+    try:
+        outcome = await wait_all(store, feed, ids, SETTLED, seconds)
+    except AppError as exc:  # Redis stopped answering: they were stored and queued all the same
+        for instance in kept:
+            instance.warning = VALIDATION_PENDING
+            instance.reason = f"accepted; its validation could not be followed ({exc})"
+        return
+    for instance in kept:
+        assert instance.upload_id is not None
+        job, timed_out = outcome[instance.upload_id]
+        if job is None:  # deleted meanwhile
+            instance.warning = VALIDATION_PENDING
+            instance.reason = "accepted; its job was deleted before its validation was seen"
+        else:
+            _settle(instance, job, timed_out)
 
 
 def _settle(instance: Instance, job: JobStatus, timed_out: bool) -> None:
@@ -277,20 +298,7 @@ async def store_instances(
         await intake.queue(store, events, by=caller_of(request))
     for i in instances:
         metrics.UPLOADS.labels("accepted" if i.file is not None else "stow-failed").inc()
-    deadline = time.monotonic() + settings.stow_validation_timeout_s
-
-    async def settle(instance: Instance) -> None:
-        assert instance.upload_id is not None
-        remaining = max(0.0, deadline - time.monotonic())
-        try:
-            job, timed_out = await wait_until(store, feed, instance.upload_id, SETTLED, remaining)
-        except AppError as exc:  # Redis stopped answering, or the job was deleted meanwhile:
-            instance.warning = VALIDATION_PENDING  # it was stored and queued all the same
-            instance.reason = f"accepted; its validation could not be followed ({exc})"
-            return
-        _settle(instance, job, timed_out)
-
-    await asyncio.gather(*(settle(i) for i in kept))
+    await _follow(kept, store, feed, settings.stow_validation_timeout_s)
     status, body = store_response(instances, public_root(request, settings), study)
     log.info(
         "stow.stored",
