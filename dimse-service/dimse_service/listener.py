@@ -25,10 +25,13 @@ handshake on the one thread that accepts connections. Left so,
   type, pynetdicom answers it as the state table says (A-ABORT) and reads nothing more;
 - each DIMSE message is decoded under ``MessageGuard``: pynetdicom lets a command set it cannot
   decode raise out of its state machine, which ends the association's DUL thread and closes
-  the connection without a word; a message of any size would be held in memory whole, so one
-  longer than MAX_FILE_SIZE (and 64 KiB for its command) is refused as it arrives.
+  the connection without a word; a message of any size would be taken (a C-STORE's data set
+  onto the disk, any other into memory), so one longer than MAX_FILE_SIZE (and 64 KiB for its
+  command) is refused as it arrives.
   Either is now an invalid PDU (Evt19): A-ABORT from the service-provider, as the state table
-  says for one (AA-8), and nothing more of that peer is decoded.
+  says for one (AA-8), and nothing more of that peer is decoded;
+- a data set still arriving when its association ends (an abort, a refusal, a closed or
+  timed-out connection) is removed (``dimse_service.incoming``): only whole ones stay.
 
 ``Listener.stop`` stops accepting, aborts the associations still open and closes what is left,
 so the process ends even while a peer says nothing.
@@ -54,6 +57,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dimse_service.incoming import in_progress
 from shared.errors import frames, safe_error
 
 log = structlog.get_logger()
@@ -181,6 +185,7 @@ class MessageGuard:
             self.receive(primitive)
         except Exception as exc:
             self.refused = True
+            discard_in_progress(self.assoc)
             self.assoc.dimse.message = None
             requestor = self.assoc.requestor
             log.warning(
@@ -189,6 +194,13 @@ class MessageGuard:
                 error=safe_error(exc),
             )
             self.assoc.dul.event_queue.put("Evt19")
+
+
+def discard_in_progress(assoc: Association) -> None:
+    """The data set an association was receiving when it ended, removed: only whole ones stay."""
+    incoming = in_progress(assoc)
+    if incoming is not None:
+        incoming.discard()
 
 
 class MessageTooLarge(Exception):
@@ -211,6 +223,7 @@ class Listener(ThreadedAssociationServer):
         if self.ssl_context is not None:
             self.ssl_context.sslsocket_class = GuardedSSLSocket
         self.bind(evt.EVT_CONN_OPEN, self._guard_messages)
+        self.bind(evt.EVT_CONN_CLOSE, lambda event: discard_in_progress(event.assoc))
 
     def _guard_messages(self, event: Event) -> None:
         """EVT_CONN_OPEN, before the association's threads start: its ``MessageGuard``."""

@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from redis.asyncio import Redis
 
-from dimse_service import c_find, c_store
+from dimse_service import c_find, c_store, incoming
 from dimse_service.listener import MESSAGE_SLACK, Listener
 from dimse_service.settings import DimseSettings
 from dimse_service.tls import TlsUnusable, server_context
@@ -112,6 +112,7 @@ def start(
 ) -> list[Listener]:
     """Listen on the plain port (unless ``DIMSE_PORT`` is 0) and, with ``tls``, on the TLS
     port, each in pynetdicom's own threads; returns the listeners to stop."""
+    incoming.receive_into(bridge.uploads)
     ae = make_ae(settings)
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),

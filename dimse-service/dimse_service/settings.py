@@ -18,7 +18,7 @@ class DimseSettings(ServiceSettings):
     # comma-separated; empty: any calling AE title is accepted
     allowed_calling_ae_titles: str = Field("", alias="DIMSE_ALLOWED_CALLING_AE_TITLES")
     max_associations: int = Field(10, ge=1, le=1000, alias="DIMSE_MAX_ASSOCIATIONS")
-    max_pdu: int = Field(16382, ge=0, alias="DIMSE_MAX_PDU")  # 0: unlimited
+    max_pdu: int = Field(131072, ge=0, alias="DIMSE_MAX_PDU")  # 0: unlimited
     acse_timeout: float = Field(30, gt=0, alias="DIMSE_ACSE_TIMEOUT")
     dimse_timeout: float = Field(30, gt=0, alias="DIMSE_DIMSE_TIMEOUT")
     network_timeout: float = Field(60, gt=0, alias="DIMSE_NETWORK_TIMEOUT")

@@ -220,8 +220,12 @@ def test_abort_mid_dataset_keeps_nothing_and_service_stays_up(system: System) ->
         tf.from_primitive(primitive)
         sock.socket.sendall(tf.encode())
     time.sleep(0.2)
+    # the data set goes to disk as it arrives (never held whole in memory) ...
+    assert len(list(system.uploads.glob("*.part"))) == 1
     assoc.abort()
     time.sleep(0.5)
+    # ... and what came of it is removed when its association ends
+    assert not list(system.uploads.glob("*.part"))
     assert not list(system.uploads.glob(".*.tmp"))
     assert set(_dimse_jobs(system)) == before
     again = AE(ae_title="ABORTER")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from uuid import UUID
 
 import pytest
 from dimse_service import c_find, c_store
+from dimse_service.incoming import IncomingFile
 from dimse_service.server import Bridge
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,13 +29,37 @@ from testbed.series import ct_slice
 from tests.redis_proxy import HoldingProxy
 
 
-def _event(data: bytes) -> Any:
+class _FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _store_sync(bridge: Bridge, data: bytes, disk_full: bool) -> int:
+    """As pynetdicom does it: the data set written to the file it was given as it arrives
+    (here in three fragments), the handler called, then that file closed and its name removed."""
+    incoming = IncomingFile(bridge.uploads)
+    if disk_full:
+        incoming._out.close()
+        incoming._out = _FullDisk()
+    for start in range(0, len(data), len(data) // 3 + 1):
+        incoming.write(data[start : start + len(data) // 3 + 1])
+        incoming.file.flush()
     requestor = SimpleNamespace(ae_title="MODALITY1", address="10.1.2.3", port=40404)
-    return SimpleNamespace(encoded_dataset=lambda: data, assoc=SimpleNamespace(requestor=requestor))
+    event = SimpleNamespace(
+        request=SimpleNamespace(_dataset_file=incoming), assoc=SimpleNamespace(requestor=requestor)
+    )
+    try:
+        return c_store.handle_store(event, bridge)  # type: ignore[arg-type]
+    finally:
+        incoming.close()
+        Path(incoming.name).unlink(missing_ok=True)
 
 
-async def _store(bridge: Bridge, data: bytes) -> int:
-    return await asyncio.to_thread(c_store.handle_store, _event(data), bridge)
+async def _store(bridge: Bridge, data: bytes, disk_full: bool = False) -> int:
+    return await asyncio.to_thread(_store_sync, bridge, data, disk_full)
 
 
 async def test_c_store_keeps_the_file_and_queues_its_job_before_success(
@@ -47,22 +73,21 @@ async def test_c_store_keeps_the_file_and_queues_its_job_before_success(
     status = await JobStore(redis).read(UUID(path.stem))
     assert status is not None
     assert status.status == "accepted"
+    sha256 = await redis.hget(names.status_key(UUID(path.stem)), "sha256")
+    assert sha256 in (hashlib.sha256(data).hexdigest(), hashlib.sha256(data).hexdigest().encode())
     details = status.details
     assert details["source"] == "dimse"
     assert details["calling_ae"] == "MODALITY1"
     assert details["peer"] == "10.1.2.3:40404"
 
 
-async def test_c_store_out_of_space_is_a700_and_keeps_nothing(
-    redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def full(path: Path, **_: object) -> Any:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(c_store, "atomic_file", full)
+async def test_c_store_out_of_space_is_a700_and_keeps_nothing(redis: Redis, tmp_path: Path) -> None:
+    """The disk fills while the data set arrives: the rest is read and dropped, the partial
+    file removed, and the C-STORE answered 0xA700 (the association goes on)."""
     bridge = Bridge(asyncio.get_running_loop(), redis, tmp_path, 10)
-    assert await _store(bridge, ct_slice(0, rows=16, columns=16)) == 0xA700
+    assert await _store(bridge, ct_slice(0, rows=16, columns=16), disk_full=True) == 0xA700
     assert list(tmp_path.iterdir()) == []
+    assert await redis.zcard(names.JOBS_BY_TIME) == 0
 
 
 async def test_c_store_with_redis_unreachable_is_a701_and_keeps_nothing(tmp_path: Path) -> None:
