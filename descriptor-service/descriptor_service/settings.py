@@ -11,7 +11,7 @@ from shared.settings import ServiceSettings, load
 
 class DescriptorSettings(ServiceSettings):
     port: int = Field(8002, ge=1, le=65535, alias="DESCRIPTOR_PORT")
-    worker_nice: int = Field(10, ge=0, le=19, alias="DESCRIPTOR_NICE")
+    worker_nice: int = Field(19, ge=0, le=19, alias="DESCRIPTOR_NICE")
     png_compress_level: int = Field(1, ge=0, le=3, alias="DESCRIPTOR_PNG_COMPRESS_LEVEL")
 
 

@@ -13,7 +13,7 @@ class StatusSettings(ServiceSettings):
     port: int = Field(8003, ge=1, le=65535, alias="STATUS_PORT")
     worker_concurrency: int = Field(8, ge=1, le=64, alias="STATUS_CONCURRENCY")
     # it tells waiting clients (STOW-RS, ?wait=) where their uploads stand: it yields a little
-    worker_nice: int = Field(5, ge=0, le=19, alias="STATUS_NICE")
+    worker_nice: int = Field(19, ge=0, le=19, alias="STATUS_NICE")
 
 
 @functools.cache

@@ -432,8 +432,8 @@ def test_the_ways_in_run_at_normal_priority_and_the_stages_behind_them_yield(
     assert niceness == {
         "gateway": 0,
         "dimse": 0,
-        "validator": 5,
-        "status": 5,
-        "descriptor": 10,
-        "uploader": 10,
+        "validator": 19,
+        "status": 19,
+        "descriptor": 19,
+        "uploader": 19,
     }

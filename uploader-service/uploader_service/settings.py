@@ -16,7 +16,7 @@ KNOWN_TARGETS = tuple(REGISTRY)
 
 class UploaderSettings(ServiceSettings):
     port: int = Field(8004, ge=1, le=65535, alias="UPLOADER_PORT")
-    worker_nice: int = Field(10, ge=0, le=19, alias="UPLOADER_NICE")
+    worker_nice: int = Field(19, ge=0, le=19, alias="UPLOADER_NICE")
     upload_targets: Annotated[tuple[str, ...], NoDecode] = Field(("local",), alias="UPLOAD_TARGETS")
 
     @field_validator("upload_targets", mode="before")
