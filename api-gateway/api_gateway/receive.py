@@ -1,9 +1,10 @@
 """Stream an upload body to disk, one file per ``file`` part (or the raw body), hashing as it goes.
 
 Bytes go straight from the socket to ``UPLOADS_PATH/{upload_id}.part`` in the chunks the
-server hands over; the SHA-256 and size are computed on the way. A complete part is flushed,
-fsynced and renamed to ``{upload_id}.dcm``. The client's filename is kept only to answer it:
-it is never used as a path.
+server hands over; the SHA-256 and size are computed on the way. Once the request's files are
+all complete, each is fsynced and renamed to ``{upload_id}.dcm`` (``kept``: in a thread, so the
+event loop goes on serving other requests while the disk flushes). The client's filename is
+kept only to answer it: it is never used as a path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from shared.errors import BadRequest, FileTooLarge, UnsupportedMediaType
+from shared.files import run_blocking
 from shared.multipart_related import Preamble
 
 FILE_FIELDS = frozenset({b"file", b"files"})  # seed 001 and 004 spellings
@@ -52,8 +54,8 @@ class RefusedFile:
 class Sink:
     """One file on its way to ``{upload_id}.part``: written, hashed and measured as it comes."""
 
-    def __init__(self, folder: Path, max_size: int, fsync: bool, filename: str | None = None):
-        self.folder, self.max_size, self.fsync, self.filename = folder, max_size, fsync, filename
+    def __init__(self, folder: Path, max_size: int, filename: str | None = None):
+        self.folder, self.max_size, self.filename = folder, max_size, filename
         self.upload_id = uuid4()
         self.digest = hashlib.sha256()
         self.size = 0
@@ -83,19 +85,13 @@ class Sink:
             view = view[written:]
 
     def close(self) -> ReceivedFile:
-        """Make the file durable and give it its final name ``{upload_id}.dcm``."""
+        """The whole file is written: closed, still ``.part`` until ``keep``."""
         assert self.fd is not None
-        try:
-            if self.fsync:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-            self.fd = None
-        final = self.folder / f"{self.upload_id}.dcm"
-        os.replace(self.part, final)
+        os.close(self.fd)
+        self.fd = None
         return ReceivedFile(
             self.upload_id,
-            final,
+            self.part,
             self.digest.hexdigest(),
             self.size,
             self.filename,
@@ -180,9 +176,11 @@ class MultipartReceiver:
         except MultipartParseError:
             raise BadRequest("the multipart body is malformed") from None
 
-    def finish(self) -> list[ReceivedFile]:
+    async def finish(self) -> list[ReceivedFile]:
+        """The request's files, durable and final (``kept``), once the body has ended."""
         if not self._ended:
             raise BadRequest("the multipart body ended before its closing boundary")
+        await kept(self.files, self.fsync)
         return self.files
 
     def abort(self) -> None:
@@ -211,7 +209,7 @@ class MultipartReceiver:
             return
         raw_name = options.get(b"filename")
         filename = raw_name.decode("utf-8", "replace") if raw_name else None
-        self._sink = Sink(self.folder, self.max_file_size, self.fsync, filename)
+        self._sink = Sink(self.folder, self.max_file_size, filename)
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._sink is not None:
@@ -242,13 +240,44 @@ async def receive_raw(
     chunks: AsyncIterator[bytes], folder: Path, max_file_size: int, fsync: bool, filename: str
 ) -> ReceivedFile:
     """Stream a raw request body (seed 002's upload) to disk as one file."""
-    sink = Sink(folder, max_file_size, fsync, filename)
+    sink = Sink(folder, max_file_size, filename)
     try:
         async for chunk in chunks:
             sink.write(chunk)
             if sink.too_large:
                 raise FileTooLarge(sink.refusal().message)
-        return sink.close()
+        received = sink.close()
     except BaseException:
         sink.abort()
         raise
+    try:
+        await kept([received], fsync)
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        raise
+    return received
+
+
+def keep(received: ReceivedFile, fsync: bool) -> None:
+    """Make a complete file durable (fsync, when ``fsync``) and final: ``{upload_id}.dcm``,
+    which ``received.path`` then names; blocking."""
+    if fsync:
+        fd = os.open(received.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    final = received.path.with_name(f"{received.upload_id}.dcm")
+    os.replace(received.path, final)
+    received.path = final
+
+
+async def kept(files: list[ReceivedFile], fsync: bool) -> None:
+    """``keep`` each file: in a thread when they are fsynced (each waits for the disk), else
+    on the loop (a rename)."""
+
+    def keep_all() -> None:
+        for received in files:
+            keep(received, fsync)
+
+    await run_blocking(keep_all, inline=not fsync)

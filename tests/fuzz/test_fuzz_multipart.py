@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import shutil
@@ -165,7 +166,7 @@ def receive(
         receiver = receiver_of(boundary, folder, max_size, False)
         for chunk in chunks:
             receiver.feed(chunk)
-        return receiver, receiver.finish()
+        return receiver, asyncio.run(receiver.finish())
     except AppError as exc:
         if receiver is not None:
             receiver.abort()

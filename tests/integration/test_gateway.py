@@ -14,6 +14,7 @@ from api_gateway import receive
 from redis.asyncio import Redis
 
 from shared import redis_names as names
+from testbed.series import ct_slice
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,6 +65,40 @@ async def test_a_full_disk_answers_507_and_keeps_nothing(
 
     monkeypatch.setattr(receive.os, "write", full)
     answer = await client.post("/upload", files={"file": ("a.dcm", b"x" * 100)})
+    assert answer.status_code == 507
+    assert answer.json()["type"] == "/problems/insufficient-storage"
+    assert list(uploads.iterdir()) == []
+
+
+@pytest.mark.parametrize("gateway_env", [{"FSYNC_UPLOADS": True}])
+@pytest.mark.parametrize("route", ["/upload", "/dicomweb/studies"])
+async def test_a_flush_to_disk_that_fails_answers_507_and_keeps_nothing(
+    client: httpx.AsyncClient, uploads: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """The request's files are complete; making them durable (fsync, off the event loop) fails
+    as a full disk does: nothing is kept, neither the .part files nor any renamed one."""
+    synced: list[int] = []
+
+    def full(fd: int) -> None:
+        synced.append(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(receive.os, "fsync", full)
+    ct = [ct_slice(i, rows=16, columns=16) for i in range(2)]
+    if route == "/upload":
+        answer = await client.post(
+            "/upload", files=[("file", ("a.dcm", ct[0])), ("file", ("b.dcm", ct[1]))]
+        )
+    else:
+        body = b"".join(
+            b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in ct
+        )
+        answer = await client.post(
+            route,
+            content=body + b"--b--\r\n",
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        )
+    assert synced, "the files were made durable"
     assert answer.status_code == 507
     assert answer.json()["type"] == "/problems/insufficient-storage"
     assert list(uploads.iterdir()) == []

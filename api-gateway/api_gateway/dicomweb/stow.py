@@ -98,7 +98,7 @@ class StowReceiver(MultipartReceiver):
         self.parts += 1
         media, _ = parse_options_header(self._headers.get(b"content-type", PART_TYPE))
         self._field = b"file"
-        self._sink = Sink(self.folder, self.max_file_size, self.fsync, f"part {self.parts}")
+        self._sink = Sink(self.folder, self.max_file_size, f"part {self.parts}")
         if media != PART_TYPE:
             self.wrong_type.add(self._sink.upload_id)
 
@@ -287,7 +287,7 @@ async def store_instances(
         )
         async for chunk in request.stream():  # one that stops coming: body_deadline, 408
             receiver.feed(chunk)
-        files = receiver.finish()
+        files = await receiver.finish()
         if not files and not receiver.refused:
             raise BadRequest("the multipart/related body has no part")
         instances = await _screen(receiver, files, study)

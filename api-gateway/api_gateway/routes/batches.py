@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from api_gateway import http_intake
 from api_gateway.access import Scope, needs
 from api_gateway.deps import Settings, Store, caller_of
-from api_gateway.receive import ReceivedFile, RefusedFile, Sink
+from api_gateway.receive import ReceivedFile, RefusedFile, Sink, keep
 from api_gateway.routes.upload import FileRefused, UploadAccepted
 from api_gateway.routes.uploads import UploadRecord
 from api_gateway.settings import GatewaySettings
@@ -177,7 +177,7 @@ def _unpack_one(
     except (binascii.Error, ValueError):
         refused.append(RefusedFile(name, "invalid_base64", "the content is not valid base64"))
         return
-    sink = Sink(settings.uploads_path, settings.max_file_size, settings.fsync_uploads, name)
+    sink = Sink(settings.uploads_path, settings.max_file_size, name)
     try:
         sink.write(data)
     except BaseException:
@@ -189,7 +189,8 @@ def _unpack_one(
         sink.abort()
         refused.append(RefusedFile(name, "empty", "the file is empty"))
     else:
-        files.append(sink.close())
+        files.append(received := sink.close())
+        keep(received, settings.fsync_uploads)  # in _unpack's thread
 
 
 @router.get("/batches/{batch_id}", response_model=BatchStatus, openapi_extra=needs(Scope.READ))

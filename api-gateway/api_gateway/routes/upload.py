@@ -166,7 +166,7 @@ async def accept_uploads(
             )
             async for chunk in request.stream():
                 receiver.feed(chunk)
-            files, refused = receiver.finish(), receiver.refused
+            files, refused = await receiver.finish(), receiver.refused
             label = label or catalog.clean_name(
                 receiver.fields.get("label") or receiver.fields.get("study"), "label"
             )
