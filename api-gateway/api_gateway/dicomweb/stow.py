@@ -27,14 +27,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from python_multipart.multipart import parse_options_header
 
 from api_gateway import http_intake
@@ -226,46 +227,75 @@ def _settle(instance: Instance, job: JobStatus, timed_out: bool) -> None:
         instance.reason = "accepted; validation still pending: follow GET /status/{upload id}"
 
 
-def _item(instance: Instance, base: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = instance.sop_class_uid or ""
-    item.ReferencedSOPInstanceUID = instance.sop_uid or ""
+def _element(vr: str, value: str | int | list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One attribute in the DICOM JSON model (PS3.18 F.2.2): an empty one has no Value."""
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    return {"vr": vr, "Value": value if isinstance(value, list) else [value]}
+
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    return f"{tag:08X}"
+
+
+# the attributes of PS3.18 Table I.2-1 (Store Instances Response Module), as DICOM JSON keys
+_RETRIEVE_URL, _REFERENCED, _FAILED = (
+    _tag(k) for k in ("RetrieveURL", "ReferencedSOPSequence", "FailedSOPSequence")
+)
+_SOP_CLASS, _SOP_INSTANCE, _FAILURE, _WARNING = (
+    _tag(k)
+    for k in ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID", "FailureReason", "WarningReason")
+)
+_CREATOR = f"{PRIVATE_GROUP:04X}0010"  # the private block (gggg,10xx) of PRIVATE_CREATOR
+_UPLOAD_ID = f"{PRIVATE_GROUP:04X}10{UPLOAD_ID_ELEMENT:02X}"
+_REASON = f"{PRIVATE_GROUP:04X}10{REASON_ELEMENT:02X}"
+
+
+def _item(instance: Instance, base: str) -> dict[str, Any]:
+    """An item of ReferencedSOPSequence or FailedSOPSequence, its attributes in tag order (the
+    DICOM JSON model written directly: a few fixed attributes, 25 items a request)."""
+    item = {
+        _SOP_CLASS: _element("UI", instance.sop_class_uid),
+        _SOP_INSTANCE: _element("UI", instance.sop_uid),
+    }
     if instance.failure is not None:
-        item.FailureReason = instance.failure
+        item[_FAILURE] = _element("US", instance.failure)
     else:
-        item.RetrieveURL = (
+        item[_RETRIEVE_URL] = _element(
+            "UR",
             f"{base}/studies/{instance.study_uid}/series/{instance.series_uid}"
-            f"/instances/{instance.sop_uid}"
+            f"/instances/{instance.sop_uid}",
         )
         if instance.warning is not None:
-            item.WarningReason = instance.warning
-    block = item.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+            item[_WARNING] = _element("US", instance.warning)
+    item[_CREATOR] = _element("LO", PRIVATE_CREATOR)
     if instance.upload_id is not None and instance.file is not None:
-        block.add_new(UPLOAD_ID_ELEMENT, "LO", str(instance.upload_id))
+        item[_UPLOAD_ID] = _element("LO", str(instance.upload_id))
     if instance.reason:
-        block.add_new(REASON_ELEMENT, "LT", f"{instance.name}: {instance.reason}")
-    return item
+        item[_REASON] = _element("LT", f"{instance.name}: {instance.reason}")
+    return dict(sorted(item.items()))
 
 
 def store_response(instances: list[Instance], base: str, study: str | None) -> tuple[int, dict]:
     """PS3.18 Annex I's module as DICOM JSON, and the status code of Table 10.5.3-1."""
     stored = [i for i in instances if i.failure is None]
     failed = [i for i in instances if i.failure is not None]
-    ds = Dataset()
     studies = {i.study_uid for i in stored}
     one = study or (studies.pop() if len(studies) == 1 else None)
-    ds.RetrieveURL = f"{base}/studies/{one}" if one else ""
+    body = {_RETRIEVE_URL: _element("UR", f"{base}/studies/{one}" if one else "")}
     if stored:
-        ds.ReferencedSOPSequence = [_item(i, base) for i in stored]
+        body[_REFERENCED] = _element("SQ", [_item(i, base) for i in stored])
     if failed:
-        ds.FailedSOPSequence = [_item(i, base) for i in failed]
+        body[_FAILED] = _element("SQ", [_item(i, base) for i in failed])
     if not stored:
         status = 409
     elif failed or any(i.warning is not None for i in stored):
         status = 202
     else:
         status = 200
-    return status, ds.to_json_dict()
+    return status, dict(sorted(body.items()))
 
 
 def _abort(receiver: StowReceiver | None, files: list[ReceivedFile]) -> None:
