@@ -352,7 +352,7 @@ def main() -> None:
         replicas = replica_rows(folder, series[1])
         targets = target_rows(folder, series[0]) if TARGETS else []
         print("beside Orthanc ...", file=sys.stderr)
-        orthanc = beside_orthanc.compare(folder / "beside-orthanc", series[0], series[1], DEATHS)
+        orthanc = beside_orthanc.compare(folder / "beside-orthanc", SLICES, DEATHS)
 
     print()
     print(

@@ -1,12 +1,19 @@
 """``make bench``'s rows beside Orthanc (issue 11): STOW-RS, C-STORE, QIDO-RS and WADO-RS, for
 dicomflow and for Debian's Orthanc with its DICOMweb plugin, in the same run on the same files.
 
-Each server is measured alone (the other is not running), in the same order:
+Both servers run side by side, and are measured in turn, one at a time (the other idles: an
+idle dicomflow, its five services and Redis, takes under 2% of one core):
 
 - STOW-RS: the CT slices (512x512, 16-bit) as ``multipart/related`` requests of 25 instances,
   4 clients at once; instances per second from the first request to the last answer.
 - C-STORE: dcmtk's ``storescu`` sends a folder of other slices over one association; files
   per second of storescu's whole run.
+
+  These two rates are measured ``BENCH_ROUNDS`` (3) times, alternating between the servers
+  (Orthanc's STOW-RS, dicomflow's, Orthanc's C-STORE, dicomflow's, then again with new
+  files), and each server's median is its figure: this VM's speed drifts by a third within
+  minutes, and measuring one server entirely before the other made that drift part of the
+  ratio. Every round is printed under the table.
 - QIDO-RS: ``BENCH_QIDO_INSTANCES`` (10,000) small instances (16x16; 10 a series, 4 series a
   study, a patient a study) sent by storescu over one association; once the server holds them
   all (dicomflow: every job archived, so indexed), three queries are each asked
@@ -67,6 +74,8 @@ BOUNDARY = "dicomflow-bench-stow"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"'
 SETTLE_S = 1800
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+RATES = ("stow", "cstore")
 Request = tuple[str, int | None]  # a URL, and the number of results expected (None: any)
 
 
@@ -87,11 +96,15 @@ class Peer:
 class Files:
     """The generated files both servers get, and what the queries ask of them."""
 
-    stow: list[Path]
-    cstore: Path  # a folder
+    stow: list[list[Path]]  # each round's slices
+    cstore: list[Path]  # each round's folder of slices
     qido: Path  # a folder
-    counts: dict[str, int]  # files in each
+    counts: dict[str, int]  # files in each (a round's, for stow and cstore)
     studies: list[tuple[str, list[str]]] = field(default_factory=list)  # (study, its series)
+
+    @property
+    def held_after_rates(self) -> int:
+        return ROUNDS * (self.counts["stow"] + self.counts["cstore"])
 
     @property
     def prefixes(self) -> int:
@@ -211,20 +224,34 @@ def latencies(
     return {"p50": statistics.median(times), "p95": times[max(0, int(len(times) * 0.95) - 1)]}
 
 
-def measure(peer: Peer, files: Files) -> dict[str, float]:
-    """Every figure of one server, in order, each step on a settled server."""
-    result: dict[str, float] = {}
+def rates(peers: list[Peer], files: Files) -> dict[str, dict[str, list[float]]]:
+    """Each server's STOW-RS and C-STORE rates, ``ROUNDS`` times, in turn (see the module);
+    each step on settled servers."""
+    found: dict[str, dict[str, list[float]]] = {p.name: {k: [] for k in RATES} for p in peers}
     held = 0
-    print(f"  {peer.name}: STOW-RS ...", file=sys.stderr)
-    bodies = stow_bodies(files.stow)
-    result["stow"] = asyncio.run(stow_rate(peer, bodies, len(files.stow)))
-    del bodies
-    held += len(files.stow)
-    peer.settle(held)
-    print(f"  {peer.name}: C-STORE ...", file=sys.stderr)
-    result["cstore"] = storescu_rate(peer, files.cstore, files.counts["cstore"])
-    held += files.counts["cstore"]
-    peer.settle(held)
+    for r in range(ROUNDS):
+        bodies = stow_bodies(files.stow[r])
+        for peer in peers:
+            print(f"  round {r + 1}: {peer.name}: STOW-RS ...", file=sys.stderr)
+            rate = asyncio.run(stow_rate(peer, bodies, len(files.stow[r])))
+            found[peer.name]["stow"].append(rate)
+            peer.settle(held + len(files.stow[r]))
+        del bodies
+        held += len(files.stow[r])
+        for peer in peers:
+            print(f"  round {r + 1}: {peer.name}: C-STORE ...", file=sys.stderr)
+            rate = storescu_rate(peer, files.cstore[r], files.counts["cstore"])
+            found[peer.name]["cstore"].append(rate)
+            peer.settle(held + files.counts["cstore"])
+        held += files.counts["cstore"]
+    return found
+
+
+def measure(peer: Peer, files: Files) -> dict[str, float]:
+    """The rest of one server's figures, in order, each step on a settled server (after
+    ``rates``: it holds their files)."""
+    result: dict[str, float] = {}
+    held = files.held_after_rates
     print(f"  {peer.name}: {files.counts['qido']} instances for QIDO-RS ...", file=sys.stderr)
     t0 = time.perf_counter()
     result["qido load"] = storescu_rate(peer, files.qido, files.counts["qido"])
@@ -252,7 +279,7 @@ def measure(peer: Peer, files: Files) -> dict[str, float]:
             for stat, value in latencies(client, requests, json, peer).items():
                 result[f"{key} {stat}"] = value
         print(f"  {peer.name}: WADO-RS ...", file=sys.stderr)
-        urls = [instance_url(web, path) for path in files.stow[:SAMPLES]]
+        urls = [instance_url(web, path) for path in files.stow[0][:SAMPLES]]
         for key, suffix, accept in (
             ("frame", "/frames/1", FRAME_ACCEPT),
             ("rendered", "/rendered", "image/jpeg"),
@@ -343,6 +370,7 @@ class Comparison:
     files: Files
     dicomflow: dict[str, float]
     orthanc: dict[str, float]
+    rounds: dict[str, dict[str, list[float]]]  # the rates of each round, by server
 
     def missed(self) -> list[str]:
         return [
@@ -355,10 +383,11 @@ class Comparison:
     def print(self) -> None:
         counts = self.files.counts
         print(
-            f"Beside {self.version}, the same files, one server running at a time: "
-            f"STOW-RS {counts['stow']} and C-STORE {counts['cstore']} CT slices 512x512 16-bit, "
-            f"QIDO-RS over {counts['stow'] + counts['cstore'] + counts['qido']} instances "
-            f"held, {SAMPLES} requests a row"
+            f"Beside {self.version}, the same files, one server measured at a time: "
+            f"STOW-RS {counts['stow']} and C-STORE {counts['cstore']} CT slices 512x512 16-bit "
+            f"(the median of {ROUNDS} rounds in turn), QIDO-RS over "
+            f"{self.files.held_after_rates + counts['qido']} instances held, {SAMPLES} requests "
+            "a row"
         )
         width = max(len(row.label) for row in ROWS)
         print(
@@ -374,23 +403,30 @@ class Comparison:
                 f"{ours / theirs:>17.2f} | {verdict:<18} |"
             )
         print("dicomflow/Orthanc: in inst/s, above 1 is dicomflow faster; in ms, below 1 is")
+        for key, name in (("stow", "STOW-RS"), ("cstore", "C-STORE")):
+            mine, others = self.rounds["dicomflow"][key], self.rounds["Orthanc"][key]
+            shares = ", ".join(f"{a / b:.2f}" for a, b in zip(mine, others, strict=True))
+            print(
+                f"{name} rounds (inst/s): dicomflow {', '.join(f'{r:.1f}' for r in mine)}; "
+                f"Orthanc {', '.join(f'{r:.1f}' for r in others)}; dicomflow/Orthanc {shares}"
+            )
 
 
-def make_files(folder: Path, stow: list[Path], cstore: list[Path]) -> Files:
-    """The QIDO set generated; the slices for STOW-RS and C-STORE given (C-STORE's alone in
-    their folder)."""
-    assert {p.parent for p in cstore} == {cstore[0].parent}
-    assert len(list(cstore[0].parent.iterdir())) == len(cstore)
+def make_files(folder: Path, slices: int) -> Files:
+    """Each round's CT slices for STOW-RS and for C-STORE (a folder each), and the QIDO set."""
+    print(f"generating {ROUNDS} x 2 x {slices} CT slices (512x512, 16-bit) ...", file=sys.stderr)
+    stow = [write_ct_series(folder / f"stow{r}", slices, seed=1 + r) for r in range(ROUNDS)]
+    cstore = [folder / f"cstore{r}" for r in range(ROUNDS)]
+    for r, path in enumerate(cstore):
+        write_ct_series(path, slices, seed=101 + r)
     print(f"generating {QIDO_INSTANCES} instances 16x16 for QIDO-RS ...", file=sys.stderr)
     studies = qido_files(folder / "qido", QIDO_INSTANCES)
-    counts = {"stow": len(stow), "cstore": len(cstore), "qido": QIDO_INSTANCES}
-    return Files(stow, cstore[0].parent, folder / "qido", counts, studies)
+    counts = {"stow": slices, "cstore": slices, "qido": QIDO_INSTANCES}
+    return Files(stow, cstore, folder / "qido", counts, studies)
 
 
-def compare(
-    folder: Path, stow: list[Path], cstore: list[Path], deaths: list[str]
-) -> Comparison | None:
-    """Orthanc, then dicomflow, measured on the same files; None (and why, on stderr) when
+def compare(folder: Path, slices: int, deaths: list[str]) -> Comparison | None:
+    """Orthanc and dicomflow measured on the same files; None (and why, on stderr) when
     Orthanc or dcmtk is not installed. dicomflow's services that died are added to ``deaths``."""
     if dcmtk_storescu() is None:
         print("  skipped: dcmtk's storescu is needed: apt-get install dcmtk", file=sys.stderr)
@@ -401,31 +437,36 @@ def compare(
     # set for storescu and Orthanc alike, so neither figure is that wait; dicomflow's
     # listener sets TCP_NODELAY on its sockets itself.
     os.environ["TCP_NODELAY"] = "1"
-    files = make_files(folder, stow, cstore)
-    print("beside Orthanc: Orthanc ...", file=sys.stderr)
+    files = make_files(folder, slices)
     try:
         with servers.orthanc(folder / "orthanc") as server:
             version = orthanc_version(server)
-            theirs = measure(orthanc_peer(server), files)
+            system = start_system(
+                folder / "dicomflow",
+                redis_fsync="everysec",
+                FSYNC_UPLOADS="true",
+                CLAIM_IDLE_MS="15000",
+                MAX_DELIVERIES="5",
+                DIMSE_AE_TITLE="DICOMFLOW",
+                DIMSE_ALLOWED_CALLING_AE_TITLES="",  # any calling AE title, as Orthanc's default
+            )
+            try:
+                orthanc, dicomflow = orthanc_peer(server), dicomflow_peer(system)
+                print("beside Orthanc: STOW-RS and C-STORE rounds ...", file=sys.stderr)
+                rounds = rates([orthanc, dicomflow], files)
+                print("beside Orthanc: the rest, Orthanc ...", file=sys.stderr)
+                theirs = measure(orthanc, files)
+                print("beside Orthanc: the rest, dicomflow ...", file=sys.stderr)
+                ours = measure(dicomflow, files)
+            finally:
+                stop_system(system, check=False)
+                deaths.extend(system.unexpected_exits())
     except servers.Unavailable as exc:
         print(f"  skipped: {exc}", file=sys.stderr)
         return None
-    print("beside Orthanc: dicomflow ...", file=sys.stderr)
-    system = start_system(
-        folder / "dicomflow",
-        redis_fsync="everysec",
-        FSYNC_UPLOADS="true",
-        CLAIM_IDLE_MS="15000",
-        MAX_DELIVERIES="5",
-        DIMSE_AE_TITLE="DICOMFLOW",
-        DIMSE_ALLOWED_CALLING_AE_TITLES="",  # any calling AE title, as Orthanc's default
-    )
-    try:
-        ours = measure(dicomflow_peer(system), files)
-    finally:
-        stop_system(system, check=False)
-        deaths.extend(system.unexpected_exits())
-    return Comparison(version, files, ours, theirs)
+    for result, name in ((ours, "dicomflow"), (theirs, "Orthanc")):
+        result.update({key: statistics.median(rounds[name][key]) for key in RATES})
+    return Comparison(version, files, ours, theirs, rounds)
 
 
 def main() -> None:
@@ -433,11 +474,7 @@ def main() -> None:
     slices = int(os.environ.get("BENCH_SLICES", "200"))
     deaths: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dicomflow-bench-") as tmp:
-        folder = Path(tmp)
-        print(f"generating 2 x {slices} CT slices (512x512, 16-bit) ...", file=sys.stderr)
-        stow = write_ct_series(folder / "stow", slices, seed=1)
-        cstore = write_ct_series(folder / "cstore", slices, seed=8)
-        comparison = compare(folder, stow, cstore, deaths)
+        comparison = compare(Path(tmp), slices, deaths)
     missed = []
     if comparison:
         print()
