@@ -9,6 +9,7 @@ kept only to answer it: it is never used as a path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -21,7 +22,6 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from shared.errors import BadRequest, FileTooLarge, UnsupportedMediaType
-from shared.files import run_blocking
 from shared.multipart_related import Preamble
 
 FILE_FIELDS = frozenset({b"file", b"files"})  # seed 001 and 004 spellings
@@ -273,11 +273,16 @@ def keep(received: ReceivedFile, fsync: bool) -> None:
 
 
 async def kept(files: list[ReceivedFile], fsync: bool) -> None:
-    """``keep`` each file: in a thread when they are fsynced (each waits for the disk), else
-    on the loop (a rename)."""
-
-    def keep_all() -> None:
+    """``keep`` each file: when they are fsynced, each in a thread of its own, all at once (the
+    file system then writes them in one journal commit or a few, not one each); else on the
+    loop (a rename). Every one is done or has failed before this returns or raises."""
+    if not fsync:
         for received in files:
             keep(received, fsync)
-
-    await run_blocking(keep_all, inline=not fsync)
+        return
+    outcomes = await asyncio.gather(
+        *(asyncio.to_thread(keep, received, fsync) for received in files), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
