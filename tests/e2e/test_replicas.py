@@ -92,14 +92,20 @@ class StreamTap:
         self.client.close()
 
 
-def consumer_of(client: redis.Redis, group: str, replica: int) -> str:
-    """The consumer name run.py gave a replica of a stage (``...-<stage>-<i>``)."""
+def consumer_of(client: redis.Redis, group: str, replica: int, seconds: float = 30) -> str:
+    """The consumer name run.py gave a replica of a stage (``...-<stage>-<i>``), once it has
+    read from its stream: a stage at nice 19 may take a while to get there while the load the
+    test runs takes the cores."""
     stream = next(s for s, groups in names.TOPOLOGY.items() if group in groups)
-    for consumer in client.xinfo_consumers(stream, group):
-        name = consumer["name"]
-        if name.endswith(f"-{group}-{replica}"):
-            return name
-    raise AssertionError(f"no consumer of replica {replica} in group {group} yet")
+    deadline = time.monotonic() + seconds
+    while True:
+        for consumer in client.xinfo_consumers(stream, group):
+            name = consumer["name"]
+            if name.endswith(f"-{group}-{replica}"):
+                return name
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no consumer of replica {replica} in group {group} in {seconds}s")
+        time.sleep(0.05)
 
 
 def pending_of(client: redis.Redis, group: str, consumer: str) -> set[tuple[str, str]]:
