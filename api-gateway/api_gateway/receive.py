@@ -280,9 +280,14 @@ async def kept(files: list[ReceivedFile], fsync: bool) -> None:
         for received in files:
             keep(received, fsync)
         return
-    outcomes = await asyncio.gather(
+    work = asyncio.gather(
         *(asyncio.to_thread(keep, received, fsync) for received in files), return_exceptions=True
     )
+    try:
+        outcomes = await asyncio.shield(work)
+    except asyncio.CancelledError:  # the client went away: the threads still run, and must be
+        await work  # done before the caller removes the files (a rename after would leave one)
+        raise
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
