@@ -2,7 +2,7 @@
 
 Bytes go straight from the socket to ``UPLOADS_PATH/{upload_id}.part`` in the chunks the
 server hands over; the SHA-256 and size are computed on the way. Once the request's files are
-all complete, each is fsynced and renamed to ``{upload_id}.dcm`` (``kept``: in a thread, so the
+all complete, each is fsynced and renamed to ``{upload_id}.dcm`` (``kept``: in threads, so the
 event loop goes on serving other requests while the disk flushes). The client's filename is
 kept only to answer it: it is never used as a path.
 """
