@@ -83,10 +83,6 @@ def wanted_states(values: list[str], param: str = "wait") -> frozenset[str]:
     return frozenset(wanted)
 
 
-def settled(job: JobStatus, wanted: frozenset[str]) -> bool:
-    return reached(job.status, wanted)
-
-
 def reached(state: str, wanted: frozenset[str]) -> bool:
     """In a wanted state, or past every one of them (states only move forward)."""
     return state in wanted or not any(RANK[w] > RANK[state] for w in wanted)
@@ -139,7 +135,7 @@ async def wait_all(
         except (RedisError, OSError):
             raise ServiceUnavailable("Redis does not answer; try again shortly") from None
         for upload_id, job in zip(ids, jobs, strict=True):
-            if job is None or settled(job, wanted):
+            if job is None or reached(job.status, wanted):
                 done[upload_id] = (job, False)
             else:
                 latest[upload_id] = job

@@ -106,8 +106,10 @@ def receive_into(folder: Path) -> None:
     pynetdicom.dimse_messages.NamedTemporaryFile = incoming_file  # type: ignore[assignment]
 
 
-def in_progress(assoc: Any) -> IncomingFile | None:
-    """The data set an association is receiving now, if any."""
+def discard_in_progress(assoc: Any) -> None:
+    """The data set an association was receiving when it ended, if any, removed: only whole
+    ones stay."""
     message = getattr(assoc.dimse, "message", None)
     incoming = getattr(message, "_data_set_file", None)
-    return incoming if isinstance(incoming, IncomingFile) else None
+    if isinstance(incoming, IncomingFile):
+        incoming.discard()

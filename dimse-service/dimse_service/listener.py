@@ -57,7 +57,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dimse_service.incoming import in_progress
+from dimse_service.incoming import discard_in_progress
 from shared.errors import frames, safe_error
 
 log = structlog.get_logger()
@@ -194,13 +194,6 @@ class MessageGuard:
                 error=safe_error(exc),
             )
             self.assoc.dul.event_queue.put("Evt19")
-
-
-def discard_in_progress(assoc: Association) -> None:
-    """The data set an association was receiving when it ended, removed: only whole ones stay."""
-    incoming = in_progress(assoc)
-    if incoming is not None:
-        incoming.discard()
 
 
 class MessageTooLarge(Exception):
