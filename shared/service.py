@@ -211,12 +211,36 @@ def serve_worker(
 ) -> None:
     """A worker process's whole life: its priority, logging, folders, Redis, probes, and its
     consume loop."""
-    os.nice(settings.worker_nice)
     configure_logging(service, settings.log_level, settings.log_format)
+    yield_cpu(settings)
     ensure_folders(*folders)
     redis = connect(settings)
     app = worker_app(service, standard_checks(redis, settings, group, *folders))
     run_forever(run(app, settings, port, work(make_bus(redis, settings))))
+
+
+def yield_cpu(settings: ServiceSettings) -> None:
+    """Lower this worker's CPU priority as its settings say (``worker_nice``, ``worker_sched``).
+
+    Linux keeps both per thread, and a thread inherits them when it starts: every thread
+    already running (a library's pool started at import, numpy's OpenBLAS) is lowered too,
+    and the threads started later inherit it. Where the system refuses SCHED_IDLE (not Linux,
+    or a sandbox that forbids it), the stage says so and runs at its niceness alone.
+    """
+    task = Path("/proc/self/task")
+    threads = [int(t.name) for t in task.iterdir()] if task.is_dir() else [0]
+    for thread in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            niceness = os.getpriority(os.PRIO_PROCESS, thread) + settings.worker_nice
+            os.setpriority(os.PRIO_PROCESS, thread, min(niceness, 19))
+    if settings.worker_sched != "idle":
+        return
+    try:
+        for thread in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as exc:
+        log.warning("service.sched_idle_refused", error=safe_error(exc))
 
 
 def run_forever(main: Coroutine[Any, Any, None]) -> None:

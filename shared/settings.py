@@ -40,6 +40,10 @@ class ServiceSettings(BaseSettings):
     # it adds to itself at start, so a burst is taken as fast as the machine can take it and
     # worked through after; each stage names its own (VALIDATOR_NICE, ...)
     worker_nice: int = Field(0, ge=0, le=19)
+    # "idle": Linux's SCHED_IDLE, below any niceness (the nice value no longer counts): the
+    # stage runs on what every other process leaves; for the stages no answer waits for
+    # (DESCRIPTOR_SCHED, UPLOADER_SCHED)
+    worker_sched: Literal["normal", "idle"] = "normal"
 
     # what one HTTP client may take from a service's port (shared/http_limits.py): time to send
     # a request's line and headers, their size, connections (past it: 503), idle keep-alive

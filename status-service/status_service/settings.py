@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,6 +15,7 @@ class StatusSettings(ServiceSettings):
     worker_concurrency: int = Field(8, ge=1, le=64, alias="STATUS_CONCURRENCY")
     # it tells waiting clients (STOW-RS, ?wait=) where their uploads stand: it yields a little
     worker_nice: int = Field(19, ge=0, le=19, alias="STATUS_NICE")
+    worker_sched: Literal["normal", "idle"] = Field("normal", alias="STATUS_SCHED")
 
 
 @functools.cache

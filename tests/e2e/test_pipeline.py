@@ -428,12 +428,20 @@ def test_seed_003_file_service(system: System) -> None:
 def test_the_ways_in_run_at_normal_priority_and_the_stages_behind_them_yield(
     system: System,
 ) -> None:
-    niceness = {name: psutil.Process(system.pid(name)).nice() for name in system.ports}
-    assert niceness == {
-        "gateway": 0,
-        "dimse": 0,
-        "validator": 19,
-        "status": 19,
-        "descriptor": 19,
-        "uploader": 19,
+    """The ways in at nice 0; the validator and the status service, which a STOW-RS answer
+    waits for, at nice 19; the descriptor and the uploader, which no answer waits for, under
+    SCHED_IDLE (below nice 19). Threads inherit it: every thread of each process is checked."""
+    priority = {}
+    for name in system.ports:
+        process = psutil.Process(system.pid(name))
+        policies = {os.sched_getscheduler(t.id) for t in process.threads()}
+        assert len(policies) == 1, (name, policies)
+        priority[name] = (process.nice(), policies.pop())
+    assert priority == {
+        "gateway": (0, os.SCHED_OTHER),
+        "dimse": (0, os.SCHED_OTHER),
+        "validator": (19, os.SCHED_OTHER),
+        "status": (19, os.SCHED_OTHER),
+        "descriptor": (19, os.SCHED_IDLE),
+        "uploader": (19, os.SCHED_IDLE),
     }

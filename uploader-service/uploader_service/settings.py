@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -17,6 +17,8 @@ KNOWN_TARGETS = tuple(REGISTRY)
 class UploaderSettings(ServiceSettings):
     port: int = Field(8004, ge=1, le=65535, alias="UPLOADER_PORT")
     worker_nice: int = Field(19, ge=0, le=19, alias="UPLOADER_NICE")
+    # no answer waits for it: it runs on what the ways in and the validator leave
+    worker_sched: Literal["normal", "idle"] = Field("idle", alias="UPLOADER_SCHED")
     upload_targets: Annotated[tuple[str, ...], NoDecode] = Field(("local",), alias="UPLOAD_TARGETS")
 
     @field_validator("upload_targets", mode="before")
