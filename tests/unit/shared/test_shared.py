@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -165,3 +166,44 @@ def test_a_stage_is_named_as_its_consumer_group_everywhere() -> None:
     # an entry written when a stage start named its working state reads as the stage
     old = started.model_dump_json().replace('"descriptor"', '"describing"')
     assert parse_event(old) == started
+
+
+YIELDING = """
+import json, os, threading
+from shared.service import yield_cpu
+from shared.settings import ServiceSettings
+
+class Stage(ServiceSettings):
+    worker_nice: int = {nice}
+    worker_sched: str = "{sched}"
+
+early = threading.Event()
+threading.Thread(target=early.wait, daemon=True).start()  # as a library's pool, at import
+yield_cpu(Stage())
+late = threading.Event()
+threading.Thread(target=late.wait, daemon=True).start()
+threads = [int(t) for t in os.listdir("/proc/self/task")]
+print(json.dumps([(os.getpriority(os.PRIO_PROCESS, t), os.sched_getscheduler(t)) for t in threads]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's per-thread priorities")
+@pytest.mark.parametrize(
+    ("nice", "sched", "policy"), [(19, "idle", "SCHED_IDLE"), (7, "normal", "SCHED_OTHER")]
+)
+def test_a_worker_lowers_every_thread_it_has_and_the_ones_it_starts_after(
+    nice: int, sched: str, policy: str
+) -> None:
+    """Linux keeps niceness and policy per thread: a thread started before ``yield_cpu``
+    (numpy's OpenBLAS pool, at import) is lowered too; one started after inherits it."""
+    done = subprocess.run(
+        [sys.executable, "-c", YIELDING.format(nice=nice, sched=sched)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    threads = json.loads(done.stdout)
+    start = os.getpriority(os.PRIO_PROCESS, 0)  # the child started at this test's niceness
+    assert len(threads) == 3
+    assert threads == [[min(start + nice, 19), getattr(os, policy)]] * 3
