@@ -299,16 +299,21 @@ class Bus:
         self, stream: str, group: str, room: Room
     ) -> AsyncIterator[list[Delivery]]:
         """Entries whose consumer died or failed, once idle past their back-off, in batches
-        no larger than the caller has room for."""
+        no larger than the caller has room for. Never one this consumer is still handling: its
+        heartbeat came late (a process starved of CPU), and another delivery beside the one
+        running would only count towards the dead letter."""
         pending = cast(
             list[dict[str, Any]],
             await self.redis.xpending_range(
                 stream, group, "-", "+", 1000, idle=int(self.claim_idle_ms * JITTER[0])
             ),
         )
+        in_hand = self._in_hand.get((stream, group), set())
         batch: list[Delivery] = []
         limit = 0
         for entry in pending:
+            if entry["message_id"] in in_hand:
+                continue
             count, idle = int(entry["times_delivered"]), int(entry["time_since_delivered"])
             wait = self.backoff_ms(count)
             if idle < wait:

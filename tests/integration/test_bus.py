@@ -322,6 +322,36 @@ async def test_a_long_handler_keeps_its_entry_from_being_taken_over(redis: Redis
     assert seen == ["slow"]
 
 
+async def test_a_consumer_never_takes_over_an_entry_it_is_still_handling(redis: Redis) -> None:
+    """A consumer whose heartbeat comes late (a process starved of CPU: a stage under
+    SCHED_IDLE on a saturated machine) finds its own entry idle past the lease when it looks
+    for abandoned work: it is in its hand, so it is not started a second time beside itself
+    (each delivery counts towards the dead letter)."""
+    late = bus(redis, "late")
+    late._keep_fresh = lambda: asyncio.sleep(3600)  # type: ignore[method-assign]
+    await late.ensure_groups()
+    await late.publish(received())
+    seen: list[int] = []
+
+    async def handle(delivery: Delivery) -> None:
+        seen.append(delivery.count)
+        await asyncio.sleep(1.0)  # five times the lease, with no heartbeat
+        await late.complete(delivery)
+
+    async def acked() -> bool:
+        pending = await redis.xpending(names.FILE_RECEIVED, names.GROUP_VALIDATOR)
+        return int(pending["pending"]) == 0 and bool(seen)
+
+    task = asyncio.create_task(
+        late.serve([names.FILE_RECEIVED], names.GROUP_VALIDATOR, handle, concurrency=2)
+    )
+    try:
+        assert await until(acked)
+    finally:
+        task.cancel()
+    assert seen == [1]
+
+
 async def test_a_busy_consumer_reads_no_more_than_it_can_start(redis: Redis) -> None:
     """Entries a consumer has read but not started would not be kept fresh: another replica
     could take them over while they are still in hand. So it reads only what it can start."""
