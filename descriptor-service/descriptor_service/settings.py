@@ -13,7 +13,8 @@ from shared.settings import ServiceSettings, load
 class DescriptorSettings(ServiceSettings):
     port: int = Field(8002, ge=1, le=65535, alias="DESCRIPTOR_PORT")
     worker_nice: int = Field(19, ge=0, le=19, alias="DESCRIPTOR_NICE")
-    # no answer waits for it: it runs on what the ways in and the validator leave
+    # no answer waits for it: it runs on what the ways in, the validator and the status
+    # service leave
     worker_sched: Literal["normal", "idle"] = Field("idle", alias="DESCRIPTOR_SCHED")
     png_compress_level: int = Field(1, ge=0, le=3, alias="DESCRIPTOR_PNG_COMPRESS_LEVEL")
 

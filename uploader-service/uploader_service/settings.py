@@ -17,7 +17,8 @@ KNOWN_TARGETS = tuple(REGISTRY)
 class UploaderSettings(ServiceSettings):
     port: int = Field(8004, ge=1, le=65535, alias="UPLOADER_PORT")
     worker_nice: int = Field(19, ge=0, le=19, alias="UPLOADER_NICE")
-    # no answer waits for it: it runs on what the ways in and the validator leave
+    # no answer waits for it: it runs on what the ways in, the validator and the status
+    # service leave
     worker_sched: Literal["normal", "idle"] = Field("idle", alias="UPLOADER_SCHED")
     upload_targets: Annotated[tuple[str, ...], NoDecode] = Field(("local",), alias="UPLOAD_TARGETS")
 
